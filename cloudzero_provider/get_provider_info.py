@@ -1,0 +1,60 @@
+"""Provider metadata read by Airflow's ProvidersManager.
+
+Kept free of imports so that ``airflow providers list`` and the UI's connection form stay fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "airflow-provider-cloudzero",
+        "name": "CloudZero",
+        "description": "Export LiteLLM spend to CloudZero AnyCost Stream, hour by hour, and CloudZero unit-cost telemetry.",
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": "CloudZero",
+                "external-doc-url": "https://docs.cloudzero.com/reference/anycost-stream",
+                "tags": ["service"],
+            }
+        ],
+        "hooks": [
+            {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.hooks.cloudzero"]},
+            {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.hooks.litellm"]},
+        ],
+        "operators": [
+            {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.operators.export"]},
+        ],
+        "connection-types": [
+            {
+                "connection-type": "cloudzero",
+                "hook-class-name": "cloudzero_provider.hooks.cloudzero.CloudZeroHook",
+                "hook-name": "CloudZero",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["login", "port", "schema"],
+                    "relabeling": {"host": "API base URL", "password": "API key"},
+                    "placeholders": {
+                        "host": "https://api.cloudzero.com (leave empty for the default)",
+                        "password": "CloudZero API key (sent bare, not as a Bearer token)",
+                    },
+                },
+                "conn-fields": {
+                    "connection_id": {
+                        "label": "AnyCost connection ID",
+                        "description": "The AnyCost Stream connection that receives the billing drops "
+                        "(LiteLLM's CLOUDZERO_CONNECTION_ID).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "metric_name": {
+                        "label": "Unit metric name",
+                        "description": "Telemetry metric for unit-cost records (LiteLLM's CLOUDZERO_METRIC_NAME). "
+                        "Optional: only the telemetry export uses it.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+            }
+        ],
+    }

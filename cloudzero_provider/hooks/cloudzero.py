@@ -1,0 +1,400 @@
+"""CloudZeroHook: the AnyCost Stream and unit-cost telemetry HTTP client."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import requests
+import tenacity
+from airflow.providers.http.hooks.http import HttpHook
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+DEFAULT_API_BASE = "https://api.cloudzero.com"
+ANYCOST_PATH = "/v2/connections/billing/anycost"
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
+TEST_KEY_HEADER = "cloudzero-test-key"
+# Connection extras that configure this hook; everything else in ``extra`` is ignored, never sent as a header.
+_OWN_EXTRAS = ("connection_id", "metric_name", "timeout", "verify", "proxies", "test_key")
+
+
+class CloudZeroAPIError(AirflowFailException):
+    """CloudZero refused a request for a reason a retry cannot fix (400, 403, 404, 413)."""
+
+    def __init__(self, status: int, message: str, *, method: str, path: str) -> None:
+        self.status = status
+        self.api_message = message
+        self.method = method
+        self.path = path
+        super().__init__(f"CloudZero answered {status} to {method} {path}: {message}")
+
+
+class CloudZeroRequestTooLarge(CloudZeroAPIError):
+    """413: the request body is above CloudZero's 5 MB limit; the caller may split it and send again."""
+
+
+class CloudZeroTransientError(AirflowException):
+    """CloudZero stayed unavailable (429, 5xx, timeouts, dropped connections) after every in-task retry.
+
+    Derives from ``AirflowException`` so that Airflow's own task retries take over.
+    """
+
+
+class _Retryable(Exception):
+    """One failed attempt that is worth another try; ``retry_after`` is CloudZero's hint in seconds."""
+
+    def __init__(self, description: str, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+
+def _retry_after_seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        import pendulum
+
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - pendulum.now("UTC")).total_seconds())
+    except (TypeError, ValueError):
+        return None
+
+
+def _error_message(response: requests.Response) -> str:
+    """CloudZero's own message: ``{"error": {"message"}}`` for 400/404, ``{"message"}`` for 403/413."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return (response.text or response.reason or "").strip()[:500] or "(empty response)"
+    if isinstance(payload, Mapping):
+        error = payload.get("error")
+        if isinstance(error, Mapping) and error.get("message"):
+            kind = error.get("type")
+            return f"{error['message']} ({kind})" if kind else str(error["message"])
+        if payload.get("message"):
+            return str(payload["message"])
+    return json.dumps(payload)[:500]
+
+
+class CloudZeroHook(HttpHook):
+    """
+    Talk to CloudZero's AnyCost Stream (billing drops) and unit-cost telemetry APIs.
+
+    The ``cloudzero`` connection holds the API base URL in ``host`` (empty means
+    ``https://api.cloudzero.com``), the API key in ``password`` and, in ``extra``, the AnyCost Stream
+    ``connection_id`` and optionally the telemetry ``metric_name``.
+
+    The key is sent bare in the ``Authorization`` header (CloudZero's keys are not bearer tokens). Transient
+    failures -- 429 (honouring ``Retry-After``), 5xx, timeouts, dropped connections -- are retried with bounded
+    exponential backoff; 400/403/404/413 raise :class:`CloudZeroAPIError` at once, which Airflow does not retry.
+
+    :param cloudzero_conn_id: The Airflow connection of type ``cloudzero``.
+    :param max_attempts: Attempts per request, the first one included.
+    :param max_wait: Longest single wait between attempts, in seconds (also caps ``Retry-After``).
+    :param max_retry_time: Give up retrying one request after this many seconds in total.
+    :param timeout: ``(connect, read)`` timeout of one attempt in seconds; the connection extra ``timeout`` wins.
+    """
+
+    conn_name_attr = "cloudzero_conn_id"
+    default_conn_name = "cloudzero_default"
+    conn_type = "cloudzero"
+    hook_name = "CloudZero"
+    default_host = DEFAULT_API_BASE
+
+    def __init__(
+        self,
+        cloudzero_conn_id: str = default_conn_name,
+        *,
+        max_attempts: int = 6,
+        max_wait: float = 30.0,
+        max_retry_time: float = 300.0,
+        timeout: float | tuple[float, float] = (10.0, 120.0),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(method="POST", http_conn_id=cloudzero_conn_id, **kwargs)
+        self.cloudzero_conn_id = cloudzero_conn_id
+        self.max_attempts = max_attempts
+        self.max_wait = max_wait
+        self.max_retry_time = max_retry_time
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(cloudzero_conn_id={self.cloudzero_conn_id!r})"
+
+    # -- connection -------------------------------------------------------------------------------------
+
+    @cached_property
+    def _connection(self) -> Any:
+        return self.get_connection(self.cloudzero_conn_id)
+
+    @property
+    def _extra(self) -> dict[str, Any]:
+        return dict(self._connection.extra_dejson or {})
+
+    @property
+    def connection_id(self) -> str:
+        """The AnyCost Stream connection id from the connection's extra ``connection_id``."""
+        value = self._extra.get("connection_id")
+        if not value:
+            raise AirflowFailException(
+                f"Airflow connection {self.cloudzero_conn_id!r} has no AnyCost connection id: set its extra "
+                '"connection_id" (LiteLLM\'s CLOUDZERO_CONNECTION_ID).'
+            )
+        return str(value)
+
+    @property
+    def metric_name(self) -> str | None:
+        value = self._extra.get("metric_name")
+        return str(value) if value else None
+
+    def _set_base_url(self, connection: Any) -> None:
+        host = (connection.host or "").strip() or self.default_host
+        if "://" not in host:
+            # An API key must not travel in clear text by accident: without a scheme, https.
+            host = f"{connection.schema or 'https'}://{host}"
+        if connection.port and not urlparse(host).port:
+            host = f"{host}:{connection.port}"
+        self.base_url = host.rstrip("/")
+        self._base_url_initialized = True
+
+    def _extract_auth(self, connection: Any) -> None:
+        return None  # the key travels in the Authorization header, never as HTTP basic auth
+
+    def _configure_session_from_extra(self, session: requests.Session, connection: Any, extra_options: Any):
+        extra = dict(connection.extra_dejson or {})
+        if "verify" in extra:
+            session.verify = extra["verify"]
+        if "proxies" in extra:
+            session.proxies = extra["proxies"]
+        self.merged_extra = {}
+        return session
+
+    def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None):
+        connection = self._connection
+        session = super().get_conn(headers=headers, extra_options=extra_options)
+        key = connection.password
+        if not key:
+            raise AirflowFailException(
+                f"Airflow connection {self.cloudzero_conn_id!r} has no API key: put the CloudZero API key "
+                "in its password field (LiteLLM's CLOUDZERO_API_KEY)."
+            )
+        self._mask(key)
+        session.headers["Authorization"] = key
+        session.headers["Accept"] = "application/json"
+        test_key = self._extra.get("test_key")
+        if test_key:
+            session.headers[TEST_KEY_HEADER] = str(test_key)
+        return session
+
+    @staticmethod
+    def _mask(secret: str) -> None:
+        try:
+            from airflow.sdk.log import mask_secret
+
+            mask_secret(secret)
+        except Exception:  # masking is best effort outside a task; we never log the key anyway
+            pass
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One keep-alive session per hook: a window's requests reuse the TCP/TLS connection."""
+        return self.get_conn()
+
+    def _scrub(self, text: str) -> str:
+        key = self._connection.password
+        return text.replace(key, "***") if key else text
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    def _timeout(self) -> Any:
+        configured = self._extra.get("timeout")
+        if configured is None:
+            return self.timeout
+        if isinstance(configured, (list, tuple)):
+            return tuple(float(v) for v in configured)
+        return float(configured)
+
+    def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        outcome = retry_state.outcome
+        exc = outcome.exception() if outcome else None
+        if isinstance(exc, _Retryable) and exc.retry_after is not None:
+            return min(exc.retry_after, self.max_wait)
+        backoff = min(self.max_wait, 0.5 * 2 ** (retry_state.attempt_number - 1))
+        return backoff * random.uniform(0.5, 1.0)
+
+    def _attempt(
+        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+    ) -> requests.Response:
+        session = self.session  # building the session resolves the base URL
+        url = self.base_url + path
+        try:
+            response = session.request(method, url, data=body, headers=dict(headers), timeout=self._timeout())
+        except requests.exceptions.Timeout as exc:
+            raise _Retryable(f"timed out ({type(exc).__name__})") from None
+        except requests.exceptions.ConnectionError as exc:
+            raise _Retryable(f"connection failed: {self._scrub(str(exc))[:300]}") from None
+        if response.status_code in TRANSIENT_STATUSES:
+            raise _Retryable(
+                f"HTTP {response.status_code}: {self._scrub(_error_message(response))}",
+                _retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        return response
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        body: bytes | None = None,
+        idempotency_key: str | None = None,
+        expect: Sequence[int] = (200,),
+    ) -> requests.Response:
+        """
+        Send one request with in-task retries of transient failures, and check the answer.
+
+        :param method: HTTP method.
+        :param path: Path below the API base URL, starting with ``/``.
+        :param json_body: A JSON-serialisable body (ignored when ``body`` is given).
+        :param body: The exact bytes to send, for callers that measured the body's size themselves.
+        :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
+        :param expect: Status codes returned to the caller rather than raised.
+        """
+        headers: dict[str, str] = {}
+        if body is None and json_body is not None:
+            body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        if idempotency_key:
+            headers[IDEMPOTENCY_HEADER] = idempotency_key
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.log.warning(
+                "CloudZero %s %s: %s; retrying in %.1fs (attempt %d of %d)",
+                method,
+                path,
+                getattr(exc, "description", exc),
+                state.next_action.sleep if state.next_action else 0.0,
+                state.attempt_number + 1,
+                self.max_attempts,
+            )
+
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(_Retryable),
+            stop=tenacity.stop_after_attempt(self.max_attempts)
+            | tenacity.stop_after_delay(self.max_retry_time),
+            wait=self._wait,
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            response = retrying(self._attempt, method, path, body, headers)
+        except _Retryable as exc:
+            raise CloudZeroTransientError(
+                f"CloudZero {method} {path} still failing after {self.max_attempts} attempts: {exc.description}. "
+                "The task will be retried by Airflow; check CloudZero's status if this persists."
+            ) from None
+        if response.status_code in expect:
+            return response
+        message = self._scrub(_error_message(response))
+        error_cls = CloudZeroRequestTooLarge if response.status_code == 413 else CloudZeroAPIError
+        if response.status_code < 400:
+            message = f"unexpected answer: {message}"
+        raise error_cls(response.status_code, message, method=method, path=path)
+
+    # -- AnyCost Stream ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _body(body: bytes | Mapping[str, Any]) -> dict[str, Any]:
+        return {"body": body} if isinstance(body, bytes) else {"json_body": dict(body)}
+
+    def _drops_path(self, connection_id: str | None) -> str:
+        return f"{ANYCOST_PATH}/{quote(connection_id or self.connection_id, safe='')}/billing_drops"
+
+    def post_billing_drop(
+        self,
+        body: bytes | Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        connection_id: str | None = None,
+    ) -> dict[str, Any]:
+        """
+        Post one billing drop: ``{"month", "operation", "data": [CBF rows]}``.
+
+        :param body: The request body, as a mapping or as the exact serialized bytes to send.
+        :param idempotency_key: Makes a re-send of the same drop safe: CloudZero replays the first answer.
+        :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
+        :return: CloudZero's ``connection`` object: ``drop_id``, ``month``, ``row_count``.
+        """
+        response = self.request(
+            "POST", self._drops_path(connection_id), **self._body(body), idempotency_key=idempotency_key
+        )
+        return dict(response.json().get("connection") or {})
+
+    def list_billing_drops(self, *, connection_id: str | None = None) -> list[dict[str, Any]]:
+        """All billing drops of the AnyCost connection: ``drop_id``, ``month``, ``row_count``."""
+        response = self.request("GET", self._drops_path(connection_id))
+        return list(response.json().get("billing_drops") or [])
+
+    def get_billing_drop(
+        self, month: str, *, connection_id: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """
+        The CBF rows CloudZero holds for one month, or ``None`` when it holds none (404).
+
+        :param month: ``YYYY-MM``.
+        """
+        path = f"{self._drops_path(connection_id)}/{quote(month, safe='')}"
+        response = self.request("GET", path, expect=(200, 404))
+        if response.status_code == 404:
+            return None
+        return list(response.json().get("billing_drop") or [])
+
+    def validate_billing_drop(self, body: bytes | Mapping[str, Any]) -> dict[str, Any]:
+        """Ask CloudZero to validate a billing drop without storing it: ``{"is_valid", "errors"}``."""
+        response = self.request("POST", f"{ANYCOST_PATH}/validate_billing_drop", **self._body(body))
+        return dict(response.json().get("connection") or {})
+
+    # -- connection test --------------------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """List the drops of the configured AnyCost connection and say plainly what is wrong, if anything."""
+        try:
+            connection_id = self.connection_id
+            original = (self.max_attempts, self.max_retry_time)
+            self.max_attempts, self.max_retry_time = 2, 20.0
+            try:
+                drops = self.list_billing_drops(connection_id=connection_id)
+            finally:
+                self.max_attempts, self.max_retry_time = original
+        except CloudZeroAPIError as exc:
+            if exc.status == 403:
+                return False, f"CloudZero rejected the API key (403 Forbidden): {exc.api_message}"
+            if exc.status == 404:
+                return False, (
+                    f"CloudZero does not know AnyCost connection {connection_id!r} (404): {exc.api_message}"
+                )
+            return False, str(exc)
+        except CloudZeroTransientError as exc:
+            return False, f"CloudZero at {self.base_url} is unreachable or unavailable: {exc}"
+        except AirflowException as exc:
+            return False, str(exc)
+        except Exception as exc:
+            return False, self._scrub(f"{type(exc).__name__}: {exc}")
+        return True, (
+            f"CloudZero at {self.base_url} accepted the key; AnyCost connection {connection_id!r} "
+            f"has {len(drops)} billing drop(s)."
+        )

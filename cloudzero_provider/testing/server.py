@@ -1,0 +1,275 @@
+"""A real HTTP server in front of :class:`CloudZeroDouble`, with fault injection.
+
+Run it from the command line (``cloudzero-double --port 8123 --api-key KEY``) for dry runs and demos, or start
+it in a thread from tests with :class:`CloudZeroDoubleServer`. Besides CloudZero's endpoints it serves a small
+control API under ``/_double/`` (no auth; it binds to loopback by default):
+
+- ``GET /_double/state``: streams, metrics and the request log as JSON;
+- ``POST /_double/reset``: forget everything;
+- ``POST /_double/faults``: queue faults, e.g. ``{"status": 503, "count": 2}``, ``{"status": 429,
+  "retry_after": "1"}``, ``{"kind": "slow", "seconds": 5}``, ``{"kind": "lose_response"}`` (apply the request,
+  then close the connection without answering) or ``{"kind": "drop"}`` (close without applying).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import urlsplit
+
+from cloudzero_provider.testing.double import DEFAULT_MAX_BODY, CloudZeroDouble, Reply
+
+
+@dataclass
+class Fault:
+    """One injected failure, used by the next matching request."""
+
+    kind: str = "status"  # status | slow | lose_response | drop
+    status: int = 503
+    retry_after: str | None = None
+    seconds: float = 0.0
+    method: str | None = None  # only requests with this method; None matches any
+    path_contains: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path_contains is None or self.path_contains in path
+        )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _DoubleHTTPServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet: the double keeps its own request log
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _send(self, reply: Reply) -> None:
+        payload = reply.encode()
+        self.send_response(reply.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _serve(self, method: str) -> None:
+        path = urlsplit(self.path).path
+        length = int(self.headers.get("Content-Length") or 0)
+        double = self.server.double
+        if length > double.max_body_bytes and path.startswith("/v2/"):
+            # Like a real front end: refuse before reading a body that is too large.
+            self.rfile.read(length)
+            self._send(Reply(413, {"message": f"Request entity too large: {length} bytes"}))
+            with double.lock:
+                double.requests.append(
+                    {"method": method, "path": path, "status": 413, "content_length": length}
+                )
+            return
+        body = self.rfile.read(length) if length else b""
+        if path.startswith("/_double/"):
+            self._send(self.server.control(method, path, body))
+            return
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fault = self.server.take_fault(method, path)
+        if fault is not None and fault.kind == "drop":
+            self._hang_up()
+            return
+        stream = double.stream_of(method, path, headers.get("cloudzero-test-key", ""))
+        if stream is not None:
+            with double.lock:
+                if double.in_flight[stream] > 0:
+                    double.concurrent_requests += 1
+                double.in_flight[stream] += 1
+        try:
+            if fault is not None and fault.kind == "slow":
+                time.sleep(fault.seconds)
+            if fault is not None and fault.kind == "status":
+                reply = Reply(fault.status, {"message": f"injected fault: HTTP {fault.status}"})
+                if fault.retry_after is not None:
+                    reply.headers["Retry-After"] = fault.retry_after
+                with double.lock:
+                    double.requests.append(
+                        {
+                            "method": method,
+                            "path": path,
+                            "status": fault.status,
+                            "injected": True,
+                            "idempotency_key": headers.get("cloudzero-idempotency-key"),
+                        }
+                    )
+            else:
+                reply = double.handle(method, path, headers, body)
+        finally:
+            if stream is not None:
+                with double.lock:
+                    double.in_flight[stream] -= 1
+        if fault is not None and fault.kind == "lose_response":
+            self._hang_up()
+            return
+        self._send(reply)
+
+
+class _DoubleHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], double: CloudZeroDouble) -> None:
+        super().__init__(address, _Handler)
+        self.double = double
+        self.faults: deque[Fault] = deque()
+        self.fault_lock = threading.Lock()
+
+    def take_fault(self, method: str, path: str) -> Fault | None:
+        with self.fault_lock:
+            for index, fault in enumerate(self.faults):
+                if fault.matches(method, path):
+                    del self.faults[index]
+                    return fault
+        return None
+
+    def control(self, method: str, path: str, body: bytes) -> Reply:
+        if path == "/_double/state" and method == "GET":
+            return Reply(200, self.double.state())
+        if path == "/_double/reset" and method == "POST":
+            self.double.reset()
+            with self.fault_lock:
+                self.faults.clear()
+            return Reply(200, {"reset": True})
+        if path == "/_double/faults" and method == "POST":
+            spec = json.loads(body or b"{}")
+            specs = spec if isinstance(spec, list) else [spec]
+            for item in specs:
+                item = dict(item)
+                count = int(item.pop("count", 1))
+                with self.fault_lock:
+                    self.faults.extend(Fault(**item) for _ in range(count))
+            return Reply(200, {"queued": len(self.faults)})
+        return Reply(404, {"message": f"no control route {method} {path}", "body_bytes": len(body)})
+
+
+class CloudZeroDoubleServer:
+    """
+    The double on a real socket, served from a background thread.
+
+    Use as a context manager; ``url`` is the base URL to put in the ``cloudzero`` connection's host.
+
+    :param double: The state to serve; a fresh :class:`CloudZeroDouble` when omitted.
+    :param host: Interface to bind; loopback by default.
+    :param port: TCP port; 0 picks a free one.
+    """
+
+    def __init__(
+        self, double: CloudZeroDouble | None = None, *, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.double = double or CloudZeroDouble()
+        self.httpd = _DoubleHTTPServer((host, port), self.double)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def fail_next(
+        self, count: int, status: int = 503, *, retry_after: str | None = None, **match: Any
+    ) -> None:
+        """The next ``count`` matching requests get ``status`` without being applied."""
+        self._queue(count, Fault("status", status=status, retry_after=retry_after, **match))
+
+    def slow_next(self, count: int, seconds: float, **match: Any) -> None:
+        """The next ``count`` matching requests wait ``seconds`` before being handled."""
+        self._queue(count, Fault("slow", seconds=seconds, **match))
+
+    def lose_next_response(self, count: int = 1, **match: Any) -> None:
+        """The next ``count`` matching requests are applied, then the connection closes without an answer."""
+        self._queue(count, Fault("lose_response", **match))
+
+    def drop_next(self, count: int = 1, **match: Any) -> None:
+        """The next ``count`` matching requests see the connection closed before anything is applied."""
+        self._queue(count, Fault("drop", **match))
+
+    def _queue(self, count: int, fault: Fault) -> None:
+        with self.httpd.fault_lock:
+            self.httpd.faults.extend(Fault(**fault.__dict__) for _ in range(count))
+
+    def start(self) -> CloudZeroDoubleServer:
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="cloudzero-double",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> CloudZeroDoubleServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A local CloudZero API double (AnyCost Stream + telemetry).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--api-key", default="cz-double-key", help="the one API key the double accepts")
+    parser.add_argument(
+        "--connection",
+        action="append",
+        help="an AnyCost connection id that exists (repeatable; default: any id)",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY)
+    args = parser.parse_args(argv)
+    double = CloudZeroDouble(
+        args.api_key,
+        connections=set(args.connection) if args.connection else None,
+        max_body_bytes=args.max_body_bytes,
+    )
+    server = CloudZeroDoubleServer(double, host=args.host, port=args.port)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    print(f"CloudZero double listening on {server.url} (state at {server.url}/_double/state)", flush=True)
+    try:
+        server.httpd.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+
+
+if __name__ == "__main__":
+    main()

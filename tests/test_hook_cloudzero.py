@@ -1,0 +1,191 @@
+"""CloudZeroHook against the double over real HTTP: retries, errors, headers, secrecy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from decimal import Decimal
+
+import pytest
+
+from cloudzero_provider.hooks.cloudzero import (
+    CloudZeroAPIError,
+    CloudZeroHook,
+    CloudZeroRequestTooLarge,
+    CloudZeroTransientError,
+)
+from tests.conftest import API_KEY, CONNECTION_ID, cloudzero_conn_json
+
+H13 = "2026-11-01T13:00:00Z"
+BODY = {
+    "month": "2026-11",
+    "operation": "replace_hourly",
+    "data": [{"time/usage_start": H13, "cost/cost": "0.25"}],
+}
+
+
+def fast_hook(**kw) -> CloudZeroHook:
+    return CloudZeroHook(max_wait=0.2, **kw)
+
+
+def statuses(double):
+    return [r["status"] for r in double.double.requests]
+
+
+def test_post_list_get_validate(double, cloudzero_conn):
+    hook = CloudZeroHook()
+    drop = hook.post_billing_drop(BODY, idempotency_key="idem-1")
+    assert drop["row_count"] == 1 and drop["drop_id"]
+    assert hook.list_billing_drops() == [drop]
+    assert hook.get_billing_drop("2026-11") == BODY["data"]
+    assert hook.get_billing_drop("2026-10") is None
+    assert hook.validate_billing_drop(BODY) == {"is_valid": True, "errors": []}
+    sent = double.double.requests[0]
+    assert sent["idempotency_key"] == "idem-1"
+    assert all(r["idempotency_key"] is None for r in double.double.requests[1:])
+
+
+def test_exact_bytes_are_sent(double, cloudzero_conn):
+    raw = json.dumps(BODY).encode()
+    CloudZeroHook().post_billing_drop(raw)
+    assert double.double.requests[0]["content_length"] == len(raw)
+
+
+def test_429_with_retry_after_is_honoured(double, cloudzero_conn):
+    double.fail_next(2, 429, retry_after="1")
+    started = time.monotonic()
+    CloudZeroHook(max_wait=5).post_billing_drop(BODY)
+    elapsed = time.monotonic() - started
+    assert statuses(double) == [429, 429, 200]
+    assert 2.0 <= elapsed < 6.0, elapsed
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+def test_5xx_is_retried(double, cloudzero_conn, status):
+    double.fail_next(3, status)
+    fast_hook().post_billing_drop(BODY)
+    assert statuses(double) == [status] * 3 + [200]
+    assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
+
+
+def test_timeout_is_retried(double, cloudzero_conn):
+    double.slow_next(1, 1.5, method="GET")
+    started = time.monotonic()
+    drops = fast_hook(timeout=(2, 0.5)).list_billing_drops()
+    assert drops == []
+    assert time.monotonic() - started < 5
+
+
+def test_dropped_connection_is_retried(double, cloudzero_conn):
+    double.drop_next(2)
+    fast_hook().post_billing_drop(BODY)
+    assert statuses(double) == [200]
+    assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
+
+
+def test_lost_response_with_idempotency_key_applies_once(double, cloudzero_conn):
+    body = {**BODY, "operation": "sum"}
+    double.lose_next_response()
+    drop = fast_hook().post_billing_drop(body, idempotency_key="sum-once")
+    assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
+    assert double.double.requests[-1]["replayed"] is True
+    assert drop["row_count"] == 1
+
+
+def test_transient_failures_are_bounded(double, cloudzero_conn):
+    double.fail_next(10, 503)
+    started = time.monotonic()
+    with pytest.raises(CloudZeroTransientError, match="still failing after 3 attempts: HTTP 503"):
+        fast_hook(max_attempts=3).post_billing_drop(BODY)
+    assert len(double.double.requests) == 3
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"data": [{"time/usage_start": H13, "cost/cost": "1e-9"}]}, 400, "data[0]: column 'cost/cost'"),
+        (
+            {"data": [{"time/usage_start": H13, "cost/cost": "1", "lineitem/description": "x" * 6_000_000}]},
+            413,
+            "too large",
+        ),
+    ],
+)
+def test_client_errors_fail_at_once_with_cloudzero_message(double, cloudzero_conn, body, status, message):
+    with pytest.raises(CloudZeroAPIError) as info:
+        fast_hook().post_billing_drop(body)
+    assert info.value.status == status
+    assert message in str(info.value)
+    assert len(double.double.requests) == 1
+    if status == 413:
+        assert isinstance(info.value, CloudZeroRequestTooLarge)
+
+
+def test_wrong_key_403_never_shows_the_key(double, monkeypatch, caplog):
+    secret = "sk-wrong-key-that-must-not-leak"
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=secret))
+    hook = fast_hook()
+    with caplog.at_level(logging.DEBUG), pytest.raises(CloudZeroAPIError) as info:
+        hook.post_billing_drop(BODY)
+    assert info.value.status == 403
+    assert len(double.double.requests) == 1, "403 must not be retried"
+    assert secret not in str(info.value) and secret not in repr(hook) and secret not in caplog.text
+    ok, message = hook.test_connection()
+    assert not ok and "403" in message and secret not in message
+
+
+def test_test_connection_messages(double, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url))
+    assert CloudZeroHook().test_connection() == (
+        True,
+        f"CloudZero at {double.url} accepted the key; AnyCost connection '{CONNECTION_ID}' has 0 billing drop(s).",
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "cloudzero",
+                "host": double.url,
+                "password": API_KEY,
+                "extra": {"connection_id": "nope"},
+            }
+        ),
+    )
+    ok, message = CloudZeroHook().test_connection()
+    assert not ok and "does not know AnyCost connection 'nope' (404)" in message
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps({"conn_type": "cloudzero", "host": double.url, "password": API_KEY}),
+    )
+    ok, message = CloudZeroHook().test_connection()
+    assert not ok and 'extra "connection_id"' in message
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json("http://127.0.0.1:9"))
+    ok, message = CloudZeroHook(max_wait=0.1).test_connection()
+    assert not ok and "unreachable" in message and "connection failed" in message
+
+
+def test_host_defaults_and_scheme(monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps({"conn_type": "cloudzero", "password": "k" * 12})
+    )
+    hook = CloudZeroHook()
+    hook.get_conn()
+    assert hook.base_url == "https://api.cloudzero.com"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps(
+            {
+                "conn_type": "cloudzero",
+                "host": "proxy.internal",
+                "password": "k" * 12,
+                "extra": {"connection_id": "c"},
+            }
+        ),
+    )
+    hook = CloudZeroHook()
+    session = hook.get_conn()
+    assert hook.base_url == "https://proxy.internal"
+    assert "connection_id" not in session.headers, "connection extras must not become HTTP headers"
+    assert session.headers["Authorization"] == "k" * 12
