@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import unquote
 
+from cloudzero_provider.cbf import EXACT, exact_sum
 from cloudzero_provider.cbf_rules import DATETIME_RE, drop_errors
 
 ANYCOST = "/v2/connections/billing/anycost/"
@@ -132,10 +133,10 @@ class CloudZeroDouble:
             return [dict(r) for m in months for r in stream.months.get(m, [])]
 
     def cost_by_hour(self, connection_id: str, namespace: str = "") -> dict[str, Decimal]:
-        totals: dict[str, Decimal] = defaultdict(Decimal)
+        by_hour: dict[str, list[str]] = defaultdict(list)
         for row in self.rows(connection_id, namespace=namespace):
-            totals[hour_key(row)] += Decimal(row["cost/cost"])
-        return dict(sorted(totals.items()))
+            by_hour[hour_key(row)].append(row["cost/cost"])
+        return {hour: exact_sum(costs) for hour, costs in sorted(by_hour.items())}
 
     def snapshot(self, connection_id: str, namespace: str = "") -> list[tuple[tuple[str, str], ...]]:
         """The stream's rows in a canonical order, for comparing states before and after a re-run."""
@@ -421,6 +422,6 @@ class CloudZeroDouble:
                 if operation == "delete":
                     values.pop((day, dims), None)
                 else:
-                    values[(day, dims)] = values.get((day, dims), Decimal(0)) + amount
+                    values[(day, dims)] = EXACT.add(values.get((day, dims), Decimal(0)), amount)
         entry["applied"] = True
         return Reply(200, {"message": f"{len(parsed)} records accepted", "count": len(parsed)})

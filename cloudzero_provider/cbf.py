@@ -1,0 +1,161 @@
+"""Aggregated LiteLLM spend -> CloudZero Billing Format (CBF) rows. Pure: no Airflow imports.
+
+The shape follows LiteLLM's own CloudZero export (service ``litellm``, account = team, region ``cross-region``,
+usage family ``llm-usage``, ``provider`` and ``model`` tags) so its users recognise their data, with three fixes:
+
+- ``cost/cost`` is the exact decimal PostgreSQL summed, never a float: a spend of 1e-12 stays non-zero;
+- ``resource/id`` is unique per combination of tag values. CloudZero keeps one value per tag per resource (the
+  latest row wins, for the whole history), so two teams, keys or models must never share a resource id -- even
+  when they differ only in case or punctuation, which the readable CZRN segments cannot tell apart;
+- per-hour quantities (tokens, requests) are never tags; tokens go to ``usage/amount``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
+from typing import Any
+
+from cloudzero_provider.cbf_rules import DATETIME_RE, row_errors
+from cloudzero_provider.dimensions import Dimension
+
+SERVICE = "litellm"
+REGION = "cross-region"
+USAGE_FAMILY = "llm-usage"
+NO_TEAM = "no-team"
+_CZRN_UNSAFE = re.compile(r"[^a-z0-9-]+")
+_LOCAL_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+
+
+# Decimal arithmetic rounds to 28 digits by default; money sums here must never round, so any rounding raises.
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOperation, Inexact, Rounded])
+
+
+def exact_sum(values: Iterable[str | Decimal]) -> Decimal:
+    """The exact sum of decimal values (strings or Decimals), whatever their magnitudes."""
+    total = Decimal(0)
+    for value in values:
+        total = EXACT.add(total, value if isinstance(value, Decimal) else Decimal(value))
+    return total
+
+
+class CBFError(ValueError):
+    """A row that cannot become valid CBF; the message names the row and the column."""
+
+
+def exact_decimal(value: str | int | Decimal, *, what: str = "value") -> str:
+    """A non-negative decimal as CBF wants it: plain digits, no exponent, no sign, no rounding.
+
+    Trailing zeros after the point are dropped (``0.300000000000000`` -> ``0.3``); the value is unchanged.
+    """
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:
+        raise CBFError(f"{what} {value!r} is not a decimal number") from None
+    if not number.is_finite():
+        raise CBFError(f"{what} {value!r} is not finite")
+    if number < 0:
+        raise CBFError(f"{what} {value!r} is negative")
+    text = format(number.copy_abs(), "f")  # copy_abs, not abs(): abs() rounds to the context precision
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text or "0"
+
+
+def czrn_segment(value: str | None) -> str:
+    """CloudZero's own LiteLLM tools' rule: lower-case, anything outside [a-z0-9-] becomes '-', empty -> unknown."""
+    cleaned = _CZRN_UNSAFE.sub("-", (value or "").lower()).strip("-")
+    return cleaned or "unknown"
+
+
+def resource_digest(dims: Mapping[str, str | None]) -> str:
+    """A digest of the exact tag set: different values (case, punctuation, unicode, none vs '') never merge."""
+    canonical = json.dumps(sorted(dims.items()), ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:24]
+
+
+def resource_id(dims: Mapping[str, str | None]) -> str:
+    """``czrn:litellm:<provider>:cross-region:<team>:llm-usage:<model>-<digest of all dimension values>``."""
+    model = _LOCAL_UNSAFE.sub("-", (dims.get("model") or "unknown").lower()).strip("-")[:64] or "unknown"
+    return ":".join(
+        (
+            "czrn",
+            SERVICE,
+            czrn_segment(dims.get("provider")),
+            REGION,
+            czrn_segment(dims.get("team_id")),
+            USAGE_FAMILY,
+            f"{model}-{resource_digest(dims)}",
+        )
+    )
+
+
+def to_cbf(
+    hour: str,
+    dims: Mapping[str, str | None],
+    *,
+    spend: str | Decimal,
+    total_tokens: int,
+    requests: int,
+    tag_keys: Mapping[str, str],
+) -> dict[str, str]:
+    """
+    One aggregated group -> one CBF row.
+
+    :param hour: ``YYYY-MM-DDTHH:00:00Z``.
+    :param dims: Dimension name -> value (``None`` for none).
+    :param spend: Exact summed spend.
+    :param total_tokens: Tokens of the group (``usage/amount``).
+    :param requests: Requests of the group, named in the line item's description.
+    :param tag_keys: Dimension name -> CBF tag key.
+    """
+    if not DATETIME_RE.match(hour) or not hour.endswith(":00:00Z"):
+        raise CBFError(f"hour {hour!r} is not of the form YYYY-MM-DDTHH:00:00Z")
+    if total_tokens < 0:
+        raise CBFError(f"total tokens {total_tokens} are negative")
+    row = {
+        "time/usage_start": hour,
+        "cost/cost": exact_decimal(spend, what="spend"),
+        "usage/amount": str(int(total_tokens)),
+        "usage/units": "tokens",
+        "lineitem/type": "Usage",
+        "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
+        "resource/id": resource_id(dims),
+        "resource/service": SERVICE,
+        "resource/account": (dims.get("team_id") or NO_TEAM) if "team_id" in dims else SERVICE,
+        "resource/region": REGION,
+        "resource/usage_family": USAGE_FAMILY,
+    }
+    for name, value in dims.items():
+        if value is not None:
+            row[f"resource/tag:{tag_keys[name]}"] = value
+    return row
+
+
+def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> Iterator[dict[str, str]]:
+    """
+    Aggregated rows (as staged by the extract) -> validated CBF rows.
+
+    Raises :class:`CBFError` naming the row (its index and hour) and the column for anything invalid.
+    """
+    tag_keys = {d.name: d.tag for d in dims}
+    for index, row in enumerate(rows):
+        where = f"aggregated row {index} (hour {row.get('hour')!r})"
+        try:
+            cbf = to_cbf(
+                row["hour"],
+                row["dims"],
+                spend=row["spend"],
+                total_tokens=int(row["total_tokens"]),
+                requests=int(row["requests"]),
+                tag_keys=tag_keys,
+            )
+        except (CBFError, KeyError, TypeError, ValueError) as exc:
+            raise CBFError(f"{where}: {exc}") from None
+        errors = row_errors(cbf)
+        if errors:
+            raise CBFError(f"{where}: " + "; ".join(errors))
+        yield cbf

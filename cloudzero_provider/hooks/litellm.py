@@ -1,0 +1,349 @@
+"""LiteLLMSpendHook: windowed, aggregated reads of a LiteLLM proxy's PostgreSQL database."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
+from cloudzero_provider.windows import Window
+
+SPEND_LOGS = "LiteLLM_SpendLogs"
+DAILY_TABLES = {"daily_team": "LiteLLM_DailyTeamSpend", "daily_user": "LiteLLM_DailyUserSpend"}
+Source = Literal["spend_logs", "daily_team", "daily_user"]
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+SAMPLES = 5
+
+# Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
+# true, so NaN and the infinities are named explicitly before the sign test.
+_INVALID = """CASE
+    WHEN s.spend IS NULL THEN 'spend is NULL'
+    WHEN s.spend = 'NaN'::float8 THEN 'spend is NaN'
+    WHEN s.spend IN ('Infinity'::float8, '-Infinity'::float8) THEN 'spend is infinite'
+    WHEN s.spend < 0 THEN 'spend is negative'
+    WHEN {tokens_negative} THEN 'token count is negative'
+END"""
+
+# Dimension -> (SQL over alias ``s``, columns it needs). '' and NULL both mean "none".
+_SPEND_LOG_DIMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "team_id": ("NULLIF(s.team_id, '')", ("team_id",)),
+    "team_alias": ("NULLIF(s.metadata->>'user_api_key_team_alias', '')", ("metadata",)),
+    "organization_id": ("NULLIF(s.organization_id, '')", ("organization_id",)),
+    "user": ("NULLIF(s.\"user\", '')", ("user",)),
+    "end_user": ("NULLIF(s.end_user, '')", ("end_user",)),
+    # Only a hash prefix leaves the database; a raw key stored by some writer is hashed first, never exported.
+    "api_key": (
+        "CASE WHEN COALESCE(s.api_key, '') = '' THEN NULL "
+        "WHEN s.api_key ~ '^[0-9a-f]{64}$' THEN left(s.api_key, 16) "
+        "ELSE left(encode(sha256(convert_to(s.api_key, 'UTF8')), 'hex'), 16) END",
+        ("api_key",),
+    ),
+    "api_key_alias": ("NULLIF(s.metadata->>'user_api_key_alias', '')", ("metadata",)),
+    "model": ("NULLIF(s.model, '')", ("model",)),
+    "model_group": ("NULLIF(s.model_group, '')", ("model_group",)),
+    "provider": ("NULLIF(s.custom_llm_provider, '')", ("custom_llm_provider",)),
+    "call_type": ("NULLIF(s.call_type, '')", ("call_type",)),
+}
+_TAG_SQL = (
+    "(SELECT NULLIF(substr(t.v, {start}), '') FROM jsonb_array_elements_text("
+    "CASE WHEN jsonb_typeof(s.request_tags) = 'array' THEN s.request_tags ELSE '[]'::jsonb END) AS t(v) "
+    "WHERE left(t.v, {length}) = {prefix} LIMIT 1)"
+)
+
+
+@dataclass
+class Totals:
+    """Requests, tokens and exact spend (a decimal string) of a group of source rows."""
+
+    requests: int = 0
+    successes: int | None = None
+    failures: int | None = None
+    spend: str = "0"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class AggregateRow:
+    """One group: an hour (``YYYY-MM-DDTHH:00:00Z``) and dimension values (``None`` = none)."""
+
+    hour: str
+    dims: dict[str, str | None]
+    totals: Totals
+
+
+@dataclass
+class HourTotal:
+    """PostgreSQL's own per-hour totals of the valid rows, and what was invalid, for reconciliation."""
+
+    hour: str
+    totals: Totals = field(default_factory=Totals)
+    invalid: dict[str, int] = field(default_factory=dict)  # reason -> rows
+    invalid_samples: list[str] = field(default_factory=list)
+
+
+class LiteLLMSpendHook(PostgresHook):
+    """
+    Read LiteLLM spend from the proxy's PostgreSQL database, aggregated inside PostgreSQL.
+
+    :param postgres_conn_id: Airflow connection to the LiteLLM database (default ``litellm_db``).
+    :param db_schema: PostgreSQL schema holding LiteLLM's tables (default ``public``).
+    :param fetch_size: Rows fetched per round trip from the server-side cursor.
+    """
+
+    conn_name_attr = "postgres_conn_id"
+    default_conn_name = "litellm_db"
+    hook_name = "LiteLLM (PostgreSQL)"
+
+    def __init__(self, *args: Any, db_schema: str = "public", fetch_size: int = 5000, **kwargs: Any) -> None:
+        kwargs.setdefault("postgres_conn_id", self.default_conn_name)
+        super().__init__(*args, **kwargs)
+        if not IDENTIFIER_RE.match(db_schema):
+            raise ValueError(f"db_schema {db_schema!r} is not a plain PostgreSQL identifier")
+        self.db_schema = db_schema
+        self.fetch_size = fetch_size
+        self._columns: dict[str, set[str]] = {}
+
+    # -- schema discovery -------------------------------------------------------------------------------
+
+    def table_columns(self, table: str) -> set[str]:
+        """The columns of one of LiteLLM's tables; an error names the table when it does not exist."""
+        if table not in self._columns:
+            rows = self.get_records(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
+                parameters=(self.db_schema, table),
+            )
+            if not rows:
+                raise ValueError(
+                    f'table "{self.db_schema}"."{table}" not found in the LiteLLM database '
+                    f"(connection {self.get_conn_id()!r}): is this LiteLLM's database and schema?"
+                )
+            self._columns[table] = {r[0] for r in rows}
+        return self._columns[table]
+
+    def _table(self, table: str) -> str:
+        return f'"{self.db_schema}"."{table}"'
+
+    # -- SQL --------------------------------------------------------------------------------------------
+
+    def _dimension_sql(self, dims: Sequence[Dimension], source: Source, params: dict[str, Any]) -> list[str]:
+        exprs: list[str] = []
+        missing: list[str] = []
+        if source == "spend_logs":
+            columns = self.table_columns(SPEND_LOGS)
+            for i, dim in enumerate(dims):
+                if dim.name.startswith(TAG_DIMENSION_PREFIX):
+                    prefix = dim.name[len(TAG_DIMENSION_PREFIX) :] + ":"
+                    params[f"tag{i}"] = prefix
+                    if "request_tags" not in columns:
+                        missing.append(f"{dim.name} (needs request_tags)")
+                        exprs.append("NULL::text")
+                    else:
+                        exprs.append(
+                            _TAG_SQL.format(start=len(prefix) + 1, length=len(prefix), prefix=f"%(tag{i})s")
+                        )
+                    continue
+                sql, needs = _SPEND_LOG_DIMS[dim.name]
+                absent = [c for c in needs if c not in columns]
+                if absent:
+                    missing.append(f"{dim.name} (needs column {', '.join(absent)})")
+                    sql = "NULL::text"
+                exprs.append(sql)
+        else:
+            columns = self.table_columns(DAILY_TABLES[source])
+            own = "team_id" if source == "daily_team" else "user"
+            daily = {
+                own: "NULLIF(s.team_id, '')" if source == "daily_team" else "NULLIF(s.user_id, '')",
+                "api_key": _SPEND_LOG_DIMS["api_key"][0],
+                "model": "NULLIF(s.model, '')",
+                "model_group": "NULLIF(s.model_group, '')",
+                "provider": "NULLIF(s.custom_llm_provider, '')",
+            }
+            for dim in dims:
+                if dim.name in daily:
+                    exprs.append(daily[dim.name])
+                else:
+                    missing.append(f"{dim.name} (not kept by {DAILY_TABLES[source]})")
+                    exprs.append("NULL::text")
+        if missing:
+            self.log.warning(
+                "LiteLLM database lacks what these dimensions need; they stay empty: %s", "; ".join(missing)
+            )
+        return exprs
+
+    def aggregate_sql(
+        self, window: Window, dims: Sequence[Dimension], source: Source = "spend_logs"
+    ) -> tuple[str, dict[str, Any]]:
+        """The one statement that aggregates a window: per hour and dimensions, plus per-hour totals."""
+        start, end = window.naive_utc()
+        params: dict[str, Any] = {}
+        dim_exprs = self._dimension_sql(dims, source, params)
+        if source == "spend_logs":
+            columns = self.table_columns(SPEND_LOGS)
+            params.update(start=start, end=end)
+            table = self._table(SPEND_LOGS)
+            hour_in, hour_out = (
+                "date_trunc('hour', s.\"startTime\")",
+                'to_char(a.hour, \'YYYY-MM-DD"T"HH24:00:00"Z"\')',
+            )
+            where = 's."startTime" >= %(start)s AND s."startTime" < %(end)s'
+            n, row_id = "1", "s.request_id"
+            total_tokens = "s.total_tokens"
+            if "status" in columns:
+                ok = "CASE WHEN s.status = 'success' THEN 1 ELSE 0 END"
+                failed = "CASE WHEN s.status = 'failure' THEN 1 ELSE 0 END"
+            else:
+                self.log.warning(
+                    "LiteLLM_SpendLogs has no status column: success/failure counts are not available"
+                )
+                ok = failed = "NULL::int"
+        else:
+            if not window.is_day_aligned:
+                raise ValueError(f"the daily source needs a window of whole UTC days, got {window}")
+            params.update(start=window.start.strftime("%Y-%m-%d"), end=window.end.strftime("%Y-%m-%d"))
+            table = self._table(DAILY_TABLES[source])
+            hour_in, hour_out = "s.date", "a.hour || 'T00:00:00Z'"
+            where = "s.date >= %(start)s AND s.date < %(end)s"
+            n, row_id = "s.api_requests", "s.id"
+            total_tokens = "(s.prompt_tokens + s.completion_tokens)"
+            ok, failed = "s.successful_requests", "s.failed_requests"
+        invalid = _INVALID.format(
+            tokens_negative=f"s.prompt_tokens < 0 OR s.completion_tokens < 0 OR {total_tokens} < 0"
+        )
+        d_cols = [f"d{i}" for i in range(len(dims))]
+        inner_dims = "".join(
+            f",\n        {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True)
+        )
+        outer_dims = "".join(f", a.{col}" for col in d_cols)
+        grouping = f"GROUPING({', '.join('a.' + c for c in d_cols)})" if d_cols else "0"
+        group_by = (
+            f"GROUPING SETS ((a.hour, a.reason{outer_dims}), (a.hour, a.reason))"
+            if d_cols
+            else "a.hour, a.reason"
+        )
+        sql = f"""
+SELECT {hour_out} AS hour, a.reason, {grouping} AS g{outer_dims},
+       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint, sum(a.cost)::text,
+       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
+       COALESCE(sum(a.total_tokens), 0)::bigint,
+       (array_agg(a.row_id) FILTER (WHERE a.reason IS NOT NULL))[1:{SAMPLES}]
+FROM (
+    SELECT {hour_in} AS hour, {invalid} AS reason,
+        CASE WHEN ({invalid}) IS NULL THEN s.spend::numeric END AS cost,
+        {n} AS n, {ok} AS ok, {failed} AS failed,
+        s.prompt_tokens AS prompt_tokens, s.completion_tokens AS completion_tokens,
+        {total_tokens} AS total_tokens, {row_id} AS row_id{inner_dims}
+    FROM {table} AS s
+    WHERE {where}
+) AS a
+GROUP BY {group_by}
+ORDER BY 1"""
+        return sql, params
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def aggregate(
+        self, window: Window, dims: Sequence[Dimension], source: Source = "spend_logs"
+    ) -> Iterator[AggregateRow | HourTotal]:
+        """
+        Stream the window's aggregate from a server-side cursor.
+
+        Yields :class:`AggregateRow` for every (hour, dimension values) group of valid rows, and one
+        :class:`HourTotal` per hour with PostgreSQL's own totals of that hour and its invalid rows.
+        Raw request rows never leave the database.
+        """
+        sql, params = self.aggregate_sql(window, dims, source)
+        names = [d.name for d in dims]
+        n_dims = len(dims)
+        totals: dict[str, HourTotal] = {}
+        conn = self.get_conn()
+        try:
+            with conn.cursor(name="cloudzero_extract") as cur:
+                cur.itersize = self.fetch_size
+                cur.execute(sql, params)
+                for record in cur:
+                    hour, reason, g = record[0], record[1], record[2]
+                    values = record[3 : 3 + n_dims]
+                    req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
+                    t = Totals(
+                        int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total)
+                    )
+                    is_total = g != 0 or n_dims == 0
+                    if reason is None and (g == 0):
+                        yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
+                    if is_total:
+                        ht = totals.setdefault(hour, HourTotal(hour))
+                        if reason is None:
+                            ht.totals = t
+                        else:
+                            ht.invalid[reason] = ht.invalid.get(reason, 0) + t.requests
+                            room = SAMPLES - len(ht.invalid_samples)
+                            ht.invalid_samples.extend((samples or [])[:room])
+            conn.commit()
+        finally:
+            conn.close()
+        yield from (totals[h] for h in sorted(totals))
+
+    def invalid_rows(self, window: Window, source: Source = "spend_logs") -> Iterator[dict[str, Any]]:
+        """Every invalid source row of the window with its reason, for the quarantine file."""
+        start, end = window.naive_utc()
+        if source == "spend_logs":
+            invalid = _INVALID.format(
+                tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0 OR s.total_tokens < 0"
+            )
+            sql = f"""
+SELECT * FROM (
+    SELECT s.request_id, to_char(s."startTime", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), s.spend::text,
+           s.prompt_tokens, s.completion_tokens, s.total_tokens, NULLIF(s.team_id, ''), NULLIF(s.model, ''),
+           {invalid} AS reason
+    FROM {self._table(SPEND_LOGS)} AS s WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
+) AS q WHERE q.reason IS NOT NULL"""
+            params: dict[str, Any] = {"start": start, "end": end}
+        else:
+            invalid = _INVALID.format(tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0")
+            sql = f"""
+SELECT * FROM (
+    SELECT s.id, s.date, s.spend::text, s.prompt_tokens, s.completion_tokens,
+           s.prompt_tokens + s.completion_tokens, NULL, NULLIF(s.model, ''), {invalid} AS reason
+    FROM {self._table(DAILY_TABLES[source])} AS s WHERE s.date >= %(start)s AND s.date < %(end)s
+) AS q WHERE q.reason IS NOT NULL"""
+            params = {"start": window.start.strftime("%Y-%m-%d"), "end": window.end.strftime("%Y-%m-%d")}
+        keys = ("request_id", "start_time", "spend", "prompt_tokens", "completion_tokens", "total_tokens",
+                "team_id", "model", "reason")  # fmt: skip
+        conn = self.get_conn()
+        try:
+            with conn.cursor(name="cloudzero_quarantine") as cur:
+                cur.itersize = self.fetch_size
+                cur.execute(sql, params)
+                for record in cur:
+                    yield dict(zip(keys, record, strict=True))
+            conn.commit()
+        finally:
+            conn.close()
+
+    def hour_spend(self, window: Window) -> dict[str, tuple[int, str]]:
+        """Per hour of the window: valid requests and ``SUM(spend::numeric)``, straight from the source rows.
+
+        Used by the late-data pass to see whether an exported hour changed since.
+        """
+        start, end = window.naive_utc()
+        invalid = _INVALID.format(
+            tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0 OR s.total_tokens < 0"
+        )
+        rows = self.get_records(
+            f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
+                       count(*), COALESCE(sum(s.spend::numeric), 0)::text
+                FROM {self._table(SPEND_LOGS)} AS s
+                WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s AND ({invalid}) IS NULL
+                GROUP BY 1""",
+            parameters={"start": start, "end": end},
+        )
+        return {r[0]: (int(r[1]), r[2]) for r in rows}

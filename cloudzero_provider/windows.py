@@ -1,0 +1,92 @@
+"""Hour-aligned UTC time windows: parsing, validation and the labels used in paths and map indexes.
+
+Pure: no Airflow imports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+HOUR = timedelta(hours=1)
+
+
+def parse_instant(value: str | datetime, *, what: str = "time") -> datetime:
+    """An aware UTC datetime from a datetime or an ISO-8601 string; naive values are refused."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        text = str(value).strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{what} {value!r} is not an ISO-8601 date-time") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ValueError(f"{what} {value!r} has no time zone; give it in UTC, e.g. 2026-11-01T13:00:00Z")
+    return parsed.astimezone(timezone.utc)
+
+
+def hour_label(hour: datetime) -> str:
+    """``2026-11-01T13Z``: short, sortable, safe in paths and as a map-index label."""
+    return hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%HZ")
+
+
+def iso_hour(hour: datetime) -> str:
+    """``2026-11-01T13:00:00Z``, the form CBF's ``time/usage_start`` carries."""
+    return hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open window ``[start, end)`` of whole UTC hours."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of(cls, start: str | datetime, end: str | datetime) -> Window:
+        """Validate and build a window; the error names the offending bound."""
+        s = parse_instant(start, what="window start")
+        e = parse_instant(end, what="window end")
+        for what, value in (("start", s), ("end", e)):
+            if value.minute or value.second or value.microsecond:
+                raise ValueError(f"window {what} {value.isoformat()} is not aligned to the hour")
+        if e <= s:
+            raise ValueError(f"window end {e.isoformat()} is not after its start {s.isoformat()}")
+        return cls(s, e)
+
+    @classmethod
+    def hour(cls, start: str | datetime) -> Window:
+        s = parse_instant(start, what="hour")
+        return cls.of(s, s + HOUR)
+
+    @property
+    def hours(self) -> int:
+        return int((self.end - self.start) / HOUR)
+
+    def each_hour(self) -> Iterator[Window]:
+        cursor = self.start
+        while cursor < self.end:
+            yield Window(cursor, cursor + HOUR)
+            cursor += HOUR
+
+    @property
+    def label(self) -> str:
+        if self.hours == 1:
+            return hour_label(self.start)
+        return f"{hour_label(self.start)}--{hour_label(self.end)}"
+
+    @property
+    def is_day_aligned(self) -> bool:
+        return self.start.hour == 0 and self.end.hour == 0
+
+    def naive_utc(self) -> tuple[datetime, datetime]:
+        """Bounds for comparing with LiteLLM's ``timestamp without time zone`` columns, which hold UTC.
+
+        Binding naive values keeps PostgreSQL from shifting them by the session's TimeZone.
+        """
+        return self.start.replace(tzinfo=None), self.end.replace(tzinfo=None)
+
+    def __str__(self) -> str:
+        return f"[{self.start:%Y-%m-%dT%H:%M}Z, {self.end:%Y-%m-%dT%H:%M}Z)"

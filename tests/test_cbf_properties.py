@@ -1,0 +1,132 @@
+"""Property-based tests of the pure CBF module: always valid, one tag set per resource, exact decimals."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudzero_provider.cbf import CBFError, exact_decimal, resource_id, to_cbf, transform
+from cloudzero_provider.cbf_rules import NUMBER_RE, row_errors
+from cloudzero_provider.dimensions import BUILTIN, DEFAULT_DIMENSIONS, resolve
+
+DIMS = resolve([*DEFAULT_DIMENSIONS, "end_user", "api_key_alias", "tag:taskName"])
+TAGS = {d.name: d.tag for d in DIMS}
+decimals = st.decimals(min_value=0, allow_nan=False, allow_infinity=False, places=None).filter(
+    lambda d: d.adjusted() < 30 and d.adjusted() > -60
+)
+values = st.one_of(st.none(), st.text(max_size=40))
+dim_values = st.fixed_dictionaries({d.name: values for d in DIMS})
+hours = st.datetimes(
+    min_value=__import__("datetime").datetime(2000, 1, 1),
+    max_value=__import__("datetime").datetime(2099, 12, 31),
+).map(lambda t: t.strftime("%Y-%m-%dT%H:00:00Z"))
+
+
+@given(hours, dim_values, decimals, st.integers(min_value=0, max_value=10**15), st.integers(0, 10**9))
+@settings(max_examples=300)
+def test_every_row_is_valid_cbf(hour, dims, spend, tokens, requests):
+    row = to_cbf(hour, dims, spend=spend, total_tokens=tokens, requests=requests, tag_keys=TAGS)
+    assert row_errors(row) == []
+    assert Decimal(row["cost/cost"]) == spend
+    assert all(isinstance(v, str) for v in row.values())
+    assert not any(k.startswith("resource/tag:") and ("token" in k or "request" in k) for k in row)
+
+
+@given(st.lists(dim_values, min_size=2, max_size=30))
+@settings(max_examples=200)
+def test_one_tag_set_per_resource_id(dim_sets):
+    seen: dict[str, dict[str, str]] = {}
+    for dims in dim_sets:
+        row = to_cbf("2026-11-01T13:00:00Z", dims, spend="1", total_tokens=1, requests=1, tag_keys=TAGS)
+        tags = {k: v for k, v in row.items() if k.startswith("resource/tag:")}
+        assert seen.setdefault(row["resource/id"], tags) == tags
+    distinct = {tuple(sorted(d.items(), key=lambda kv: kv[0])) for d in dim_sets}
+    assert len({resource_id(dict(d)) for d in distinct}) == len(distinct)
+
+
+def test_ids_differing_only_in_case_or_punctuation_stay_apart():
+    variants = ["Team A", "team a", "team-a", "team_a", "team.a", "TEAM-A", "team a ", ""]
+    ids = {resource_id({"team_id": v, "model": "gpt-4o"}) for v in variants}
+    ids.add(resource_id({"team_id": None, "model": "gpt-4o"}))
+    assert len(ids) == len(variants) + 1
+
+
+@given(decimals)
+@settings(max_examples=500)
+def test_decimal_round_trip_is_exact(value):
+    text = exact_decimal(value)
+    assert NUMBER_RE.match(text), text
+    assert Decimal(text) == value
+    assert "e" not in text.lower()
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("1E-12", "0.000000000001"), ("0.300000000000000", "0.3"), ("1E+6", "1000000"), ("-0", "0"), ("0E-20", "0"),
+     ("0.30000000000000004", "0.30000000000000004"), ("100", "100")],
+)  # fmt: skip
+def test_exact_decimal_examples(value, text):
+    assert exact_decimal(value) == text
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", "-0.1", "abc"])
+def test_exact_decimal_refuses(bad):
+    with pytest.raises(CBFError):
+        exact_decimal(bad)
+
+
+def test_litellm_shape():
+    row = to_cbf("2026-11-01T13:00:00Z", {"team_id": "team-123", "model": "gpt-4o", "provider": "openai"},
+                 spend="0.002", total_tokens=150, requests=3, tag_keys=TAGS)  # fmt: skip
+    assert row["resource/id"].startswith("czrn:litellm:openai:cross-region:team-123:llm-usage:gpt-4o-")
+    assert row["resource/service"] == "litellm" and row["resource/account"] == "team-123"
+    assert row["resource/region"] == "cross-region" and row["resource/usage_family"] == "llm-usage"
+    assert row["resource/tag:provider"] == "openai" and row["resource/tag:model"] == "gpt-4o"
+    assert row["usage/amount"] == "150" and row["lineitem/type"] == "Usage"
+    assert row["lineitem/description"] == "LiteLLM spend: 3 requests"
+
+
+def test_transform_names_the_bad_row():
+    rows = [
+        {
+            "hour": "2026-11-01T13:00:00Z",
+            "dims": {"model": "m"},
+            "spend": "1",
+            "total_tokens": 1,
+            "requests": 1,
+        },
+        {
+            "hour": "2026-11-01T13:00:00Z",
+            "dims": {"model": "m"},
+            "spend": "-1",
+            "total_tokens": 1,
+            "requests": 1,
+        },
+    ]
+    with pytest.raises(
+        CBFError, match=r"aggregated row 1 \(hour '2026-11-01T13:00:00Z'\): spend '-1' is negative"
+    ):
+        list(transform(rows, resolve(["model"])))
+
+
+def test_dimension_resolution_errors():
+    assert [d.name for d in resolve(None)] == list(DEFAULT_DIMENSIONS)
+    with pytest.raises(ValueError, match="unknown dimension 'team'"):
+        resolve(["team"])
+    with pytest.raises(ValueError, match="listed twice"):
+        resolve(["model", "model"])
+    with pytest.raises(ValueError, match="request-tag prefix 'a b'"):
+        resolve(["tag:a b"])
+    assert set(DEFAULT_DIMENSIONS) <= set(BUILTIN)
+
+
+def test_sums_never_round():
+    from cloudzero_provider.cbf import exact_sum
+
+    parts = ["1000000000", "0.000000000000000000001", "1E-300"]
+    total = exact_sum(parts)
+    assert exact_decimal(total) == "1000000000.000000000000000000001" + "0" * 278 + "1"
+    assert sum(Decimal(p) for p in parts) != total, "the default context would have rounded"

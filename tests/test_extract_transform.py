@@ -1,0 +1,275 @@
+"""Extract and transform against a real PostgreSQL with LiteLLM's schema (both ages): exact to the last digit."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.cbf import exact_sum
+from cloudzero_provider.cbf_rules import row_errors
+from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+from cloudzero_provider.operators.transform import CBFTransformOperator
+from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.seed import insert_spend_logs, spend_log
+
+H13 = "2026-11-01T13:00:00Z"
+H14 = "2026-11-01T14:00:00Z"
+
+
+@pytest.fixture
+def db(litellm_db, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    monkeypatch.setenv("CLOUDZERO_STAGING_URI", str(tmp_path / "staging"))
+    return litellm_db
+
+
+def run_window(start=H13, end=None, **extract_kw):
+    ex = LiteLLMSpendExtractOperator(task_id="extract", window_start=start, window_end=end, **extract_kw)
+    extracted = ex.execute({})
+    tr = CBFTransformOperator(task_id="transform", window_start=start, window_end=end, stream=ex.stream)
+    transformed = tr.execute({})
+    cbf = [
+        json.loads(line)
+        for line in Path(transformed["path"].removeprefix("file://")).read_text().splitlines()
+    ]
+    return extracted, transformed, cbf
+
+
+def source_sum_by_hour(url: str) -> dict[str, Decimal]:
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT to_char(date_trunc('hour', "startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'), SUM(spend::numeric)
+               FROM "LiteLLM_SpendLogs" GROUP BY 1"""
+        )
+        return {h: v for h, v in cur.fetchall()}
+
+
+def cbf_sum_by_hour(cbf) -> dict[str, Decimal]:
+    out: dict[str, list[str]] = defaultdict(list)
+    for row in cbf:
+        out[row["time/usage_start"]].append(row["cost/cost"])
+    return {hour: exact_sum(costs) for hour, costs in out.items()}
+
+
+def test_boundaries_and_exact_conservation(db):
+    insert_spend_logs(db, [
+        spend_log("in-first", "2026-11-01T13:00:00.000", 1e-12, team_id="t1"),
+        spend_log("in-last", "2026-11-01T13:59:59.999", 0.1, team_id="t1"),
+        spend_log("in-b", "2026-11-01T13:30:00", 0.2, team_id="t1"),
+        spend_log("in-big", "2026-11-01T13:31:00", 1e6, team_id="t2"),
+        spend_log("out-next", "2026-11-01T14:00:00.000", 5.0, team_id="t1"),
+        spend_log("out-prev", "2026-11-01T12:59:59.999", 7.0, team_id="t1"),
+    ])  # fmt: skip
+    extracted, transformed, cbf = run_window(H13)
+    assert extracted["requests"] == 4
+    source = source_sum_by_hour(db)
+    assert cbf_sum_by_hour(cbf) == {H13: source[H13]}
+    assert Decimal(transformed["cost"]) == source[H13]
+    assert Decimal(extracted["spend"]) == source[H13]
+    by_team = {r["resource/tag:team_id"]: r for r in cbf}
+    # 1e-12 + 0.1 + 0.2, summed as numeric: non-zero digits far below a cent survive, no exponent
+    assert Decimal(by_team["t1"]["cost/cost"]) == source[H13] - Decimal(1000000)
+    assert "e" not in by_team["t1"]["cost/cost"].lower() and by_team["t1"]["cost/cost"].endswith("1")
+    assert by_team["t2"]["cost/cost"] == "1000000"
+    assert by_team["t1"]["usage/amount"] == "45" and by_team["t1"]["usage/units"] == "tokens"
+    assert all(r["time/usage_start"] == H13 and not row_errors(r) for r in cbf)
+    # the neighbouring hours hold exactly the boundary rows
+    _, _, cbf14 = run_window(H14)
+    assert cbf_sum_by_hour(cbf14) == {H14: Decimal(5)}
+
+
+def test_multi_hour_window_per_hour_conservation(db):
+    insert_spend_logs(db, [spend_log(f"r{i}", f"2026-11-01T{13 + i % 3}:{i % 60:02d}:00", 0.001 * (i + 1),
+                                     team_id=f"t{i % 4}", model=f"m{i % 2}") for i in range(90)])  # fmt: skip
+    extracted, transformed, cbf = run_window(H13, "2026-11-01T16:00:00Z")
+    assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db)
+    assert transformed["hours"] == 3 and extracted["requests"] == 90
+    assert (
+        len(cbf) == len({(r["time/usage_start"], r["resource/id"]) for r in cbf}) == 12
+    )  # 4 teams x 3 hours; model follows team parity
+    hours = [r["time/usage_start"] for r in cbf]
+    assert hours == sorted(hours), "CBF rows come out in hour order"
+
+
+def make_bad_rows(db, with_null: bool):
+    rows = [
+        spend_log("good-1", "2026-11-01T13:10:00", 0.5, team_id="t1"),
+        spend_log("bad-nan", "2026-11-01T13:11:00", float("nan"), team_id="t1"),
+        spend_log("bad-neg", "2026-11-01T13:12:00", -0.25, team_id="t1"),
+        spend_log("bad-inf", "2026-11-01T13:13:00", float("inf"), team_id="t1"),
+        spend_log("bad-tokens", "2026-11-01T13:14:00", 0.1, team_id="t1", prompt_tokens=-3),
+    ]
+    if with_null:
+        with psycopg2.connect(db) as conn, conn.cursor() as cur:
+            cur.execute('ALTER TABLE "LiteLLM_SpendLogs" ALTER COLUMN spend DROP NOT NULL')
+        rows.append(spend_log("bad-null", "2026-11-01T13:15:00", None, team_id="t1"))
+    insert_spend_logs(db, rows)
+
+
+def test_invalid_rows_fail_the_window_by_default(db):
+    make_bad_rows(db, with_null=True)
+    with pytest.raises(AirflowFailException) as info:
+        run_window(H13)
+    message = str(info.value)
+    assert "5 invalid LiteLLM_SpendLogs row(s)" in message
+    for reason in ("1 spend is NaN", "1 spend is negative", "1 spend is infinite", "1 spend is NULL",
+                   "1 token count is negative"):  # fmt: skip
+        assert reason in message
+    for rid in ("bad-nan", "bad-neg", "bad-inf", "bad-null", "bad-tokens"):
+        assert rid in message
+    assert "on_invalid='quarantine'" in message
+
+
+def test_invalid_rows_quarantined_on_request(db, tmp_path):
+    make_bad_rows(db, with_null=False)
+    extracted, _, cbf = run_window(H13, on_invalid="quarantine")
+    assert extracted["invalid_rows"] == 4 and extracted["requests"] == 1
+    assert cbf_sum_by_hour(cbf) == {H13: Decimal("0.5")}
+    quarantined = [
+        json.loads(x) for x in Path(extracted["quarantine"].removeprefix("file://")).read_text().splitlines()
+    ]
+    assert sorted(q["request_id"] for q in quarantined) == ["bad-inf", "bad-nan", "bad-neg", "bad-tokens"]
+    assert {q["request_id"]: q["reason"] for q in quarantined}["bad-tokens"] == "token count is negative"
+    # totals account for every row: exported + quarantined = all rows of the hour
+    summary = json.loads(
+        (Path(extracted["path"].removeprefix("file://")).parent / "extract.json").read_text()
+    )
+    assert summary["hours"][H13]["requests"] + sum(summary["hours"][H13]["invalid"].values()) == 5
+
+
+NASTY = ["Team A", "team-a", "team_a", "TEAM A", "équipe/α:β", "t:1/2 3", "  spaced  ", "emoji-🚀"]
+
+
+def test_awkward_identifiers_stay_separate_resources(db):
+    rows = []
+    for i, team in enumerate(NASTY):
+        rows.append(spend_log(f"r{i}", "2026-11-01T13:05:00", 0.01 * (i + 1), team_id=team,
+                              model=f"org/Model:{i % 2} v", metadata={"user_api_key_team_alias": f"Alias {team}"},
+                              request_tags=[f"taskName:{team}", "other:x"]))  # fmt: skip
+    rows.append(spend_log("r-empty", "2026-11-01T13:06:00", 0.5, team_id="", model="m"))
+    rows.append(spend_log("r-null", "2026-11-01T13:07:00", 0.25, team_id=None, model="m"))
+    insert_spend_logs(db, rows)
+    _, _, cbf = run_window(H13, dimensions=["team_id", "team_alias", "model", "tag:taskName"])
+    assert len(cbf) == len(NASTY) + 1, "'' and NULL team ids are one group: none"
+    assert len({r["resource/id"] for r in cbf}) == len(cbf)
+    teams = {r.get("resource/tag:team_id") for r in cbf}
+    assert teams == set(NASTY) | {None}
+    none_row = next(r for r in cbf if "resource/tag:team_id" not in r)
+    assert none_row["cost/cost"] == "0.75" and none_row["resource/account"] == "no-team"
+    tagged = {r["resource/tag:tag.taskName"] for r in cbf if "resource/tag:tag.taskName" in r}
+    assert tagged == set(NASTY)
+    assert all(not row_errors(r) for r in cbf)
+
+
+def test_ten_thousand_distinct_tag_values(db):
+    rows = [spend_log(f"r{i}", "2026-11-01T13:00:00", 0.000001 * (i + 1), request_tags=[f"taskName:job-{i}"])
+            for i in range(10_000)]  # fmt: skip
+    insert_spend_logs(db, rows)
+    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"])
+    assert extracted["rows"] == transformed["rows"] == len(cbf) == 10_000
+    assert len({r["resource/id"] for r in cbf}) == 10_000
+    assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db)
+
+
+def test_both_schema_ages_and_missing_columns(db, schema_age, capsys):
+    insert_spend_logs(db, [spend_log("r1", "2026-11-01T13:00:00", 0.3, team_id="t", model="m",
+                                     **({"organization_id": "org-1"} if schema_age == "2026-10" else {}))])  # fmt: skip
+    _, _, cbf = run_window(H13)
+    logged = capsys.readouterr().out
+    (row,) = cbf
+    if schema_age == "2026-10":
+        assert row["resource/tag:organization_id"] == "org-1"
+        assert "lacks what these dimensions need" not in logged
+    else:
+        assert "resource/tag:organization_id" not in row
+        assert logged.count("they stay empty: organization_id (needs column organization_id)") == 1
+
+
+def test_success_and_failure_counts(db):
+    insert_spend_logs(db, [spend_log("a", "2026-11-01T13:00:00", 0.1, status="success"),
+                           spend_log("b", "2026-11-01T13:00:01", 0.0, status="failure")])  # fmt: skip
+    extracted, _, _ = run_window(H13)
+    rows = [json.loads(x) for x in Path(extracted["path"].removeprefix("file://")).read_text().splitlines()]
+    assert [(r["requests"], r["successes"], r["failures"]) for r in rows] == [(2, 1, 1)]
+
+
+def test_api_keys_only_leave_as_hash_prefixes(db):
+    hashed = "a" * 64
+    insert_spend_logs(db, [spend_log("a", "2026-11-01T13:00:00", 0.1, api_key=hashed),
+                           spend_log("b", "2026-11-01T13:00:01", 0.1, api_key="sk-raw-secret-key")])  # fmt: skip
+    _, _, cbf = run_window(H13, dimensions=["api_key"])
+    keys = sorted(r["resource/tag:api_key"] for r in cbf)
+    assert "a" * 16 in keys and len(keys) == 2
+    assert all("sk-raw" not in json.dumps(r) for r in cbf)
+
+
+def test_daily_rollup_source(db):
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        for i, (team, spend) in enumerate([("t1", 0.1), ("t1", 0.2), ("t2", 3.0)]):
+            cur.execute(
+                """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, custom_llm_provider,
+                   prompt_tokens, completion_tokens, spend, api_requests, successful_requests, failed_requests,
+                   updated_at) VALUES (%s, %s, '2026-11-01', %s, %s, 'openai', 10, 5, %s, 2, 2, 0, now())""",
+                (f"id{i}", team, f"k{i}", f"m{i}", spend),
+            )
+        cur.execute(
+            """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, spend, updated_at)
+               VALUES ('other-day', 't1', '2026-11-02', 'k', 'm', 9, now())"""
+        )
+    extracted, transformed, cbf = run_window("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", source="daily_team",
+                                             dimensions=["team_id", "model", "provider"])  # fmt: skip
+    assert {r["time/usage_start"] for r in cbf} == {"2026-11-01T00:00:00Z"}
+    assert transformed["cost"] == "3.3" and extracted["requests"] == 6
+    with pytest.raises(AirflowFailException, match="whole UTC days"):
+        run_window(H13, source="daily_team")
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("2026-11-01T13:30:00Z", None, "not aligned to the hour"),
+        ("2026-11-01T13:00:00", None, "has no time zone"),
+        (H14, H13, "is not after its start"),
+        ("yesterday", None, "not an ISO-8601"),
+    ],
+)
+def test_bad_windows_are_refused(db, start, end, message):
+    with pytest.raises(AirflowFailException, match=message):
+        LiteLLMSpendExtractOperator(task_id="e", window_start=start, window_end=end).execute({})
+
+
+def test_no_window_fails_clearly(db):
+    with pytest.raises(AirflowFailException, match="no data interval"):
+        LiteLLMSpendExtractOperator(task_id="e").execute(
+            {"data_interval_start": None, "data_interval_end": None}
+        )
+
+
+def test_bad_dimension_is_named(db):
+    with pytest.raises(AirflowFailException, match="unknown dimension 'colour'"):
+        LiteLLMSpendExtractOperator(task_id="e", window_start=H13, dimensions=["model", "colour"]).execute({})
+
+
+def test_reconciliation_failure_names_hour_and_figures(db):
+    insert_spend_logs(db, [spend_log("a", "2026-11-01T13:00:00", 0.1)])
+    ex = LiteLLMSpendExtractOperator(task_id="e", window_start=H13)
+    extracted = ex.execute({})
+    summary_path = Path(extracted["path"].removeprefix("file://")).parent / "extract.json"
+    summary = json.loads(summary_path.read_text())
+    summary["hours"][H13]["spend"] = (
+        "0.1000000000001"  # as if a row had been lost between extract and transform
+    )
+    summary_path.write_text(json.dumps(summary))
+    with pytest.raises(AirflowFailException) as info:
+        CBFTransformOperator(task_id="t", window_start=H13).execute({})
+    assert (
+        f"hour {H13}: CBF cost/cost sums to 0.1 but SUM(spend::numeric) of its source rows is 0.1000000000001"
+        in str(info.value)
+    )
+    assert not (summary_path.parent / "cbf.jsonl").exists()

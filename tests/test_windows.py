@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from cloudzero_provider.windows import Window
+
+
+def test_window_parsing_and_labels():
+    w = Window.of("2026-11-01T13:00:00+02:00", "2026-11-01T15:00:00Z")
+    assert w.start == datetime(2026, 11, 1, 11, tzinfo=timezone.utc)
+    assert w.hours == 4 and w.label == "2026-11-01T11Z--2026-11-01T15Z"
+    assert [h.label for h in w.each_hour()] == [
+        "2026-11-01T11Z",
+        "2026-11-01T12Z",
+        "2026-11-01T13Z",
+        "2026-11-01T14Z",
+    ]
+    assert Window.hour("2026-11-01T13:00:00Z").label == "2026-11-01T13Z"
+    assert w.naive_utc()[0].tzinfo is None
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        ("2026-11-01T13:00:01Z", "2026-11-01T14:00:00Z", "window start .* not aligned"),
+        ("2026-11-01T13:00:00Z", "2026-11-01T13:00:00Z", "not after its start"),
+        ("2026-11-01T13:00:00", "2026-11-01T14:00:00Z", "no time zone"),
+    ],
+)
+def test_window_errors(start, end, message):
+    with pytest.raises(ValueError, match=message):
+        Window.of(start, end)
