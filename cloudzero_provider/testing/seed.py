@@ -105,7 +105,7 @@ def seed_synthetic(
                                   'user_api_key_alias', 'key-' || mod(i, 40)),
                jsonb_build_array('taskName:task-' || mod(i, 12), 'jobID:' || i),
                CASE WHEN mod(i, 50) = 0 THEN 'failure' ELSE 'success' END{org_value}
-        FROM generate_series(0, %(rows)s - 1) AS i"""
+        FROM generate_series(0::bigint, %(rows)s - 1) AS i"""
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute("SELECT setseed(%s)", (seed,))
         cur.execute(

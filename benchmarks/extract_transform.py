@@ -1,0 +1,113 @@
+"""Benchmark: extract + transform of one hour of LiteLLM spend, beside PostgreSQL's own time for the aggregate.
+
+    ./dev bench                      # 100,000 and 1,000,000 spend-log rows in one hour
+    ./dev bench --rows 250000        # any sizes
+
+Each size runs in a fresh child process so its peak RSS is its own. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+HOUR = datetime(2026, 11, 1, 13, tzinfo=timezone.utc)
+
+
+def measure(url: str, dims: list[str] | None) -> dict:
+    """Runs in the child: PostgreSQL alone, then extract + transform through the real operators."""
+    os.environ["AIRFLOW_CONN_LITELLM_DB"] = url.replace("postgresql://", "postgres://", 1)
+    os.environ["CLOUDZERO_STAGING_URI"] = tempfile.mkdtemp(prefix="cz-bench-")
+    import psycopg2
+
+    from cloudzero_provider.dimensions import resolve
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.windows import Window
+
+    window = Window.hour(HOUR)
+    sql, params = LiteLLMSpendHook().aggregate_sql(window, resolve(dims))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # PostgreSQL alone: the identical statement, executed in full on the server with its default settings
+    # (parallel workers, JIT), result discarded there. Run twice; the second, warm run counts.
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for _ in range(2):
+            cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+            plan = cur.fetchone()[0][0]
+        pg_seconds = plan["Execution Time"] / 1000
+        groups = plan["Plan"]["Actual Rows"]
+    started = time.perf_counter()
+    extracted = LiteLLMSpendExtractOperator(task_id="extract", window_start=HOUR, dimensions=dims).execute({})
+    extract_seconds = time.perf_counter() - started
+    transformed = CBFTransformOperator(task_id="transform", window_start=HOUR).execute({})
+    total_seconds = time.perf_counter() - started
+    return {
+        "requests": extracted["requests"],
+        "aggregate_result_rows": groups,
+        "cbf_rows": transformed["rows"],
+        "pg_seconds": pg_seconds,
+        "extract_seconds": extract_seconds,
+        "extract_transform_seconds": total_seconds,
+        "rss_before_mb": rss_before / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rows", type=int, action="append", help="spend-log rows in the hour (repeatable)")
+    parser.add_argument("--dimensions", help="comma-separated dimensions (default: the default set)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dims = args.dimensions.split(",") if args.dimensions else None
+    if args.child:
+        print(json.dumps(measure(args.child, dims)))
+        return
+
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cz-bench-home-"))
+    from cloudzero_provider.testing.postgres import ThrowawayPostgres
+    from cloudzero_provider.testing.seed import seed_synthetic
+
+    sizes = args.rows or [100_000, 1_000_000]
+    print(f"{'rows':>10} {'groups':>7} {'PostgreSQL':>11} {'extract+transform':>18} {'ratio':>6} "
+          f"{'rows/s':>10} {'peak RSS':>9}")  # fmt: skip
+    with ThrowawayPostgres() as pg:
+        for size in sizes:
+            url = pg.create_database()
+            started = time.perf_counter()
+            seed_synthetic(url, HOUR, size)
+            seeded = time.perf_counter() - started
+            cmd = [sys.executable, __file__, "--child", url] + (
+                ["--dimensions", args.dimensions] if dims else []
+            )
+            out = (
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
+            r = json.loads(out)
+            ratio = r["extract_transform_seconds"] / r["pg_seconds"]
+            print(
+                f"{r['requests']:>10,} {r['cbf_rows']:>7,} {r['pg_seconds']:>10.2f}s {r['extract_transform_seconds']:>17.2f}s "
+                f"{ratio:>5.2f}x {r['requests'] / r['extract_transform_seconds']:>10,.0f} {r['peak_rss_mb']:>7.0f}MB"
+                f"   (seeded in {seeded:.1f}s; RSS before extract {r['rss_before_mb']:.0f}MB)",
+                flush=True,
+            )
+            pg.drop_database(url)
+
+
+if __name__ == "__main__":
+    main()
