@@ -1,18 +1,14 @@
-"""Transform a staged window into validated CBF rows, reconciled to the cent -- and far below it."""
+"""Transform a staged window into validated CBF rows, reconciled exactly with the source."""
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator, Sequence
-from decimal import Decimal
+from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import EXACT, CBFError, exact_decimal, exact_sum, transform
-from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.operators._window import resolve_window
+from cloudzero_provider.pipeline import transform_window
 from cloudzero_provider.staging import WindowStage
 
 
@@ -39,7 +35,7 @@ class CBFTransformOperator(BaseOperator):
         window_start: Any = None,
         window_end: Any = None,
         staging_uri: str | None = None,
-        stream: str = "default",
+        stream: str = "cloudzero_default",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -50,53 +46,4 @@ class CBFTransformOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         window = resolve_window(self.window_start, self.window_end, context)
-        stage = WindowStage(self.staging_uri, window, self.stream)
-        extract = stage.read_json("extract.json")
-        dims = resolve(extract["dimensions"])
-        cost: dict[str, Decimal] = defaultdict(Decimal)
-        tokens: dict[str, int] = defaultdict(int)
-        rows: dict[str, int] = defaultdict(int)
-
-        def cbf_rows() -> Iterator[dict[str, str]]:
-            for row in transform(stage.read_jsonl("extract.jsonl"), dims):
-                hour = row["time/usage_start"]
-                cost[hour] = EXACT.add(cost[hour], Decimal(row["cost/cost"]))
-                tokens[hour] += int(row["usage/amount"])
-                rows[hour] += 1
-                yield row
-
-        try:
-            written = stage.write_jsonl("cbf.jsonl", cbf_rows())
-        except CBFError as exc:
-            stage.remove("cbf.jsonl")
-            raise AirflowFailException(f"Window {window}: {exc}") from None
-        mismatches = []
-        for hour in sorted(set(cost) | set(extract["hours"])):
-            source = Decimal(extract["hours"].get(hour, {}).get("spend", "0"))
-            if cost.get(hour, Decimal(0)) != source:
-                mismatches.append(
-                    f"hour {hour}: CBF cost/cost sums to {exact_decimal(cost.get(hour, Decimal(0)))} but "
-                    f"SUM(spend::numeric) of its source rows is {exact_decimal(source)}"
-                )
-        if mismatches:
-            stage.remove("cbf.jsonl")
-            raise AirflowFailException(
-                f"Window {window} does not reconcile, nothing will be uploaded: " + "; ".join(mismatches)
-            )
-        total = exact_decimal(exact_sum(cost.values()))
-        hours = {
-            h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)
-        }
-        stage.write_json("transform.json", {"rows": written, "cost": total, "hours": hours})
-        self.log.info(
-            "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with "
-            "the source", window, written, len(hours), total, sum(tokens.values()),
-        )  # fmt: skip
-        return {
-            "window": window.label,
-            "path": str(stage.path("cbf.jsonl")),
-            "rows": written,
-            "cost": total,
-            "tokens": sum(tokens.values()),
-            "hours": len(hours),
-        }
+        return transform_window(window, WindowStage(self.staging_uri, window, self.stream), log=self.log)

@@ -1,0 +1,164 @@
+"""CBF rows -> AnyCost Stream requests. Pure: no Airflow imports.
+
+Rules (CloudZero "Send AnyCost Stream data"; see ``reference/cloudzero-api.md``):
+
+- one request carries the rows of one month; ``month`` is sent as the first instant of that month in the
+  OpenAPI spec's ISO-8601 form, ``YYYY-MM-01T00:00:00Z`` (CloudZero's docs also show ``YYYY-MM``);
+- ``replace_hourly`` replaces exactly the hours present in a request, so a request that carries *whole* hours is
+  idempotent, and several whole hours may share one request;
+- the exact serialized body must stay under a limit below CloudZero's 5 MB;
+- an hour too large for one request goes as a first chunk with ``replace_hourly`` (clearing the hour) and the
+  rest with ``sum``. Re-sending such an hour must restart at its first chunk, never resume in the middle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # below 5 MB whether CloudZero means 5,000,000 or 5,242,880 bytes
+
+
+def serialize_row(row: Mapping[str, str]) -> bytes:
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def month_of(hour: str) -> str:
+    """``2026-11-01T13:00:00Z`` -> ``2026-11-01T00:00:00Z``."""
+    return f"{hour[:7]}-01T00:00:00Z"
+
+
+def _envelope(month: str, operation: str) -> tuple[bytes, bytes]:
+    head = b'{"month":' + json.dumps(month).encode() + b',"operation":' + json.dumps(operation).encode()
+    return head + b',"data":[', b"]}"
+
+
+def body_size(month: str, operation: str, row_sizes: Iterable[int]) -> int:
+    head, tail = _envelope(month, operation)
+    sizes = list(row_sizes)
+    return len(head) + len(tail) + sum(sizes) + max(len(sizes) - 1, 0)
+
+
+@dataclass(frozen=True)
+class DropRequest:
+    """One AnyCost request, with the exact bytes to send."""
+
+    month: str
+    operation: str  # replace_hourly | sum
+    hours: tuple[str, ...]
+    chunk: int  # 0 for whole hours; the index within a split hour otherwise
+    chunks: int  # 1 for whole hours
+    rows: int
+    body: bytes = field(repr=False)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.body).hexdigest()
+
+    def idempotency_key(self, connection_id: str, salt: str = "") -> str:
+        """
+        Derived from the connection, the hour(s), the chunk index and the content digest.
+
+        ``salt`` names the attempt (run and try). CloudZero replays the first answer to a key forever, so a key
+        reused by a *later* export of identical content would be answered without being applied, even if the
+        hour changed in between; salting per attempt keeps the key stable for in-task retries -- the lost
+        response case it exists for -- and fresh for every new attempt, which restarts at chunk 0 anyway.
+        """
+        material = "|".join((connection_id, ",".join(self.hours), str(self.chunk), self.digest, salt))
+        return "lcz-" + hashlib.sha256(material.encode()).hexdigest()[:48]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "month": self.month,
+            "operation": self.operation,
+            "hours": list(self.hours),
+            "chunk": f"{self.chunk + 1}/{self.chunks}",
+            "rows": self.rows,
+            "bytes": len(self.body),
+        }
+
+
+def _build(month: str, operation: str, hours: Sequence[str], chunk: int, chunks: int, rows: Sequence[bytes]) -> DropRequest:
+    head, tail = _envelope(month, operation)
+    body = head + b",".join(rows) + tail
+    return DropRequest(month, operation, tuple(hours), chunk, chunks, len(rows), body)
+
+
+def plan_hour(hour: str, rows: Sequence[bytes], max_bytes: int) -> list[DropRequest]:
+    """One hour's serialized rows -> one request, or a ``replace_hourly`` chunk followed by ``sum`` chunks."""
+    month = month_of(hour)
+    if body_size(month, "replace_hourly", (len(r) for r in rows)) <= max_bytes:
+        return [_build(month, "replace_hourly", [hour], 0, 1, rows)]
+    groups: list[list[bytes]] = [[]]
+    for index, row in enumerate(rows):
+        operation = "replace_hourly" if len(groups) == 1 else "sum"
+        candidate = groups[-1] + [row]
+        if body_size(month, operation, (len(r) for r in candidate)) <= max_bytes:
+            groups[-1].append(row)
+            continue
+        if not groups[-1]:
+            raise ValueError(
+                f"CBF row {index} of hour {hour} alone is {len(row)} bytes, over the request limit of {max_bytes}"
+            )
+        groups.append([row])
+        if body_size(month, "sum", [len(row)]) > max_bytes:
+            raise ValueError(
+                f"CBF row {index} of hour {hour} alone is {len(row)} bytes, over the request limit of {max_bytes}"
+            )
+    return [
+        _build(month, "replace_hourly" if i == 0 else "sum", [hour], i, len(groups), group)
+        for i, group in enumerate(groups)
+    ]
+
+
+def plan(rows_by_hour: Mapping[str, Sequence[bytes]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[DropRequest]:
+    """
+    Serialized CBF rows grouped by hour -> the requests to send, in order.
+
+    Whole hours of one month are packed together while the body stays within ``max_bytes``; an hour that does
+    not fit one request is split (``replace_hourly`` then ``sum``) and travels in requests of its own.
+    """
+    requests: list[DropRequest] = []
+    pack_month, pack_hours, pack_rows = "", [], []  # type: ignore[var-annotated]
+
+    def flush() -> None:
+        nonlocal pack_hours, pack_rows
+        if pack_hours:
+            requests.append(_build(pack_month, "replace_hourly", pack_hours, 0, 1, pack_rows))
+        pack_hours, pack_rows = [], []
+
+    for hour in sorted(rows_by_hour):
+        rows = list(rows_by_hour[hour])
+        if not rows:
+            continue
+        month = month_of(hour)
+        alone = body_size(month, "replace_hourly", (len(r) for r in rows))
+        if alone > max_bytes:
+            flush()
+            requests.extend(plan_hour(hour, rows, max_bytes))
+            continue
+        if month != pack_month or body_size(month, "replace_hourly", [len(r) for r in pack_rows + rows]) > max_bytes:
+            flush()
+            pack_month = month
+        pack_hours.append(hour)
+        pack_rows.extend(rows)
+    flush()
+    return requests
+
+
+def group_by_hour(rows: Iterable[Mapping[str, str]]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for row in rows:
+        out.setdefault(row["time/usage_start"], []).append(serialize_row(row))
+    return out
+
+
+def content_digest(rows: Iterable[bytes]) -> str:
+    """Order-independent digest of an hour's rows: the same content gives the same digest however it was sent."""
+    h = hashlib.sha256()
+    for row in sorted(rows):
+        h.update(row)
+        h.update(b"\n")
+    return h.hexdigest()

@@ -1,0 +1,351 @@
+"""The three steps of one window -- extract, transform, upload -- as functions of hooks and a staging folder.
+
+The operators are thin wrappers around these; the late-data pass calls them again for the hours that changed.
+Errors a retry cannot fix raise ``AirflowFailException`` with a message that says what to do.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.cbf import EXACT, CBFError, exact_decimal, exact_sum, transform
+from cloudzero_provider.dimensions import Dimension, names, resolve
+from cloudzero_provider.drops import DropRequest, content_digest, group_by_hour, plan
+from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTooLarge
+from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
+from cloudzero_provider.manifests import ManifestStore
+from cloudzero_provider.staging import WindowStage
+from cloudzero_provider.windows import Window
+
+INVALID_POLICIES = ("fail", "quarantine")
+SOURCES = ("spend_logs", "daily_team", "daily_user")
+MIN_REQUEST_BYTES = 16_384
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def describe_invalid(hours: dict[str, HourTotal], table: str) -> str:
+    parts = []
+    for hour, ht in sorted(hours.items()):
+        reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(ht.invalid.items()))
+        parts.append(f"hour {hour}: {reasons} (e.g. {', '.join(map(str, ht.invalid_samples))})")
+    total = sum(sum(ht.invalid.values()) for ht in hours.values())
+    return f"{total} invalid {table} row(s) -- " + "; ".join(parts)
+
+
+# -- extract ----------------------------------------------------------------------------------------------
+
+
+def extract_window(
+    hook: LiteLLMSpendHook,
+    window: Window,
+    stage: WindowStage,
+    *,
+    dimensions: Sequence[str] | None,
+    source: str,
+    on_invalid: str,
+    log: Any,
+) -> dict[str, Any]:
+    """Aggregate the window in PostgreSQL into ``extract.jsonl`` + ``extract.json``; returns the XCom summary."""
+    try:
+        dims: list[Dimension] = resolve(dimensions)
+    except ValueError as exc:
+        raise AirflowFailException(f"Invalid dimensions: {exc}") from None
+    if on_invalid not in INVALID_POLICIES:
+        raise AirflowFailException(f"on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+    if source not in SOURCES:
+        raise AirflowFailException(f"source must be one of {SOURCES}, got {source!r}")
+    src: Source = source  # type: ignore[assignment]
+    stage.remove("extract.json")  # a failed re-run must not leave the previous run's summary behind
+    extracted_at = _now()
+    hours: dict[str, HourTotal] = {}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for item in hook.aggregate(window, dims, src):
+            if isinstance(item, AggregateRow):
+                yield {"hour": item.hour, "dims": item.dims, **item.totals.as_dict()}
+            else:
+                hours[item.hour] = item
+
+    try:
+        row_count = stage.write_jsonl("extract.jsonl", rows())
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+    table = "LiteLLM_SpendLogs" if source == "spend_logs" else source
+    bad_hours = {h: ht for h, ht in hours.items() if ht.invalid}
+    invalid_rows = sum(sum(ht.invalid.values()) for ht in bad_hours.values())
+    quarantine = None
+    if bad_hours and on_invalid == "fail":
+        raise AirflowFailException(
+            f"Window {window}: {describe_invalid(bad_hours, table)}. Nothing was exported. Fix these rows in "
+            "the LiteLLM database, or set on_invalid='quarantine' to export the valid rows and keep the "
+            "invalid ones in quarantine.jsonl."
+        )
+    if bad_hours:
+        written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
+        quarantine = str(stage.path("quarantine.jsonl"))
+        log.warning(
+            "Window %s: quarantined %d row(s) in %s -- %s", window, written, quarantine,
+            describe_invalid(bad_hours, table),
+        )  # fmt: skip
+    else:
+        stage.remove("quarantine.jsonl")
+    requests = sum(ht.totals.requests for ht in hours.values())
+    tokens = sum(ht.totals.total_tokens for ht in hours.values())
+    spend = exact_decimal(exact_sum(ht.totals.spend for ht in hours.values()))
+    stage.write_json(
+        "extract.json",
+        {
+            "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
+            "extracted_at": extracted_at,
+            "source": source,
+            "dimensions": names(dims),
+            "rows": row_count,
+            "hours": {
+                h: {**ht.totals.as_dict(), "invalid": ht.invalid, "invalid_samples": ht.invalid_samples}
+                for h, ht in sorted(hours.items())
+            },
+            "invalid_rows": invalid_rows,
+            "quarantine": quarantine,
+        },
+    )
+    log.info(
+        "Extracted %s from %s: %d rows over %d hour(s), %d requests, %d tokens, spend %s USD, %d invalid row(s)%s",
+        window, table, row_count, len(hours), requests, tokens, spend, invalid_rows,
+        f" quarantined in {quarantine}" if quarantine else "",
+    )  # fmt: skip
+    return {
+        "window": window.label,
+        "path": str(stage.path("extract.jsonl")),
+        "rows": row_count,
+        "requests": requests,
+        "tokens": tokens,
+        "spend": spend,
+        "invalid_rows": invalid_rows,
+        "quarantine": quarantine,
+    }
+
+
+# -- transform --------------------------------------------------------------------------------------------
+
+
+def transform_window(window: Window, stage: WindowStage, *, log: Any) -> dict[str, Any]:
+    """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals."""
+    extract = stage.read_json("extract.json")
+    dims = resolve(extract["dimensions"])
+    cost: dict[str, Decimal] = {}
+    tokens: dict[str, int] = {}
+    rows: dict[str, int] = {}
+
+    def cbf_rows() -> Iterator[dict[str, str]]:
+        for row in transform(stage.read_jsonl("extract.jsonl"), dims):
+            hour = row["time/usage_start"]
+            cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), Decimal(row["cost/cost"]))
+            tokens[hour] = tokens.get(hour, 0) + int(row["usage/amount"])
+            rows[hour] = rows.get(hour, 0) + 1
+            yield row
+
+    stage.remove("transform.json")
+    try:
+        written = stage.write_jsonl("cbf.jsonl", cbf_rows())
+    except CBFError as exc:
+        stage.remove("cbf.jsonl")
+        raise AirflowFailException(f"Window {window}: {exc}") from None
+    mismatches = []
+    for hour in sorted(set(cost) | set(extract["hours"])):
+        source = Decimal(extract["hours"].get(hour, {}).get("spend", "0"))
+        if cost.get(hour, Decimal(0)) != source:
+            mismatches.append(
+                f"hour {hour}: CBF cost/cost sums to {exact_decimal(cost.get(hour, Decimal(0)))} but "
+                f"SUM(spend::numeric) of its source rows is {exact_decimal(source)}"
+            )
+    if mismatches:
+        stage.remove("cbf.jsonl")
+        raise AirflowFailException(
+            f"Window {window} does not reconcile, nothing will be uploaded: " + "; ".join(mismatches)
+        )
+    total = exact_decimal(exact_sum(cost.values()))
+    hours = {h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)}
+    stage.write_json("transform.json", {"rows": written, "cost": total, "hours": hours})
+    log.info(
+        "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
+        window, written, len(hours), total, sum(tokens.values()),
+    )  # fmt: skip
+    return {
+        "window": window.label,
+        "path": str(stage.path("cbf.jsonl")),
+        "rows": written,
+        "cost": total,
+        "tokens": sum(tokens.values()),
+        "hours": len(hours),
+    }
+
+
+# -- upload -----------------------------------------------------------------------------------------------
+
+
+def _dry_run(
+    window: Window, stage: WindowStage, rows_by_hour: dict[str, list[bytes]], cbf: list[dict[str, str]],
+    *, limit: int | None, max_request_bytes: int, log: Any,
+) -> dict[str, Any]:  # fmt: skip
+    requests = plan(rows_by_hour, max_request_bytes)
+    folder = stage.path("requests")
+    if folder.exists():
+        for old in folder.iterdir():
+            old.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, req in enumerate(requests):
+        name = f"{index:04d}-{req.hours[0][:13]}Z-chunk{req.chunk + 1}of{req.chunks}.json"
+        (folder / name).write_bytes(req.body)
+    accounts = sorted({r.get("resource/account", "") for r in cbf})
+    services = sorted({r.get("resource/service", "") for r in cbf})
+    summary = {
+        "dry_run": True,
+        "window": window.label,
+        "records": len(cbf),
+        "limit": limit,
+        "total_cost": exact_decimal(exact_sum(r["cost/cost"] for r in cbf)),
+        "total_tokens": sum(int(r.get("usage/amount", "0")) for r in cbf),
+        "accounts": accounts[:20],
+        "accounts_count": len(accounts),
+        "services": services,
+        "requests": len(requests),
+        "bodies": str(folder),
+    }
+    log.info(
+        "DRY RUN %s -- nothing sent: %d records, total cost %s USD, %d tokens, %d account(s) %s, services %s; "
+        "%d request bod%s written to %s",
+        window, summary["records"], summary["total_cost"], summary["total_tokens"], len(accounts),
+        accounts[:5], services, len(requests), "y" if len(requests) == 1 else "ies", folder,
+    )  # fmt: skip
+    return summary
+
+
+def upload_window(
+    hook: CloudZeroHook | None,
+    window: Window,
+    stage: WindowStage,
+    *,
+    dry_run: bool = False,
+    limit: int | None = None,
+    max_request_bytes: int,
+    salt: str,
+    log: Any,
+    late_correction: bool = False,
+) -> dict[str, Any]:
+    """
+    Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
+
+    Every hour is sent whole (``replace_hourly``; a split hour restarts at its first chunk), so re-running
+    a window is safe. A 413 halves the request size for the hours concerned and sends them again from their
+    first chunk. With ``dry_run`` nothing is sent: the exact request bodies are written to ``requests/``.
+    """
+    if limit is not None and not dry_run:
+        raise AirflowFailException(
+            "limit previews only the first N records in a dry run. A real export always sends whole hours: "
+            "replace_hourly with part of an hour would erase the rest of that hour in CloudZero."
+        )
+    cbf = list(stage.read_jsonl("cbf.jsonl"))
+    if dry_run:
+        preview = cbf[:limit] if limit is not None else cbf
+        return _dry_run(window, stage, group_by_hour(preview), preview, limit=limit,
+                        max_request_bytes=max_request_bytes, log=log)  # fmt: skip
+    assert hook is not None
+    connection_id = hook.connection_id
+    extract = stage.read_json("extract.json")
+    rows_by_hour = group_by_hour(cbf)
+    manifests = ManifestStore(stage.root)
+    skipped = []
+    for hour in list(rows_by_hour):
+        current = manifests.get(hour)
+        if current and current.get("extracted_at", "") > extract["extracted_at"]:
+            # A newer extract of this hour (e.g. the late-data pass) was already sent: never overwrite it.
+            skipped.append(hour)
+            del rows_by_hour[hour]
+    if skipped:
+        log.warning("Not sending hour(s) %s: a newer extract of them was already exported", skipped)
+    cost: dict[str, Decimal] = dict.fromkeys(rows_by_hour, Decimal(0))
+    tokens: dict[str, int] = dict.fromkeys(rows_by_hour, 0)
+    for r in cbf:
+        if r["time/usage_start"] in cost:
+            cost[r["time/usage_start"]] = EXACT.add(cost[r["time/usage_start"]], Decimal(r["cost/cost"]))
+            tokens[r["time/usage_start"]] += int(r["usage/amount"])
+    queue: deque[DropRequest] = deque(plan(rows_by_hour, max_request_bytes))
+    drop_ids: dict[str, list[str]] = {h: [] for h in rows_by_hour}
+    sent_requests = 0
+    for hour in rows_by_hour:
+        manifests.mark(hour, status="sending", run=salt)
+    while queue:
+        req = queue.popleft()
+        key = req.idempotency_key(connection_id, salt)
+        try:
+            answer = hook.post_billing_drop(req.body, idempotency_key=key)
+        except CloudZeroRequestTooLarge:
+            smaller = len(req.body) // 2
+            if smaller < MIN_REQUEST_BYTES:
+                raise AirflowFailException(
+                    f"CloudZero refused a {len(req.body)}-byte request as too large (413); not splitting below "
+                    f"{MIN_REQUEST_BYTES} bytes."
+                ) from None
+            hours = set(req.hours)
+            queue = deque(r for r in queue if not hours & set(r.hours))
+            log.warning(
+                "CloudZero answered 413 to %d bytes for hour(s) %s: re-sending them from their first chunk in "
+                "requests of at most %d bytes", len(req.body), sorted(hours), smaller,
+            )  # fmt: skip
+            for h in hours:
+                drop_ids[h] = []
+            queue.extendleft(reversed(plan({h: rows_by_hour[h] for h in hours}, smaller)))
+            continue
+        except Exception:
+            for h in req.hours:
+                manifests.mark(h, status="failed", run=salt)
+            raise
+        sent_requests += 1
+        log.info("Sent %s: drop %s (%s rows)", req.summary(), answer.get("drop_id"), answer.get("row_count"))
+        for h in req.hours:
+            drop_ids[h].append(str(answer.get("drop_id")))
+        if req.chunk == req.chunks - 1:
+            for h in req.hours:
+                src = extract["hours"].get(h, {})
+                manifests.write_exported(
+                    h,
+                    {
+                        "connection_id": connection_id,
+                        "window": window.label,
+                        "rows": len(rows_by_hour[h]),
+                        "cost": exact_decimal(cost[h]),
+                        "tokens": tokens[h],
+                        "content_sha256": content_digest(rows_by_hour[h]),
+                        "drop_ids": drop_ids[h],
+                        "sent_at": _now(),
+                        "extracted_at": extract["extracted_at"],
+                        "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},
+                        "run": salt,
+                    },
+                    late_correction=late_correction,
+                )
+    total = exact_decimal(exact_sum(cost.values()))
+    exported = sorted(rows_by_hour)
+    log.info(
+        "Uploaded %s to AnyCost connection %s: %d hour(s), %d rows, cost %s USD, %d request(s); drops %s",
+        window, connection_id, len(exported), sum(len(v) for v in rows_by_hour.values()), total, sent_requests,
+        sorted({d for ids in drop_ids.values() for d in ids}),
+    )  # fmt: skip
+    return {
+        "window": window.label,
+        "hours": [h[:13] + "Z" for h in exported],
+        "rows": sum(len(v) for v in rows_by_hour.values()),
+        "cost": total,
+        "requests_sent": sent_requests,
+        "drop_ids": sorted({d for ids in drop_ids.values() for d in ids}),
+        "skipped_newer": skipped,
+    }
