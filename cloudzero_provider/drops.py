@@ -80,7 +80,9 @@ class DropRequest:
         }
 
 
-def _build(month: str, operation: str, hours: Sequence[str], chunk: int, chunks: int, rows: Sequence[bytes]) -> DropRequest:
+def _build(
+    month: str, operation: str, hours: Sequence[str], chunk: int, chunks: int, rows: Sequence[bytes]
+) -> DropRequest:
     head, tail = _envelope(month, operation)
     body = head + b",".join(rows) + tail
     return DropRequest(month, operation, tuple(hours), chunk, chunks, len(rows), body)
@@ -113,7 +115,9 @@ def plan_hour(hour: str, rows: Sequence[bytes], max_bytes: int) -> list[DropRequ
     ]
 
 
-def plan(rows_by_hour: Mapping[str, Sequence[bytes]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> list[DropRequest]:
+def plan(
+    rows_by_hour: Mapping[str, Sequence[bytes]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> list[DropRequest]:
     """
     Serialized CBF rows grouped by hour -> the requests to send, in order.
 
@@ -139,7 +143,10 @@ def plan(rows_by_hour: Mapping[str, Sequence[bytes]], max_bytes: int = DEFAULT_M
             flush()
             requests.extend(plan_hour(hour, rows, max_bytes))
             continue
-        if month != pack_month or body_size(month, "replace_hourly", [len(r) for r in pack_rows + rows]) > max_bytes:
+        if (
+            month != pack_month
+            or body_size(month, "replace_hourly", [len(r) for r in pack_rows + rows]) > max_bytes
+        ):
             flush()
             pack_month = month
         pack_hours.append(hour)

@@ -24,7 +24,11 @@ def parse_instant(value: str | datetime, *, what: str = "time") -> datetime:
             raise ValueError(f"{what} {value!r} is not an ISO-8601 date-time") from None
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ValueError(f"{what} {value!r} has no time zone; give it in UTC, e.g. 2026-11-01T13:00:00Z")
-    return parsed.astimezone(timezone.utc)
+    utc = parsed.astimezone(timezone.utc)
+    # A plain datetime, even from pendulum: arithmetic with timedelta must behave the standard way.
+    return datetime(
+        utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond, timezone.utc
+    )
 
 
 def hour_label(hour: datetime) -> str:

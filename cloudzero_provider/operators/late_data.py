@@ -33,7 +33,13 @@ class LateDataOperator(BaseOperator):
     :param on_invalid: As given to the extract.
     """
 
-    template_fields: Sequence[str] = ("window_start", "window_end", "staging_uri", "lookback_hours", "dimensions")
+    template_fields: Sequence[str] = (
+        "window_start",
+        "window_end",
+        "staging_uri",
+        "lookback_hours",
+        "dimensions",
+    )
     ui_color = "#f4ecf7"
 
     def __init__(
@@ -88,7 +94,9 @@ class LateDataOperator(BaseOperator):
                 changed.append((hour_window, f"source now {requests} requests / {spend} USD, exported "
                                              f"{recorded.get('requests')} / {recorded.get('spend')}"))  # fmt: skip
         if not changed:
-            self.log.info("Late-data pass over %s: all exported hours still match their source totals", checked)
+            self.log.info(
+                "Late-data pass over %s: all exported hours still match their source totals", checked
+            )
             return {"checked": [h.label for h in checked.each_hour()], "corrected": []}
         cz = CloudZeroHook(self.cloudzero_conn_id)
         corrected = []

@@ -79,5 +79,7 @@ class AnyCostUploadOperator(BaseOperator):
             max_request_bytes=self.max_request_bytes, salt=attempt_salt(context), log=self.log,
         )  # fmt: skip
         if not dry_run:
-            emit_hour_events(self.outlets, context, result["hours"], {"window": window.label, "cost": result["cost"]})
+            emit_hour_events(
+                self.outlets, context, result["hours"], {"window": window.label, "cost": result["cost"]}
+            )
         return result

@@ -1,0 +1,245 @@
+"""The ready DAGs: ``litellm_cloudzero_hourly`` (scheduled, catchup, late data) and ``litellm_cloudzero_range``
+(manual, any date range, dry run). ``dags/`` in the repository holds the two small files that build them.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import DAG, Asset, Param, task, task_group
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+from cloudzero_provider.operators.late_data import LateDataOperator
+from cloudzero_provider.operators.transform import CBFTransformOperator
+from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.settings import ExportSettings
+from cloudzero_provider.windows import Window
+
+HOURLY_DAG_ID = "litellm_cloudzero_hourly"
+RANGE_DAG_ID = "litellm_cloudzero_range"
+MAX_RANGE_HOURS = 24 * 92
+
+
+def hours_asset(settings: ExportSettings) -> Asset:
+    """One event per exported hour (the hour is the event's partition key) -- follow it from other DAGs."""
+    return Asset(name=f"litellm_cloudzero_hours__{settings.cloudzero_conn_id}",
+                 uri=f"cloudzero://anycost/{settings.cloudzero_conn_id}/litellm-hours")  # fmt: skip
+
+
+def _default_args(settings: ExportSettings) -> dict[str, Any]:
+    return {
+        "owner": "finops",
+        "retries": settings.retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=1),
+    }
+
+
+COMMON_DOC = """
+**What each run does.** `extract` aggregates the window's `LiteLLM_SpendLogs` inside PostgreSQL (one statement,
+spend summed as `numeric`); `transform` turns it into CloudZero Billing Format rows and reconciles every hour to
+the source's `SUM(spend::numeric)` exactly; `upload` sends whole hours with `replace_hourly` (re-runs replace,
+never double-count) through the one-slot pool, and writes a manifest per hour. XComs are small summaries;
+data stays in the staging folder.
+
+**When a task fails**, its log's last line says why and what to do. Errors a retry cannot fix (bad API key,
+invalid rows under `on_invalid=fail`, a window that does not reconcile) fail without retrying; CloudZero
+outages are retried in the task (429/5xx/timeouts) and then by Airflow with exponential backoff.
+"""
+
+
+def build_hourly_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    stream = settings.cloudzero_conn_id
+    doc = f"""
+# LiteLLM -> CloudZero, every hour
+
+Exports the hour `[data_interval_start, data_interval_end)` (UTC) of LiteLLM spend to CloudZero AnyCost.
+Scheduled with `CronDataIntervalTimetable("0 * * * *", timezone="UTC")` and `catchup=True`: after a pause, every
+missed hour runs. Backfill any period with `airflow backfill create --dag-id {HOURLY_DAG_ID} --from-date
+2026-11-01T00:00:00+00:00 --to-date 2026-11-02T00:00:00+00:00 --reprocess-behavior completed` or in the UI
+(Trigger -> Backfill); for a one-off range or a dry run use `{RANGE_DAG_ID}`.
+
+**Tasks.** `settle` waits (deferred, no worker slot) until `settle_minutes` after the hour ends, since spend-log
+rows land late. Then extract -> transform -> upload. `late_data` then re-checks the previous
+`late_lookback_hours` hours against their manifests and re-exports any hour whose source totals changed.
+Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (partition key = the hour).
+{COMMON_DOC}
+**Params.** `settle_minutes` (this run's wait), `late_lookback_hours` (this run's late-data window).
+
+**Settings** (environment variables read when the DAG is parsed):
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=HOURLY_DAG_ID,
+        schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+        start_date=settings.start_date,
+        catchup=True,
+        max_active_runs=settings.max_active_runs,
+        default_args=_default_args(settings),
+        params={
+            "settle_minutes": Param(
+                settings.settle_minutes,
+                type="integer",
+                minimum=0,
+                description="Minutes after the hour ends before extracting it.",
+            ),
+            "late_lookback_hours": Param(
+                settings.late_lookback_hours,
+                type="integer",
+                minimum=0,
+                maximum=168,
+                description="Hours before this run's hour to re-check for late rows.",
+            ),
+        },
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops"],
+    ) as dag:
+        from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
+
+        settle = DateTimeSensorAsync(
+            task_id="settle",
+            target_time="{{ data_interval_end.add(minutes=params.settle_minutes | int) }}",
+            retries=0,
+        )
+        extract = LiteLLMSpendExtractOperator(
+            task_id="extract", litellm_conn_id=settings.litellm_conn_id, dimensions=settings.dimensions,
+            on_invalid=settings.on_invalid, staging_uri=settings.staging_uri, stream=stream,
+            db_schema=settings.db_schema,
+        )  # fmt: skip
+        transform = CBFTransformOperator(task_id="transform", staging_uri=settings.staging_uri, stream=stream)
+        upload = AnyCostUploadOperator(
+            task_id="upload", cloudzero_conn_id=settings.cloudzero_conn_id, staging_uri=settings.staging_uri,
+            stream=stream, max_request_bytes=settings.max_request_bytes, pool=settings.pool,
+            outlets=[hours_asset(settings)],
+        )  # fmt: skip
+        late_data = LateDataOperator(
+            task_id="late_data", litellm_conn_id=settings.litellm_conn_id,
+            cloudzero_conn_id=settings.cloudzero_conn_id, lookback_hours="{{ params.late_lookback_hours }}",
+            dimensions=settings.dimensions, on_invalid=settings.on_invalid, staging_uri=settings.staging_uri,
+            stream=stream, db_schema=settings.db_schema, max_request_bytes=settings.max_request_bytes,
+            pool=settings.pool, outlets=[hours_asset(settings)],
+        )  # fmt: skip
+        settle >> extract >> transform >> upload >> late_data
+    return dag
+
+
+def range_hours(start: Any, end: Any) -> list[str]:
+    """The hours of ``[start, end)`` as ISO strings; a clear error for anything else."""
+    if not start or not end:
+        raise AirflowFailException(
+            "Give both params: start and end (ISO-8601, hour-aligned; UTC or with offset)."
+        )
+    try:
+        window = Window.of(start, end)
+    except ValueError as exc:
+        raise AirflowFailException(f"Invalid range: {exc}") from None
+    if window.hours > MAX_RANGE_HOURS:
+        raise AirflowFailException(
+            f"The range has {window.hours} hours; split it into runs of at most {MAX_RANGE_HOURS} hours, or use "
+            f"`airflow backfill create --dag-id {HOURLY_DAG_ID}`."
+        )
+    return [h.start.strftime("%Y-%m-%dT%H:00:00Z") for h in window.each_hour()]
+
+
+def build_range_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    stream = settings.cloudzero_conn_id
+    doc = f"""
+# LiteLLM -> CloudZero, any date range, on demand
+
+Trigger with the form (or `airflow dags trigger {RANGE_DAG_ID} --conf '{{"start": "2026-11-01T00:00:00Z",
+"end": "2026-11-02T00:00:00Z"}}'`, or `airflow dags test {RANGE_DAG_ID} --conf '...'`). Every hour of
+`[start, end)` is exported by its own mapped tasks, labelled by hour (e.g. `2026-11-01T13Z`): a bad hour fails
+only its own tasks, with the reason in their log, and the other hours still export. Uploads queue on the
+one-slot pool `{settings.pool}`.
+
+**Params.**
+- `start`, `end`: ISO-8601 date-times aligned to the hour; a time zone offset is converted to UTC. `end` is
+  exclusive. At most {MAX_RANGE_HOURS} hours per run.
+- `dry_run`: send nothing; write the exact request bodies beside the staging data (`requests/`) and return what
+  would be sent: records, total cost, total tokens, accounts, services.
+- `limit`: dry run only -- preview the first N records. A real export always sends whole hours, because
+  `replace_hourly` with part of an hour would erase the rest of that hour in CloudZero.
+{COMMON_DOC}
+**Settings** (environment variables read when the DAG is parsed):
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=RANGE_DAG_ID,
+        schedule=None,
+        start_date=settings.start_date,
+        catchup=False,
+        max_active_runs=2,
+        default_args=_default_args(settings),
+        params={
+            "start": Param(
+                None,
+                type=["null", "string"],
+                format="date-time",
+                title="Start (inclusive)",
+                description="First hour to export, e.g. 2026-11-01T00:00:00Z",
+            ),
+            "end": Param(
+                None,
+                type=["null", "string"],
+                format="date-time",
+                title="End (exclusive)",
+                description="Hour after the last one to export, e.g. 2026-11-02T00:00:00Z",
+            ),
+            "dry_run": Param(
+                False,
+                type="boolean",
+                title="Dry run",
+                description="Write the request bodies and a summary; send nothing.",
+            ),
+            "limit": Param(
+                None,
+                type=["null", "integer"],
+                minimum=1,
+                title="Limit (dry run only)",
+                description="Preview only the first N records of each hour.",
+            ),
+        },
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops"],
+    ) as dag:
+
+        @task(retries=0)
+        def plan_hours(params: dict[str, Any] | None = None) -> list[str]:
+            params = params or {}
+            if params.get("limit") is not None and not params.get("dry_run"):
+                raise AirflowFailException(
+                    "limit is for dry runs only: a real export always sends whole hours (replace_hourly with part "
+                    "of an hour would erase the rest of it). Set dry_run, or clear limit."
+                )
+            return range_hours(params.get("start"), params.get("end"))
+
+        label = "{{ task.window_start[:13] }}Z"
+
+        @task_group(group_id="hour")
+        def export_hour(hour: str) -> None:
+            extract = LiteLLMSpendExtractOperator(
+                task_id="extract", window_start=hour, litellm_conn_id=settings.litellm_conn_id,
+                dimensions=settings.dimensions, on_invalid=settings.on_invalid, staging_uri=settings.staging_uri,
+                stream=stream, db_schema=settings.db_schema, map_index_template=label,
+            )  # fmt: skip
+            transform = CBFTransformOperator(task_id="transform", window_start=hour, staging_uri=settings.staging_uri,
+                                             stream=stream, map_index_template=label)  # fmt: skip
+            upload = AnyCostUploadOperator(
+                task_id="upload", window_start=hour, cloudzero_conn_id=settings.cloudzero_conn_id,
+                staging_uri=settings.staging_uri, stream=stream, dry_run="{{ params.dry_run }}",
+                limit="{{ params.limit }}", max_request_bytes=settings.max_request_bytes, pool=settings.pool,
+                outlets=[hours_asset(settings)], map_index_template=label,
+            )  # fmt: skip
+            extract >> transform >> upload
+
+        export_hour.expand(hour=plan_hours())
+    return dag

@@ -1,0 +1,125 @@
+"""Settings of the ready DAGs, read from environment variables when the DAG file is parsed.
+
+Every setting has a default; set the variable on the scheduler, DAG processor and workers alike (the compose
+stack's ``.env`` does). Per-run choices (the range DAG's dates, dry run, limit) are trigger-form params instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
+from cloudzero_provider.windows import parse_instant
+
+# name -> (environment variable, description); the DAGs' doc_md is generated from this table.
+SETTINGS: dict[str, tuple[str, str]] = {
+    "litellm_conn_id": (
+        "LITELLM_CONN_ID",
+        "Airflow connection to the LiteLLM PostgreSQL database (default `litellm_db`).",
+    ),
+    "cloudzero_conn_id": (
+        "CLOUDZERO_CONN_ID",
+        "Airflow `cloudzero` connection (default `cloudzero_default`).",
+    ),
+    "start_date": (
+        "CLOUDZERO_EXPORT_START",
+        "First hour the hourly DAG exports, ISO-8601 UTC (default `2026-11-01T00:00:00Z`). Catchup runs every hour since.",
+    ),
+    "settle_minutes": (
+        "CLOUDZERO_SETTLE_MINUTES",
+        "Minutes to wait after an hour ends before extracting it, because spend-log rows land late (default 10).",
+    ),
+    "late_lookback_hours": (
+        "CLOUDZERO_LATE_LOOKBACK_HOURS",
+        "Hours before each run's hour that its late-data pass re-checks (default 3; 0 turns it off).",
+    ),
+    "dimensions": (
+        "CLOUDZERO_DIMENSIONS",
+        "Comma-separated grouping dimensions; `tag:<prefix>` for request tags (default: team_id, team_alias, organization_id, user, model, model_group, provider).",
+    ),
+    "on_invalid": (
+        "CLOUDZERO_ON_INVALID",
+        "`fail` (default) or `quarantine` for spend-log rows with NULL/NaN/infinite/negative spend or negative tokens.",
+    ),
+    "staging_uri": (
+        "CLOUDZERO_STAGING_URI",
+        "Where window files and manifests live: a local folder or s3://, gs:// ... (default `$AIRFLOW_HOME/cloudzero-staging`). Use object storage with several workers.",
+    ),
+    "pool": (
+        "CLOUDZERO_POOL",
+        "One-slot Airflow pool that serialises uploads to the AnyCost stream (default `cloudzero_anycost`).",
+    ),
+    "max_active_runs": (
+        "CLOUDZERO_MAX_ACTIVE_RUNS",
+        "Hourly runs in flight at once, e.g. during catchup (default 4).",
+    ),
+    "retries": (
+        "CLOUDZERO_TASK_RETRIES",
+        "Airflow retries per task, with exponential backoff up to 30 minutes (default 4).",
+    ),
+    "retry_delay_seconds": (
+        "CLOUDZERO_RETRY_DELAY_SECONDS",
+        "First retry delay in seconds, doubled at each retry (default 60).",
+    ),
+    "max_request_bytes": (
+        "CLOUDZERO_MAX_REQUEST_BYTES",
+        "Largest exact request body sent to AnyCost (default 4000000, below CloudZero's 5 MB).",
+    ),
+    "db_schema": ("LITELLM_DB_SCHEMA", "PostgreSQL schema of LiteLLM's tables (default `public`)."),
+}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    litellm_conn_id: str = "litellm_db"
+    cloudzero_conn_id: str = "cloudzero_default"
+    start_date: datetime = field(default_factory=lambda: parse_instant("2026-11-01T00:00:00Z"))
+    settle_minutes: int = 10
+    late_lookback_hours: int = 3
+    dimensions: list[str] | None = None
+    on_invalid: str = "fail"
+    staging_uri: str | None = None
+    pool: str = "cloudzero_anycost"
+    max_active_runs: int = 4
+    retries: int = 4
+    retry_delay_seconds: int = 60
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    db_schema: str = "public"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ExportSettings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for name, (var, _) in SETTINGS.items():
+            raw = env.get(var)
+            if raw is None or raw == "":
+                continue
+            try:
+                if name == "start_date":
+                    values[name] = parse_instant(raw, what=var)
+                elif name in (
+                    "settle_minutes",
+                    "late_lookback_hours",
+                    "max_active_runs",
+                    "retries",
+                    "retry_delay_seconds",
+                    "max_request_bytes",
+                ):
+                    values[name] = int(raw)
+                elif name == "dimensions":
+                    values[name] = [d.strip() for d in raw.split(",") if d.strip()]
+                else:
+                    values[name] = raw
+            except ValueError as exc:
+                raise ValueError(f"environment variable {var}={raw!r}: {exc}") from None
+        return cls(**values)  # type: ignore[arg-type]
+
+    def table(self) -> str:
+        """A Markdown table of every setting, its variable and its current value, for ``doc_md``."""
+        lines = ["| setting | environment variable | now | meaning |", "|---|---|---|---|"]
+        for name, (var, text) in SETTINGS.items():
+            lines.append(f"| {name} | `{var}` | `{getattr(self, name)}` | {text} |")
+        return "\n".join(lines)
