@@ -31,7 +31,9 @@ CONNECTION = "litellm-demo"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hours", type=int, default=3, help="complete hours to export (default 3)")
     parser.add_argument("--rows-per-hour", type=int, default=5000, help="synthetic requests per hour")
     parser.add_argument("--keep", action="store_true", help="keep AIRFLOW_HOME and staging files afterwards")
@@ -60,15 +62,25 @@ def main() -> None:
 
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     hours = [now - timedelta(hours=n) for n in range(args.hours, 0, -1)]
-    with ThrowawayPostgres() as pg, CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={CONNECTION})) as cz:
+    with (
+        ThrowawayPostgres() as pg,
+        CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={CONNECTION})) as cz,
+    ):
         url = pg.create_database()
         for i, hour in enumerate(hours):
             seed_synthetic(url, hour, args.rows_per_hour + 137 * i, id_prefix="demo")
-        print(f"LiteLLM PostgreSQL ready: {args.rows_per_hour:,}+ synthetic requests in each of {len(hours)} hours")
+        print(
+            f"LiteLLM PostgreSQL ready: {args.rows_per_hour:,}+ synthetic requests in each of {len(hours)} hours"
+        )
         print(f"CloudZero double listening on {cz.url}")
         os.environ["AIRFLOW_CONN_LITELLM_DB"] = airflow_conn_uri(url)
         os.environ["AIRFLOW_CONN_CLOUDZERO_DEFAULT"] = json.dumps(
-            {"conn_type": "cloudzero", "host": cz.url, "password": API_KEY, "extra": {"connection_id": CONNECTION}}
+            {
+                "conn_type": "cloudzero",
+                "host": cz.url,
+                "password": API_KEY,
+                "extra": {"connection_id": CONNECTION},
+            }
         )
         _, err = migrate.communicate()
         if migrate.returncode:
@@ -96,7 +108,9 @@ def main() -> None:
         for row in cz.double.rows(CONNECTION):
             rows_held[row["time/usage_start"]] = rows_held.get(row["time/usage_start"], 0) + 1
         print()
-        print(f"{'hour (UTC)':<22}{'requests':>10}{'CBF rows':>10}  {'cost at source (USD)':>24}  {'cost in CloudZero (USD)':>24}  match")
+        print(
+            f"{'hour (UTC)':<22}{'requests':>10}{'CBF rows':>10}  {'cost at source (USD)':>24}  {'cost in CloudZero (USD)':>24}  match"
+        )
         ok = True
         for hour in hours:
             key = hour.strftime("%Y-%m-%dT%H:00:00Z")
@@ -105,9 +119,13 @@ def main() -> None:
             ok &= in_cz == spend
             print(f"{key:<22}{n:>10,}{rows_held.get(key, 0):>10,}  {spend.normalize():>24f}  {in_cz.normalize():>24f}  "
                   f"{'yes' if in_cz == spend else 'NO'}")  # fmt: skip
-        print(f"\nRequests seen by the double: {len(cz.double.requests)}, concurrent: {cz.double.concurrent_requests}")
+        print(
+            f"\nRequests seen by the double: {len(cz.double.requests)}, concurrent: {cz.double.concurrent_requests}"
+        )
         print(f"Manifests and staged files: {home / 'staging'}")
-        print(f"Done in {time.monotonic() - started:.1f}s -- {'every hour matches to the last digit' if ok else 'MISMATCH'}")
+        print(
+            f"Done in {time.monotonic() - started:.1f}s -- {'every hour matches to the last digit' if ok else 'MISMATCH'}"
+        )
     if not args.keep:
         import shutil
 

@@ -14,6 +14,11 @@ _HOME = tempfile.mkdtemp(prefix="cz-airflow-home-")
 os.environ.setdefault("AIRFLOW_HOME", _HOME)
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__TEST_CONNECTION", "Enabled")
+os.environ.setdefault(
+    "AIRFLOW__CORE__DAGS_FOLDER",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dags"),
+)
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 
 from cloudzero_provider.testing.double import CloudZeroDouble  # noqa: E402
 from cloudzero_provider.testing.postgres import ThrowawayPostgres  # noqa: E402
@@ -64,3 +69,17 @@ def cloudzero_conn(double: CloudZeroDoubleServer, monkeypatch: pytest.MonkeyPatc
     """``cloudzero_default`` pointing at the double, as an AIRFLOW_CONN_ variable."""
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url))
     return "cloudzero_default"
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> str:
+    """Airflow's SQLite metadata DB in the tests' AIRFLOW_HOME, migrated once, with the upload pool."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], check=True, capture_output=True)
+    subprocess.run([airflow, "pools", "set", "cloudzero_anycost", "1", "AnyCost uploads, one at a time"],
+                   check=True, capture_output=True)  # fmt: skip
+    return os.environ["AIRFLOW_HOME"]

@@ -213,3 +213,9 @@ def test_control_api_over_http(srv):
     assert KEY not in json.dumps(state)
     requests.post(f"{srv.url}/_double/reset")
     assert srv.double.rows(CONN) == []
+
+
+def test_fault_after_lets_requests_through_first(srv):
+    srv.fail_next(2, 500, method="POST", after=1)
+    codes = [post(srv, {"operation": "sum", "data": [row(H13, "1")]}).status_code for _ in range(4)]
+    assert codes == [200, 500, 500, 200]

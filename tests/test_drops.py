@@ -10,11 +10,19 @@ from hypothesis import strategies as st
 
 from cloudzero_provider.drops import body_size, group_by_hour, month_of, plan
 
+
 def cbf(hour: str, i: int, pad: int = 0) -> dict[str, str]:
-    return {"time/usage_start": hour, "cost/cost": f"0.{i:04d}", "resource/id": f"czrn:x:{i}", "lineitem/description": "x" * pad}
+    return {
+        "time/usage_start": hour,
+        "cost/cost": f"0.{i:04d}",
+        "resource/id": f"czrn:x:{i}",
+        "lineitem/description": "x" * pad,
+    }
 
 
-hours = st.sampled_from([f"2026-{m:02d}-{d:02d}T{h:02d}:00:00Z" for m in (10, 11) for d in (1, 30) for h in (0, 13, 23)])
+hours = st.sampled_from(
+    [f"2026-{m:02d}-{d:02d}T{h:02d}:00:00Z" for m in (10, 11) for d in (1, 30) for h in (0, 13, 23)]
+)
 row_lists = st.lists(st.tuples(hours, st.integers(0, 400)), min_size=0, max_size=80)
 
 
@@ -29,7 +37,14 @@ def test_plan_properties(spec, limit):
     for req in requests:
         body = json.loads(req.body)
         assert len(req.body) <= limit, "body over the limit"
-        assert body_size(req.month, req.operation, [len(json.dumps(r, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode()) for r in body["data"]]) == len(req.body)
+        assert body_size(
+            req.month,
+            req.operation,
+            [
+                len(json.dumps(r, separators=(",", ":"), ensure_ascii=False, sort_keys=True).encode())
+                for r in body["data"]
+            ],
+        ) == len(req.body)
         assert body["month"] == req.month and body["operation"] == req.operation
         assert {month_of(r["time/usage_start"]) for r in body["data"]} == {req.month}, "one month per request"
         assert {r["time/usage_start"] for r in body["data"]} == set(req.hours)
@@ -67,7 +82,7 @@ def test_months_never_share_a_request():
 
 
 def test_oversized_row_is_refused():
-    with pytest.raises(ValueError, match="alone is .* bytes, over the request limit of 500"):
+    with pytest.raises(ValueError, match=r"alone is .* bytes, over the request limit of 500"):
         plan(group_by_hour([cbf("2026-11-01T00:00:00Z", 1, pad=1000)]), 500)
 
 

@@ -20,7 +20,8 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
 # Connection extras that configure this hook; everything else in ``extra`` is ignored, never sent as a header.
-_OWN_EXTRAS = ("connection_id", "metric_name", "timeout", "verify", "proxies", "test_key")
+_OWN_EXTRAS = ("connection_id", "metric_name", "timeout", "verify", "proxies", "test_key", "max_attempts", "max_wait",
+               "max_retry_time")  # fmt: skip
 
 
 class CloudZeroAPIError(AirflowFailException):
@@ -104,7 +105,9 @@ class CloudZeroHook(HttpHook):
     :param max_attempts: Attempts per request, the first one included.
     :param max_wait: Longest single wait between attempts, in seconds (also caps ``Retry-After``).
     :param max_retry_time: Give up retrying one request after this many seconds in total.
-    :param timeout: ``(connect, read)`` timeout of one attempt in seconds; the connection extra ``timeout`` wins.
+    :param timeout: ``(connect, read)`` timeout of one attempt in seconds.
+
+    The connection's extra may override ``timeout``, ``max_attempts``, ``max_wait`` and ``max_retry_time``.
     """
 
     conn_name_attr = "cloudzero_conn_id"
@@ -183,6 +186,10 @@ class CloudZeroHook(HttpHook):
 
     def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None):
         connection = self._connection
+        extra = self._extra
+        for name in ("max_attempts", "max_wait", "max_retry_time"):
+            if extra.get(name) not in (None, ""):
+                setattr(self, name, type(getattr(self, name))(extra[name]))
         session = super().get_conn(headers=headers, extra_options=extra_options)
         key = connection.password
         if not key:
@@ -272,6 +279,7 @@ class CloudZeroHook(HttpHook):
         :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
         :param expect: Status codes returned to the caller rather than raised.
         """
+        self.session  # noqa: B018 -- resolves the base URL and the connection's retry settings first
         headers: dict[str, str] = {}
         if body is None and json_body is not None:
             body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()

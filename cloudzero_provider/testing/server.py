@@ -8,7 +8,8 @@ control API under ``/_double/`` (no auth; it binds to loopback by default):
 - ``POST /_double/reset``: forget everything;
 - ``POST /_double/faults``: queue faults, e.g. ``{"status": 503, "count": 2}``, ``{"status": 429,
   "retry_after": "1"}``, ``{"kind": "slow", "seconds": 5}``, ``{"kind": "lose_response"}`` (apply the request,
-  then close the connection without answering) or ``{"kind": "drop"}`` (close without applying).
+  then close the connection without answering) or ``{"kind": "drop"}`` (close without applying); add
+  ``"method"``, ``"path_contains"`` to target requests and ``"after": n`` to let n of them through first.
 """
 
 from __future__ import annotations
@@ -39,11 +40,17 @@ class Fault:
     seconds: float = 0.0
     method: str | None = None  # only requests with this method; None matches any
     path_contains: str | None = None
+    after: int = 0  # let this many matching requests through first
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and (
             self.path_contains is None or self.path_contains in path
         )
+
+
+def _copies(fault: Fault, count: int) -> list[Fault]:
+    """``count`` faults in a row: only the first waits ``after`` requests, the rest follow it directly."""
+    return [Fault(**{**fault.__dict__, "after": fault.after if i == 0 else 0}) for i in range(count)]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -151,6 +158,9 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
         with self.fault_lock:
             for index, fault in enumerate(self.faults):
                 if fault.matches(method, path):
+                    if fault.after > 0:
+                        fault.after -= 1
+                        return None
                     del self.faults[index]
                     return fault
         return None
@@ -170,7 +180,7 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
                 item = dict(item)
                 count = int(item.pop("count", 1))
                 with self.fault_lock:
-                    self.faults.extend(Fault(**item) for _ in range(count))
+                    self.faults.extend(_copies(Fault(**item), count))
             return Reply(200, {"queued": len(self.faults)})
         return Reply(404, {"message": f"no control route {method} {path}", "body_bytes": len(body)})
 
@@ -218,7 +228,7 @@ class CloudZeroDoubleServer:
 
     def _queue(self, count: int, fault: Fault) -> None:
         with self.httpd.fault_lock:
-            self.httpd.faults.extend(Fault(**fault.__dict__) for _ in range(count))
+            self.httpd.faults.extend(_copies(fault, count))
 
     def start(self) -> CloudZeroDoubleServer:
         self._thread = threading.Thread(

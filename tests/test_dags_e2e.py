@@ -1,0 +1,261 @@
+"""The ready DAGs end to end: real PostgreSQL (LiteLLM's schema), the CloudZero double over HTTP, dag.test()."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
+from tests.conftest import API_KEY, CONNECTION_ID
+
+H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+HOURS = [H0 + timedelta(hours=i) for i in range(3)]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@pytest.fixture
+def schema_age() -> str:
+    return "2026-10"
+
+
+@pytest.fixture
+def env(airflow_db, litellm_db, double, tmp_path, monkeypatch):
+    conn = {"conn_type": "cloudzero", "host": double.url, "password": API_KEY,
+            "extra": {"connection_id": CONNECTION_ID, "max_attempts": 2, "max_wait": 0.2}}  # fmt: skip
+    values = {
+        "AIRFLOW_CONN_LITELLM_DB": airflow_conn_uri(litellm_db),
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT": json.dumps(conn),
+        "CLOUDZERO_STAGING_URI": str(tmp_path / "staging"),
+        "CLOUDZERO_SETTLE_MINUTES": "0",
+        "CLOUDZERO_TASK_RETRIES": "2",
+        "CLOUDZERO_RETRY_DELAY_SECONDS": "1",
+        "CLOUDZERO_EXPORT_START": "2026-10-01T00:00:00Z",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    return {
+        "db": litellm_db,
+        "double": double,
+        "staging": tmp_path / "staging" / "cloudzero_default",
+        **values,
+    }
+
+
+def seed_hours(db: str, rows: int = 400) -> None:
+    for i, hour in enumerate(HOURS):
+        seed_synthetic(db, hour, rows + 11 * i, id_prefix="e2e")
+    # awkward exact values on top of the synthetic spend
+    insert_spend_logs(db, [spend_log("tiny", HOURS[0] + timedelta(minutes=5), 1e-12, team_id="t-tiny"),
+                           spend_log("big", HOURS[1] + timedelta(minutes=5), 1e6, team_id="t-big")])  # fmt: skip
+
+
+def source_by_hour(db: str) -> dict[str, Decimal]:
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT to_char(date_trunc('hour', "startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
+                              SUM(spend::numeric) FROM "LiteLLM_SpendLogs" GROUP BY 1""")  # fmt: skip
+        return dict(cur.fetchall())
+
+
+def run_hourly(hour: datetime):
+    from cloudzero_provider.ready_dags import build_hourly_dag
+
+    return build_hourly_dag().test(logical_date=hour + timedelta(hours=1))
+
+
+def task_instances(dag_id: str, run_id: str):
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.settings import Session
+
+    with Session() as session:
+        tis = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id).all()
+        return {(ti.task_id, ti.map_index): (ti.state, ti.try_number, ti.rendered_map_index) for ti in tis}
+
+
+def xcom(dag_id: str, run_id: str, task_id: str) -> dict[int, object]:
+    from airflow.models.xcom import XComModel
+    from airflow.settings import Session
+
+    with Session() as session:
+        rows = session.query(XComModel).filter_by(
+            dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value"
+        )
+        return {r.map_index: r.value if not isinstance(r.value, str) else json.loads(r.value) for r in rows}
+
+
+def test_three_hours_exact_then_rerun_identical(env):
+    seed_hours(env["db"])
+    for hour in HOURS:
+        assert run_hourly(hour).state == "success"
+    double = env["double"].double
+    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert Decimal(double.cost_by_hour(CONNECTION_ID)["2026-11-01T11:00:00Z"]) > Decimal(1_000_000)
+    snapshot = double.snapshot(CONNECTION_ID)
+    manifests = sorted(p.name for p in (env["staging"] / "manifests").iterdir())
+    assert manifests == ["2026-11-01T10Z.json", "2026-11-01T11Z.json", "2026-11-01T12Z.json"]
+    first = json.loads((env["staging"] / "manifests" / manifests[0]).read_text())
+    assert first["status"] == "exported" and first["cost"] == str(
+        source_by_hour(env["db"])["2026-11-01T10:00:00Z"].normalize()
+    )
+    assert first["drop_ids"] and first["content_sha256"] and first["sent_at"]
+    for hour in HOURS:
+        assert run_hourly(hour).state == "success"
+    assert double.snapshot(CONNECTION_ID) == snapshot, "re-running the same hours changed CloudZero's state"
+    assert double.concurrent_requests == 0
+
+
+def test_late_rows_are_corrected_by_a_later_run(env):
+    seed_hours(env["db"], rows=200)
+    run_hourly(HOURS[0])
+    run_hourly(HOURS[1])
+    insert_spend_logs(env["db"], [spend_log(f"late-{i}", HOURS[0] + timedelta(minutes=59, seconds=i), 0.5 + i,
+                                            team_id="t-late") for i in range(3)])  # fmt: skip
+    before = env["double"].double.cost_by_hour(CONNECTION_ID)["2026-11-01T10:00:00Z"]
+    run = run_hourly(HOURS[2])
+    assert run.state == "success"
+    after = env["double"].double.cost_by_hour(CONNECTION_ID)
+    assert after == source_by_hour(env["db"])
+    assert after["2026-11-01T10:00:00Z"] - before == Decimal("4.5")
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
+    assert manifest["late_corrections"] == 1
+    late = xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]
+    assert late["corrected"] == ["2026-11-01T10Z"]
+
+
+def test_faults_are_ridden_out(env):
+    seed_hours(env["db"], rows=300)
+    srv = env["double"]
+    # hour 1: a 503 then a 429 exhaust the connection's 2 in-task attempts -> Airflow retries the task
+    srv.fail_next(1, 503, method="POST")
+    srv.fail_next(1, 429, retry_after="1", method="POST")
+    first = run_hourly(HOURS[0])
+    # hour 2: CloudZero applies the drop but the answer is lost -> the in-task retry is replayed by idempotency key
+    srv.lose_next_response(1, method="POST")
+    second = run_hourly(HOURS[1])
+    # hour 3: one 503, ridden out inside the task
+    srv.fail_next(1, 503, method="POST")
+    third = run_hourly(HOURS[2])
+    assert [r.state for r in (first, second, third)] == ["success"] * 3
+    tries = [
+        task_instances("litellm_cloudzero_hourly", r.run_id)[("upload", -1)][1]
+        for r in (first, second, third)
+    ]
+    assert tries == [2, 1, 1]
+    double = srv.double
+    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert double.concurrent_requests == 0
+    assert sum(1 for r in double.requests if r.get("replayed")) == 1
+    assert sorted(r["status"] for r in double.requests if r.get("injected")) == [429, 503, 503]
+
+
+def test_split_hour_failing_after_first_chunk_is_resent_from_the_start(env, monkeypatch):
+    monkeypatch.setenv("CLOUDZERO_MAX_REQUEST_BYTES", "30000")
+    seed_hours(env["db"], rows=600)
+    srv = env["double"]
+    srv.fail_next(
+        2, 500, method="POST", after=1
+    )  # the first chunk lands, then the next one fails both attempts
+    run = run_hourly(HOURS[0])
+    assert run.state == "success"
+    double = srv.double
+    assert double.cost_by_hour(CONNECTION_ID) == {
+        "2026-11-01T10:00:00Z": source_by_hour(env["db"])["2026-11-01T10:00:00Z"]
+    }
+    applied = [r for r in double.requests if r.get("applied")]
+    ops = [r["operation"] for r in applied]
+    assert ops.count("replace_hourly") == 2, "the retry restarted the hour at its replace_hourly chunk"
+    assert ops[0] == "replace_hourly" and ops[1] == "replace_hourly" and set(ops[2:]) == {"sum"}
+    states = task_instances("litellm_cloudzero_hourly", run.run_id)
+    assert states[("upload", -1)][0] == "success" and states[("upload", -1)][1] == 2
+
+
+def test_wrong_api_key_fails_without_retry_and_never_logs_the_key(env, monkeypatch, capfd):
+    secret = "cz-wrong-key-never-in-logs-9931"
+    conn = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    conn["password"] = secret
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps(conn))
+    seed_hours(env["db"], rows=50)
+    run = run_hourly(HOURS[0])
+    assert run.state == "failed"
+    state, tries, _ = task_instances("litellm_cloudzero_hourly", run.run_id)[("upload", -1)]
+    assert (state, tries) == ("failed", 1)
+    out = capfd.readouterr()
+    assert "CloudZero answered 403" in out.out + out.err
+    assert secret not in out.out + out.err
+    logs = Path(os.environ["AIRFLOW_HOME"], "logs")
+    assert all(secret not in p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
+
+
+def test_range_dag_bad_hour_fails_alone(env):
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=100)
+    insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[1] + timedelta(minutes=1), float("nan"))])
+    run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"})
+    assert run.state == "failed"
+    states = task_instances("litellm_cloudzero_range", run.run_id)
+    labels = {ti[2] for (task, _), ti in states.items() if task == "hour.extract"}
+    assert labels == {"2026-11-01T10Z", "2026-11-01T11Z", "2026-11-01T12Z"}
+    by_label = {(task, ti[2]): ti[0] for (task, _), ti in states.items()}
+    assert by_label[("hour.extract", "2026-11-01T11Z")] == "failed"
+    assert states[("hour.upload", 1)][0] == "upstream_failed"  # never ran, so its label was never rendered
+    assert (
+        by_label[("hour.upload", "2026-11-01T10Z")]
+        == by_label[("hour.upload", "2026-11-01T12Z")]
+        == "success"
+    )
+    held = env["double"].double.cost_by_hour(CONNECTION_ID)
+    source = source_by_hour(env["db"])
+    assert set(held) == {"2026-11-01T10:00:00Z", "2026-11-01T12:00:00Z"}
+    assert all(held[h] == source[h] for h in held)
+
+
+def test_range_dag_dry_run_from_the_cli(env):
+    seed_hours(env["db"], rows=100)
+    conf = {"start": "2026-11-01T11:00:00+01:00", "end": "2026-11-01T12:00:00Z", "dry_run": True, "limit": 5}
+    proc = subprocess.run([AIRFLOW, "dags", "test", "litellm_cloudzero_range", "--conf", json.dumps(conf)],
+                          capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert env["double"].double.requests == [], "a dry run sent something"
+    bodies = sorted((env["staging"]).glob("*/requests/*.json"))
+    assert [b.parent.parent.name for b in bodies] == ["2026-11-01T10Z", "2026-11-01T11Z"]
+    body = json.loads(bodies[0].read_text())
+    assert body["operation"] == "replace_hourly" and len(body["data"]) == 5
+    assert "DRY RUN" in proc.stdout + proc.stderr and "nothing sent: 5 records" in proc.stdout + proc.stderr
+
+
+def test_dry_run_summary_in_xcom(env):
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=100)
+    run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T11:00:00Z",
+                                           "dry_run": True})  # fmt: skip
+    assert run.state == "success"
+    (summary,) = xcom("litellm_cloudzero_range", run.run_id, "hour.upload").values()
+    assert summary["dry_run"] is True and summary["records"] > 0
+    assert Decimal(summary["total_cost"]) == source_by_hour(env["db"])["2026-11-01T10:00:00Z"]
+    assert summary["services"] == ["litellm"] and summary["requests"] == 1
+    assert env["double"].double.requests == []
+
+
+def test_limit_without_dry_run_is_refused(env):
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T11:00:00Z",
+                                           "limit": 3})  # fmt: skip
+    assert run.state == "failed"
+    assert task_instances("litellm_cloudzero_range", run.run_id)[("plan_hours", -1)][0] == "failed"
+
+
+def test_no_import_errors(airflow_db):
+    proc = subprocess.run([AIRFLOW, "dags", "list-import-errors", "--local"], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and "No data found" in proc.stdout, proc.stdout + proc.stderr
