@@ -1,0 +1,10 @@
+# Airflow 3.3 with airflow-provider-cloudzero installed from this repository.
+FROM apache/airflow:3.3.2-python3.11
+
+COPY --chown=airflow:0 pyproject.toml README.md /opt/cloudzero-provider/
+COPY --chown=airflow:0 cloudzero_provider /opt/cloudzero-provider/cloudzero_provider
+COPY --chown=airflow:0 constraints /opt/cloudzero-provider/constraints
+# The constraints are exported from uv.lock (uv export --no-dev), so the image runs the versions the tests ran.
+RUN pip install --no-cache-dir \
+      --constraint /opt/cloudzero-provider/constraints/runtime-py3.11.txt \
+      /opt/cloudzero-provider
