@@ -13,6 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.late_data import LateDataOperator
+from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
 from cloudzero_provider.operators.transform import CBFTransformOperator
 from cloudzero_provider.operators.upload import AnyCostUploadOperator
 from cloudzero_provider.settings import ExportSettings
@@ -20,6 +21,7 @@ from cloudzero_provider.windows import Window
 
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
 RANGE_DAG_ID = "litellm_cloudzero_range"
+TELEMETRY_DAG_ID = "litellm_cloudzero_telemetry"
 MAX_RANGE_HOURS = 24 * 92
 
 
@@ -242,4 +244,53 @@ one-slot pool `{settings.pool}`.
             extract >> transform >> upload
 
         export_hour.expand(hour=plan_hours())
+    return dag
+
+
+def build_telemetry_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    asset = hours_asset(settings)
+    doc = f"""
+# LiteLLM spend -> CloudZero unit-cost telemetry
+
+Runs whenever the AnyCost export emits hour events on `{asset.uri}` -- from the hourly DAG (so catchup and
+backfills flow through), its late-data pass and the range DAG -- and (re)sends every UTC day those hours touch:
+one record per day and combination of up to 5 dimensions (`associated_cost` keys `custom:model`,
+`custom:user_id`, `custom:team_id`, `custom:org_id`, `custom:end_user_id`, LiteLLM's names), value = cost,
+requests or tokens. Records go with `replace`, so sending a day again never double-counts: each export refreshes
+the day so far and the hour before midnight finalises it. Records whose value is not > 0 are skipped and counted.
+At most 100 records per second and 5 MB per request.
+
+Trigger manually with `start` and `end` to (re)send a date range. With no metric name configured the task is
+skipped and says how to turn telemetry on.
+
+**Settings**:
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=TELEMETRY_DAG_ID,
+        schedule=[asset],
+        start_date=settings.start_date,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(settings),
+        params={
+            "start": Param(None, type=["null", "string"], format="date-time", title="Start (manual runs)"),
+            "end": Param(None, type=["null", "string"], format="date-time", title="End (manual runs)"),
+        },
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops", "unit-cost"],
+    ) as dag:
+        UnitCostTelemetryOperator(
+            task_id="send_telemetry",
+            litellm_conn_id=settings.litellm_conn_id,
+            cloudzero_conn_id=settings.cloudzero_conn_id,
+            metric_name=settings.telemetry_metric,
+            value=settings.telemetry_value,
+            dimensions=settings.telemetry_dimensions,
+            start="{{ params.start or '' }}",
+            end="{{ params.end or '' }}",
+            db_schema=settings.db_schema,
+        )
     return dag

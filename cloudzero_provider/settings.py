@@ -69,6 +69,18 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "Largest exact request body sent to AnyCost (default 4000000, below CloudZero's 5 MB).",
     ),
     "db_schema": ("LITELLM_DB_SCHEMA", "PostgreSQL schema of LiteLLM's tables (default `public`)."),
+    "telemetry_metric": (
+        "CLOUDZERO_TELEMETRY_METRIC",
+        "Unit-cost metric for the telemetry DAG (LiteLLM's CLOUDZERO_METRIC_NAME); empty: the connection's extra `metric_name`, else telemetry is off.",
+    ),
+    "telemetry_value": (
+        "CLOUDZERO_TELEMETRY_VALUE",
+        "What a telemetry record's value is: `cost` (default), `requests` or `tokens`.",
+    ),
+    "telemetry_dimensions": (
+        "CLOUDZERO_TELEMETRY_DIMENSIONS",
+        "Up to 5 of model, user, team_id, organization_id, end_user (default all five).",
+    ),
 }
 
 
@@ -88,6 +100,9 @@ class ExportSettings:
     retry_delay_seconds: int = 60
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     db_schema: str = "public"
+    telemetry_metric: str | None = None
+    telemetry_value: str = "cost"
+    telemetry_dimensions: list[str] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExportSettings:
@@ -109,7 +124,7 @@ class ExportSettings:
                     "max_request_bytes",
                 ):
                     values[name] = int(raw)
-                elif name == "dimensions":
+                elif name in ("dimensions", "telemetry_dimensions"):
                     values[name] = [d.strip() for d in raw.split(",") if d.strip()]
                 else:
                     values[name] = raw

@@ -42,7 +42,9 @@ def test_init_creates_the_one_slot_pool():
 
 def test_demo_profile():
     services = load()["services"]
-    assert services["litellm-db"]["profiles"] == ["demo"] and services["cloudzero-double"]["profiles"] == ["demo"]
+    assert services["litellm-db"]["profiles"] == ["demo"] and services["cloudzero-double"]["profiles"] == [
+        "demo"
+    ]
     mounts = services["litellm-db"]["volumes"]
     for mount in mounts:
         assert (ROOT / mount.split(":")[0]).is_file(), mount
@@ -52,7 +54,9 @@ def test_demo_profile():
 
 def test_env_example_matches_the_demo_services():
     env = dict(
-        line.split("=", 1) for line in (ROOT / ".env.example").read_text().splitlines() if line and not line.startswith("#")
+        line.split("=", 1)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
     )
     assert "@litellm-db:5432/litellm" in env["AIRFLOW_CONN_LITELLM_DB"]
     assert '"host": "http://cloudzero-double:8123"' in env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"]

@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 DEFAULT_API_BASE = "https://api.cloudzero.com"
 ANYCOST_PATH = "/v2/connections/billing/anycost"
+TELEMETRY_PATH = "/unit-cost/v1/telemetry/metric"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
@@ -375,6 +376,36 @@ class CloudZeroHook(HttpHook):
         """Ask CloudZero to validate a billing drop without storing it: ``{"is_valid", "errors"}``."""
         response = self.request("POST", f"{ANYCOST_PATH}/validate_billing_drop", **self._body(body))
         return dict(response.json().get("connection") or {})
+
+    # -- unit-cost telemetry -----------------------------------------------------------------------------
+
+    def send_telemetry(
+        self, metric_name: str, body: bytes | Mapping[str, Any], *, operation: str = "replace"
+    ) -> dict[str, Any]:
+        """
+        Send unit-cost telemetry records: ``{"records": [{"timestamp", "value", "associated_cost"}]}``.
+
+        :param metric_name: The unit metric (checked before anything is sent).
+        :param body: The request body, as a mapping or the exact bytes to send.
+        :param operation: ``replace`` (records matching the same day and dimensions are replaced: safe to
+            repeat), ``sum`` (added) or ``delete``.
+        """
+        from cloudzero_provider.telemetry import check_metric_name
+
+        if operation not in ("sum", "replace", "delete"):
+            raise AirflowFailException(
+                f"telemetry operation must be sum, replace or delete, got {operation!r}"
+            )
+        try:
+            name = check_metric_name(metric_name)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+        path = f"{TELEMETRY_PATH}/{quote(name, safe='')}/{operation}"
+        response = self.request("POST", path, **self._body(body))
+        try:
+            return dict(response.json())
+        except ValueError:
+            return {}
 
     # -- connection test --------------------------------------------------------------------------------
 

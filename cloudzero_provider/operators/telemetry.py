@@ -1,0 +1,156 @@
+"""Send LiteLLM spend to CloudZero as a unit-cost metric: one record per UTC day and dimension combination."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from cloudzero_provider.dimensions import resolve
+from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook
+from cloudzero_provider.telemetry import (
+    MAX_RECORDS_PER_REQUEST,
+    batches,
+    check_dimensions,
+    check_metric_name,
+    pace_delay,
+    roll_up_days,
+    to_records,
+)
+from cloudzero_provider.windows import Window, parse_instant
+
+DAY = timedelta(days=1)
+
+
+def days_of(context: Any, start: Any, end: Any) -> list[Window]:
+    """The UTC days to (re)send: from explicit bounds, the triggering Asset events' hours, or the data interval."""
+    hours: list[Any] = []
+    if start:
+        s = parse_instant(start, what="start")
+        e = parse_instant(end, what="end") if end else s + timedelta(hours=1)
+        hours = [s, e - timedelta(microseconds=1)]
+    else:
+        events = context.get("triggering_asset_events") if hasattr(context, "get") else None
+        for asset_events in (events or {}).values():
+            for event in asset_events:
+                key = getattr(event, "partition_key", None)
+                if key:
+                    hours.append(parse_instant(key.replace("Z", ":00:00Z") if len(key) == 14 else key))
+        if not hours and context.get("data_interval_start") and context.get("data_interval_end"):
+            s, e = parse_instant(context["data_interval_start"]), parse_instant(context["data_interval_end"])
+            if e > s:
+                hours = [s, e - timedelta(microseconds=1)]
+    if not hours:
+        raise AirflowFailException(
+            "No days to send: give start/end, or run this task from the export's Asset events or a data interval."
+        )
+    first = min(hours).replace(hour=0, minute=0, second=0, microsecond=0)
+    last = max(hours).replace(hour=0, minute=0, second=0, microsecond=0)
+    out, day = [], first
+    while day <= last:
+        out.append(Window(day, day + DAY))
+        day += DAY
+    return out
+
+
+class UnitCostTelemetryOperator(BaseOperator):
+    """
+    Send LiteLLM spend to a CloudZero unit-cost metric: one record per UTC day and dimension combination.
+
+    Reads the same aggregate as the AnyCost extract, for whole days (the day so far when it is not over), and
+    sends it with ``replace``: re-sending a day replaces its records, so each hourly run may refresh the current
+    day and the first run after midnight finalises the previous one. Records whose value is not > 0 are
+    skipped and counted. Requests stay within 5 MB and the send rate within ``max_records_per_second``.
+
+    :param metric_name: Unit metric; default: the ``cloudzero`` connection's extra ``metric_name``.
+    :param value: ``cost`` (default), ``requests`` or ``tokens``.
+    :param dimensions: Up to 5 of model, user, team_id, organization_id, end_user.
+    :param start: Explicit first hour (ISO-8601); default: the triggering Asset events, else the data interval.
+    :param end: Explicit end (exclusive).
+    :param max_records_per_second: CloudZero's sustained limit is 100.
+    """
+
+    template_fields: Sequence[str] = ("metric_name", "value", "dimensions", "start", "end")
+    ui_color = "#fef9e7"
+
+    def __init__(
+        self,
+        *,
+        litellm_conn_id: str = LiteLLMSpendHook.default_conn_name,
+        cloudzero_conn_id: str = CloudZeroHook.default_conn_name,
+        metric_name: str | None = None,
+        value: str = "cost",
+        dimensions: list[str] | None = None,
+        start: Any = None,
+        end: Any = None,
+        max_records_per_second: float = 100.0,
+        max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
+        db_schema: str = "public",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.litellm_conn_id = litellm_conn_id
+        self.cloudzero_conn_id = cloudzero_conn_id
+        self.metric_name = metric_name
+        self.value = value
+        self.dimensions = dimensions
+        self.start = start
+        self.end = end
+        self.max_records_per_second = max_records_per_second
+        self.max_records_per_request = max_records_per_request
+        self.db_schema = db_schema
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        cz = CloudZeroHook(self.cloudzero_conn_id)
+        metric = self.metric_name or cz.metric_name
+        if not metric:
+            raise AirflowSkipException(
+                'Unit-cost telemetry is off: no metric name. Set the cloudzero connection\'s extra "metric_name" '
+                "(LiteLLM's CLOUDZERO_METRIC_NAME) or CLOUDZERO_TELEMETRY_METRIC to send LLM spend as a unit metric."
+            )
+        try:
+            metric = check_metric_name(metric)
+            dims = check_dimensions(self.dimensions)
+            if self.value not in ("cost", "requests", "tokens"):
+                raise ValueError(f"value must be cost, requests or tokens, got {self.value!r}")
+        except ValueError as exc:
+            raise AirflowFailException(f"Telemetry settings: {exc}") from None
+        db = LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
+        summary: dict[str, Any] = {
+            "metric": metric,
+            "value": self.value,
+            "days": {},
+            "skipped_not_positive": 0,
+        }
+        sent_records, started = 0, time.monotonic()
+        for day in days_of(context, self.start, self.end):
+            rows = [
+                {"hour": r.hour, "dims": r.dims, "spend": r.totals.spend, "requests": r.totals.requests,
+                 "total_tokens": r.totals.total_tokens}
+                for r in db.aggregate(day, resolve(dims))
+                if isinstance(r, AggregateRow)
+            ]  # fmt: skip
+            records, skipped = to_records(roll_up_days(rows, dims), dims, self.value)
+            for body in batches(records, max_records=self.max_records_per_request):
+                count = body.count(b'"timestamp":')
+                wait = pace_delay(
+                    sent_records, count, time.monotonic() - started, self.max_records_per_second
+                )
+                if wait:
+                    time.sleep(wait)
+                cz.send_telemetry(metric, body, operation="replace")
+                sent_records += count
+            total = sum((float(r["value"]) for r in records), 0.0)  # type: ignore[arg-type]
+            summary["days"][day.start.strftime("%Y-%m-%d")] = {"records": len(records), "skipped": skipped}
+            summary["skipped_not_positive"] += skipped
+            self.log.info(
+                "Telemetry %s for %s: %d record(s) sent with replace (%s total %.6g), %d skipped (value not > 0)",
+                metric, day.start.strftime("%Y-%m-%d"), len(records), self.value, total, skipped,
+            )  # fmt: skip
+        summary["records_sent"] = sent_records
+        return summary

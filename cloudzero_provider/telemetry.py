@@ -1,0 +1,152 @@
+"""LiteLLM spend -> CloudZero unit-cost telemetry records. Pure: no Airflow imports.
+
+LiteLLM's "cloudzero" logger sends one record per request under ``CLOUDZERO_METRIC_NAME`` with ``model``,
+``user_id``, ``team_id``, ``org_id`` and ``end_user_id``. CloudZero's rules (``reference/cloudzero-api.md``): at
+most 5 ``associated_cost`` dimensions, the same keys on every record of a stream, custom dimensions prefixed
+``custom:``, daily granularity, ``value`` > 0, 100 records/s sustained, 5 MB per request. So here: one record per
+UTC day and dimension combination, keys built (never typed) as ``custom:<name>``, missing values as ``(none)`` so
+every record carries every key, and ``replace`` so that sending a day again never double-counts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+
+from cloudzero_provider.cbf import EXACT, exact_decimal
+
+# Our dimension -> the key LiteLLM's logger uses, so existing CloudZero unit metrics keep their dimensions.
+TELEMETRY_KEYS: dict[str, str] = {
+    "model": "model",
+    "user": "user_id",
+    "team_id": "team_id",
+    "organization_id": "org_id",
+    "end_user": "end_user_id",
+}
+DEFAULT_TELEMETRY_DIMENSIONS: tuple[str, ...] = ("model", "user", "team_id", "organization_id", "end_user")
+VALUES = ("cost", "requests", "tokens")
+NONE_VALUE = "(none)"
+METRIC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+MAX_REQUEST_BYTES = 4_000_000
+MAX_RECORDS_PER_REQUEST = 500
+
+
+def check_metric_name(name: str | None) -> str:
+    """A usable metric name, or a ValueError that says what to set."""
+    if not name:
+        raise ValueError(
+            "no unit-cost metric name: set the cloudzero connection's extra \"metric_name\" (LiteLLM's "
+            "CLOUDZERO_METRIC_NAME) or CLOUDZERO_TELEMETRY_METRIC"
+        )
+    if not METRIC_RE.match(name):
+        raise ValueError(
+            f"metric name {name!r} must start with a letter or digit and hold only letters, digits, '_', '.', '-' "
+            "(at most 128 characters)"
+        )
+    return name
+
+
+def check_dimensions(dims: Sequence[str] | None) -> list[str]:
+    chosen = list(DEFAULT_TELEMETRY_DIMENSIONS if dims is None else dims)
+    unknown = [d for d in chosen if d not in TELEMETRY_KEYS]
+    if unknown:
+        raise ValueError(
+            f"telemetry dimensions {unknown} unknown; choose up to 5 of {sorted(TELEMETRY_KEYS)}"
+        )
+    if len(chosen) > 5:
+        raise ValueError(f"{len(chosen)} telemetry dimensions given; CloudZero allows at most 5")
+    if len(set(chosen)) != len(chosen):
+        raise ValueError(f"telemetry dimensions {chosen} list one twice")
+    return chosen
+
+
+@dataclass
+class DayGroup:
+    day: str  # YYYY-MM-DD
+    dims: tuple[str | None, ...]
+    cost: Decimal
+    requests: int
+    tokens: int
+
+
+def roll_up_days(rows: Iterable[Mapping[str, object]], dims: Sequence[str]) -> list[DayGroup]:
+    """Aggregated hourly rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> per-day groups."""
+    groups: dict[tuple[str, tuple[str | None, ...]], DayGroup] = {}
+    for row in rows:
+        day = str(row["hour"])[:10]
+        values = row["dims"]
+        assert isinstance(values, Mapping)
+        key = (day, tuple(values.get(d) for d in dims))
+        group = groups.get(key)
+        if group is None:
+            group = groups[key] = DayGroup(day, key[1], Decimal(0), 0, 0)
+        group.cost = EXACT.add(group.cost, Decimal(str(row["spend"])))
+        group.requests += int(str(row["requests"]))
+        group.tokens += int(str(row["total_tokens"]))
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], [v or "" for v in k[1]]))]
+
+
+def to_records(
+    groups: Iterable[DayGroup], dims: Sequence[str], value: str = "cost"
+) -> tuple[list[dict[str, object]], int]:
+    """Day groups -> telemetry records, and how many were skipped because their value was not > 0."""
+    if value not in VALUES:
+        raise ValueError(f"telemetry value must be one of {VALUES}, got {value!r}")
+    keys = [f"custom:{TELEMETRY_KEYS[d]}" for d in dims]
+    records: list[dict[str, object]] = []
+    skipped = 0
+    for group in groups:
+        amount: Decimal = (
+            group.cost
+            if value == "cost"
+            else Decimal(group.requests if value == "requests" else group.tokens)
+        )
+        if not amount > 0:
+            skipped += 1
+            continue
+        records.append(
+            {
+                "timestamp": f"{group.day}T00:00:00Z",
+                "value": exact_decimal(amount),
+                "associated_cost": {
+                    k: (v if v else NONE_VALUE) for k, v in zip(keys, group.dims, strict=True)
+                },
+            }
+        )
+    return records, skipped
+
+
+def batches(
+    records: Sequence[Mapping[str, object]],
+    *,
+    max_bytes: int = MAX_REQUEST_BYTES,
+    max_records: int = MAX_RECORDS_PER_REQUEST,
+) -> Iterator[bytes]:
+    """Exact request bodies ``{"records": [...]}``, each within ``max_bytes`` and ``max_records``."""
+    head, tail = b'{"records":[', b"]}"
+    current: list[bytes] = []
+    size = len(head) + len(tail)
+    for record in records:
+        encoded = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
+        extra = len(encoded) + (1 if current else 0)
+        if current and (size + extra > max_bytes or len(current) >= max_records):
+            yield head + b",".join(current) + tail
+            current, size, extra = [], len(head) + len(tail), len(encoded)
+        if len(head) + len(tail) + len(encoded) > max_bytes:
+            raise ValueError(
+                f"one telemetry record is {len(encoded)} bytes, over the request limit {max_bytes}"
+            )
+        current.append(encoded)
+        size += extra
+    if current:
+        yield head + b",".join(current) + tail
+
+
+def pace_delay(records_sent: int, batch: int, elapsed: float, rate: float) -> float:
+    """Seconds to wait before sending ``batch`` more records so that, counted from the task's start, no more than
+    ``rate`` records per second have ever been sent -- including this batch. Back-to-back runs stay within the
+    limit too, since each run spreads its own records over at least ``records / rate`` seconds."""
+    return max(0.0, (records_sent + batch) / rate - elapsed)

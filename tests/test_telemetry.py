@@ -1,0 +1,175 @@
+"""Unit-cost telemetry: pure record building (hypothesis) and the operator against PostgreSQL + the double."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import psycopg2
+import pytest
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudzero_provider.cbf import exact_sum
+from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
+from cloudzero_provider.telemetry import (
+    batches,
+    check_dimensions,
+    check_metric_name,
+    roll_up_days,
+    to_records,
+)
+from cloudzero_provider.testing.double import CloudZeroDouble
+from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
+from cloudzero_provider.testing.server import CloudZeroDoubleServer
+from tests.conftest import API_KEY, CONNECTION_ID
+
+D1 = datetime(2026, 11, 1, 22, tzinfo=timezone.utc)
+DIMS = ["model", "user", "team_id", "organization_id", "end_user"]
+
+rows = st.lists(
+    st.fixed_dictionaries({
+        "hour": st.sampled_from(["2026-11-01T10:00:00Z", "2026-11-01T23:00:00Z", "2026-11-02T00:00:00Z"]),
+        "dims": st.fixed_dictionaries({d: st.one_of(st.none(), st.sampled_from(["a", "B", "c d"])) for d in DIMS}),
+        "spend": st.decimals(min_value=0, max_value=1000, places=12).map(str),
+        "requests": st.integers(0, 50),
+        "total_tokens": st.integers(0, 10_000),
+    }),
+    max_size=60,
+)  # fmt: skip
+
+
+@given(rows, st.sampled_from(["cost", "requests", "tokens"]))
+@settings(max_examples=200, deadline=None)
+def test_records_keep_totals_and_keys(data, value):
+    groups = roll_up_days(data, DIMS)
+    records, skipped = to_records(groups, DIMS, value)
+    assert len(records) + skipped == len(groups)
+    keys = {frozenset(r["associated_cost"]) for r in records}
+    assert len(keys) <= 1 and all(k.startswith("custom:") for ks in keys for k in ks)
+    assert all(Decimal(r["value"]) > 0 for r in records)
+    field = {"cost": "spend", "requests": "requests", "tokens": "total_tokens"}[value]
+    for day in {r["hour"][:10] for r in data}:
+        expected = exact_sum(str(r[field]) for r in data if r["hour"][:10] == day)
+        got = exact_sum(r["value"] for r in records if r["timestamp"].startswith(day))
+        assert got == expected
+    for body in batches(records, max_bytes=2000, max_records=7):
+        decoded = json.loads(body)
+        assert len(body) <= 2000 and 0 < len(decoded["records"]) <= 7
+
+
+def test_settings_are_checked():
+    with pytest.raises(ValueError, match="metric name 'llm cost'"):
+        check_metric_name("llm cost")
+    with pytest.raises(ValueError, match="no unit-cost metric name"):
+        check_metric_name("")
+    with pytest.raises(ValueError, match="at most 5"):
+        check_dimensions([*DIMS, "model"][:6])
+    with pytest.raises(ValueError, match=r"\['api_key'\] unknown"):
+        check_dimensions(["api_key"])
+
+
+@pytest.fixture
+def schema_age() -> str:
+    return "2026-10"
+
+
+@pytest.fixture
+def tele(litellm_db, monkeypatch):
+    double = CloudZeroDouble(API_KEY, connections={CONNECTION_ID}, telemetry_rate=400, telemetry_burst=600)
+    with CloudZeroDoubleServer(double) as srv:
+        conn = {"conn_type": "cloudzero", "host": srv.url, "password": API_KEY,
+                "extra": {"connection_id": CONNECTION_ID, "metric_name": "llm-cost", "max_wait": 0.3}}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps(conn))
+        monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+        for i in range(4):  # 22:00 and 23:00 on Nov 1, 00:00 and 01:00 on Nov 2
+            seed_synthetic(litellm_db, D1 + timedelta(hours=i), 400 + i, end_users=60, id_prefix="tel")
+        insert_spend_logs(litellm_db, [spend_log("zero", D1 + timedelta(minutes=3), 0.0, model="free-model")])
+        yield srv, litellm_db
+
+
+def source_by_day(db: str, expr: str = "SUM(spend::numeric)") -> dict[str, Decimal]:
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"""SELECT to_char("startTime", 'YYYY-MM-DD'), {expr} FROM "LiteLLM_SpendLogs" GROUP BY 1"""
+        )
+        return {d: Decimal(v) for d, v in cur.fetchall()}
+
+
+def sent_by_day(double: CloudZeroDouble, metric: str = "llm-cost") -> dict[str, Decimal]:
+    out: dict[str, list[Decimal]] = {}
+    for (day, _), value in double.metric_values(metric).items():
+        out.setdefault(day, []).append(value)
+    return {d: exact_sum(v) for d, v in out.items()}
+
+
+def run(**kw):
+    op = UnitCostTelemetryOperator(task_id="telemetry", start="2026-11-01T22:00:00Z", end="2026-11-02T02:00:00Z",
+                                   max_records_per_second=400, max_records_per_request=100, **kw)  # fmt: skip
+    return op.execute({})
+
+
+def test_per_day_totals_exact_rerun_unchanged_rate_respected(tele):
+    srv, db = tele
+    summary = run()
+    assert sent_by_day(srv.double) == source_by_day(db)
+    assert summary["skipped_not_positive"] == 1, "the zero-cost group is skipped and counted"
+    before = srv.double.metric_values("llm-cost")
+    run()
+    assert srv.double.metric_values("llm-cost") == before, "a re-run changed the metric"
+    assert srv.double.rate_limited == 0
+    assert summary["records_sent"] > 100, "enough records to exercise pacing"
+    keys = {frozenset(k for k, _ in dims) for (_, dims) in before}
+    assert keys == {
+        frozenset({"custom:model", "custom:user_id", "custom:team_id", "custom:org_id", "custom:end_user_id"})
+    }
+
+
+@pytest.mark.parametrize(("value", "expr"), [("requests", "count(*)"), ("tokens", "SUM(total_tokens)")])
+def test_requests_and_tokens(tele, value, expr):
+    srv, db = tele
+    run(value=value, metric_name=f"llm-{value}")
+    assert sent_by_day(srv.double, f"llm-{value}") == source_by_day(db, expr)
+
+
+def test_503_burst_is_ridden_out(tele):
+    srv, db = tele
+    srv.fail_next(3, 503, path_contains="/unit-cost/")
+    run()
+    assert sent_by_day(srv.double) == source_by_day(db)
+    assert sum(1 for r in srv.double.requests if r.get("injected")) == 3
+
+
+def test_bad_settings_fail_clearly_or_skip(tele, monkeypatch):
+    with pytest.raises(AirflowFailException, match="metric name 'bad name'"):
+        run(metric_name="bad name")
+    with pytest.raises(AirflowFailException, match="at most 5"):
+        run(dimensions=["model", "user", "team_id", "organization_id", "end_user", "model"])
+    srv, _ = tele
+    conn = json.loads(__import__("os").environ["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    del conn["extra"]["metric_name"]
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps(conn))
+    with pytest.raises(AirflowSkipException, match="no metric name"):
+        run()
+    assert srv.double.requests == []
+
+
+def test_days_follow_the_exported_hours():
+    from types import SimpleNamespace
+
+    from cloudzero_provider.operators.telemetry import days_of
+
+    events = {
+        "asset": [
+            SimpleNamespace(partition_key="2026-11-01T23Z"),
+            SimpleNamespace(partition_key="2026-11-02T00Z"),
+        ]
+    }
+    days = days_of({"triggering_asset_events": events}, None, None)
+    assert [d.label for d in days] == ["2026-11-01T00Z--2026-11-02T00Z", "2026-11-02T00Z--2026-11-03T00Z"]
+    assert [d.label for d in days_of({}, "2026-11-03T05:00:00Z", None)] == ["2026-11-03T00Z--2026-11-04T00Z"]
+    with pytest.raises(AirflowFailException, match="No days to send"):
+        days_of({}, None, None)
