@@ -11,8 +11,10 @@ from airflow.sdk import DAG, Asset, Param, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.operators.export_sensor import ExportedDaySensor
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.late_data import LateDataOperator
+from cloudzero_provider.operators.report import SpendReportOperator, SpendThresholdCheckOperator
 from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
 from cloudzero_provider.operators.transform import CBFTransformOperator
 from cloudzero_provider.operators.upload import AnyCostUploadOperator
@@ -22,6 +24,7 @@ from cloudzero_provider.windows import Window
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
 RANGE_DAG_ID = "litellm_cloudzero_range"
 TELEMETRY_DAG_ID = "litellm_cloudzero_telemetry"
+REPORT_DAG_ID = "litellm_cloudzero_daily_report"
 MAX_RANGE_HOURS = 24 * 92
 
 
@@ -293,4 +296,74 @@ skipped and says how to turn telemetry on.
             end="{{ params.end or '' }}",
             db_schema=settings.db_schema,
         )
+    return dag
+
+
+def alert_notifiers(settings: ExportSettings) -> list[Any]:
+    """Airflow notifiers for breaches: SmtpNotifier and, when its provider is installed, SlackNotifier."""
+    notifiers: list[Any] = []
+    message = "LiteLLM spend limits crossed on {{ ds }}: {{ exception }}"
+    if settings.alert_email:
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        notifiers.append(SmtpNotifier(to=settings.alert_email, subject="LiteLLM spend limit crossed ({{ ds }})",
+                                      html_content=message))  # fmt: skip
+    if settings.alert_slack_conn_id:
+        try:
+            from airflow.providers.slack.notifications.slack import SlackNotifier
+        except ImportError as exc:
+            raise ImportError(
+                "CLOUDZERO_ALERT_SLACK_CONN_ID is set but apache-airflow-providers-slack is not installed"
+            ) from exc
+        notifiers.append(SlackNotifier(slack_conn_id=settings.alert_slack_conn_id, channel=settings.alert_slack_channel,
+                                       text=message))  # fmt: skip
+    return notifiers
+
+
+def build_report_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    stream = settings.cloudzero_conn_id
+    doc = f"""
+# LiteLLM daily spend report and limits
+
+For each UTC day (`catchup=True`): `wait_for_export` waits (rescheduling, no worker slot held) until every hour
+of the day that has spend has been exported -- the same hours the hourly export's Asset events announce -- then
+`report` writes, from the same PostgreSQL aggregate as the export, spend by team, customer, API key alias,
+internal user, model and request tag (each with a per-model breakdown), daily totals and cost per 1,000 tokens per
+model: `report.json`, one CSV per grouping and a self-contained `report.html` with charts, in
+`<staging>/{stream}/reports/<day>/`. The export ledger page (Browse -> CloudZero ledger) links the latest reports.
+
+`check_limits` (only when `CLOUDZERO_ALERT_LIMITS` is set) fails listing every breach -- a day's spend strictly
+over a limit -- and calls the configured notifiers (SmtpNotifier, SlackNotifier). No breach, no noise.
+
+**Settings**:
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=REPORT_DAG_ID,
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        start_date=settings.start_date,
+        catchup=True,
+        max_active_runs=2,
+        default_args=_default_args(settings),
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops", "report"],
+    ) as dag:
+        wait_for_export = ExportedDaySensor(
+            task_id="wait_for_export", litellm_conn_id=settings.litellm_conn_id, staging_uri=settings.staging_uri,
+            stream=stream, db_schema=settings.db_schema, mode="reschedule", poke_interval=300,
+            timeout=6 * 3600, retries=0,
+        )  # fmt: skip
+        report = SpendReportOperator(
+            task_id="report", litellm_conn_id=settings.litellm_conn_id, tag_prefixes=settings.report_tag_prefixes,
+            staging_uri=settings.staging_uri, stream=stream, db_schema=settings.db_schema,
+        )  # fmt: skip
+        wait_for_export >> report
+        if settings.alert_limits:
+            check_limits = SpendThresholdCheckOperator(
+                task_id="check_limits", limits=settings.alert_limits, staging_uri=settings.staging_uri,
+                stream=stream, retries=0, on_failure_callback=alert_notifiers(settings) or None,
+            )  # fmt: skip
+            report >> check_limits
     return dag

@@ -6,6 +6,7 @@ stack's ``.env`` does). Per-run choices (the range DAG's dates, dry run, limit) 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -69,6 +70,26 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "Largest exact request body sent to AnyCost (default 4000000, below CloudZero's 5 MB).",
     ),
     "db_schema": ("LITELLM_DB_SCHEMA", "PostgreSQL schema of LiteLLM's tables (default `public`)."),
+    "report_tag_prefixes": (
+        "CLOUDZERO_REPORT_TAG_PREFIXES",
+        "Comma-separated request-tag prefixes the daily report groups by (e.g. `taskName`).",
+    ),
+    "alert_limits": (
+        "CLOUDZERO_ALERT_LIMITS",
+        'JSON of USD-per-day limits: `daily_total`, `team`, `user`, `customer`, `model` (e.g. `{"daily_total": 500, "team": 100}`); empty: no check.',
+    ),
+    "alert_email": (
+        "CLOUDZERO_ALERT_EMAIL",
+        "Comma-separated addresses told of breaches by SmtpNotifier (the `smtp_default` connection).",
+    ),
+    "alert_slack_conn_id": (
+        "CLOUDZERO_ALERT_SLACK_CONN_ID",
+        "Slack connection for SlackNotifier (needs apache-airflow-providers-slack).",
+    ),
+    "alert_slack_channel": (
+        "CLOUDZERO_ALERT_SLACK_CHANNEL",
+        "Slack channel for breaches (default `#finops`).",
+    ),
     "telemetry_metric": (
         "CLOUDZERO_TELEMETRY_METRIC",
         "Unit-cost metric for the telemetry DAG (LiteLLM's CLOUDZERO_METRIC_NAME); empty: the connection's extra `metric_name`, else telemetry is off.",
@@ -100,6 +121,11 @@ class ExportSettings:
     retry_delay_seconds: int = 60
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     db_schema: str = "public"
+    report_tag_prefixes: list[str] | None = None
+    alert_limits: dict[str, float] | None = None
+    alert_email: list[str] | None = None
+    alert_slack_conn_id: str | None = None
+    alert_slack_channel: str = "#finops"
     telemetry_metric: str | None = None
     telemetry_value: str = "cost"
     telemetry_dimensions: list[str] | None = None
@@ -124,7 +150,11 @@ class ExportSettings:
                     "max_request_bytes",
                 ):
                     values[name] = int(raw)
-                elif name in ("dimensions", "telemetry_dimensions"):
+                elif name == "alert_limits":
+                    values[name] = json.loads(raw)
+                    if not isinstance(values[name], dict):
+                        raise ValueError("must be a JSON object")
+                elif name in ("dimensions", "telemetry_dimensions", "report_tag_prefixes", "alert_email"):
                     values[name] = [d.strip() for d in raw.split(",") if d.strip()]
                 else:
                     values[name] = raw

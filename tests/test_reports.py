@@ -1,0 +1,247 @@
+"""Reports and limits: exact totals for every grouping, alerts exactly when a limit is crossed, the ledger page."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg2
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.cbf import exact_sum
+from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+from cloudzero_provider.operators.report import SpendReportOperator, SpendThresholdCheckOperator
+from cloudzero_provider.operators.transform import CBFTransformOperator
+from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.reports import check_limits
+from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
+
+DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
+ROWS = [
+    {
+        "hour": "2026-11-01T10:00:00Z",
+        "dims": {"team_id": "a", "user": "u1", "end_user": "c1", "model": "m1"},
+        "spend": "60",
+    },
+    {
+        "hour": "2026-11-01T11:00:00Z",
+        "dims": {"team_id": "a", "user": "u2", "end_user": "c2", "model": "m2"},
+        "spend": "40",
+    },
+    {
+        "hour": "2026-11-01T12:00:00Z",
+        "dims": {"team_id": "b", "user": "u2", "end_user": None, "model": "m1"},
+        "spend": "0.5",
+    },
+]
+
+
+@pytest.mark.parametrize(
+    ("limits", "expected"),
+    [
+        ({"daily_total": "100.5"}, []),  # at the limit: no alert
+        ({"daily_total": "100.500000000001"}, []),  # just under
+        ({"daily_total": "100.499999999999"}, ["2026-11-01: total spend spent 100.5 USD, over the limit of 100.499999999999 USD"]),
+        ({"team": 100}, []),
+        ({"team": "99.99"}, ["2026-11-01: team 'a' spent 100 USD, over the limit of 99.99 USD"]),
+        ({"user": 40.5}, ["2026-11-01: user 'u1' spent 60 USD, over the limit of 40.5 USD"]),
+        ({"customer": 40}, ["2026-11-01: customer 'c1' spent 60 USD, over the limit of 40 USD"]),
+        ({"model": "60.5"}, []),
+        ({"model": "60.49", "team": "0.49"},
+         ["2026-11-01: model 'm1' spent 60.5 USD, over the limit of 60.49 USD",
+          "2026-11-01: team 'a' spent 100 USD, over the limit of 0.49 USD",
+          "2026-11-01: team 'b' spent 0.5 USD, over the limit of 0.49 USD"]),
+    ],
+)  # fmt: skip
+def test_limits_fire_exactly_when_crossed(limits, expected):
+    assert [str(b) for b in check_limits(ROWS, limits)] == expected
+
+
+def test_unknown_limit_kind_is_named():
+    with pytest.raises(ValueError, match=r"unknown limit kind\(s\) \['teams'\]"):
+        check_limits(ROWS, {"teams": 1})
+
+
+@pytest.fixture
+def schema_age() -> str:
+    return "2026-10"
+
+
+@pytest.fixture
+def exported_day(litellm_db, double, cloudzero_conn, monkeypatch, tmp_path):
+    """Three hours of spend exported through the real operators; the day's report written."""
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    monkeypatch.setenv("CLOUDZERO_STAGING_URI", str(tmp_path / "staging"))
+    hours = [DAY + timedelta(hours=h) for h in (9, 10, 11)]
+    for i, hour in enumerate(hours):
+        seed_synthetic(litellm_db, hour, 300 + i, id_prefix="rep")
+    insert_spend_logs(
+        litellm_db, [spend_log("tiny", hours[0], 1e-12, team_id="team-0", end_user="customer-1")]
+    )
+    for hour in hours:
+        kw = {"window_start": hour.isoformat()}
+        LiteLLMSpendExtractOperator(task_id="e", **kw).execute({})
+        CBFTransformOperator(task_id="t", **kw).execute({})
+        AnyCostUploadOperator(task_id="u", **kw).execute({})
+    window = {"window_start": DAY.isoformat(), "window_end": (DAY + timedelta(days=1)).isoformat()}
+    summary = SpendReportOperator(task_id="r", tag_prefixes=["taskName"], **window).execute({})
+    return litellm_db, summary, window, tmp_path / "staging" / "cloudzero_default"
+
+
+def sql_totals(db: str, column: str) -> dict[str, Decimal]:
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute(
+            f"SELECT COALESCE(NULLIF({column}, ''), '(none)'), SUM(spend::numeric) FROM \"LiteLLM_SpendLogs\" GROUP BY 1"
+        )
+        return {k: v for k, v in cur.fetchall()}
+
+
+def test_report_totals_equal_the_source_for_every_grouping(exported_day):
+    db, summary, _, staging = exported_day
+    report = json.loads((staging / "reports" / "2026-11-01" / "report.json").read_text())
+    total = sql_totals(db, "'all'")["all"]
+    assert Decimal(report["totals"]["spend"]) == total == Decimal(summary["spend"])
+    for grouping, column in [("team", "team_id"), ("customer", "end_user"), ("user", '"user"'), ("model", "model"),
+                             ("api_key", "metadata->>'user_api_key_alias'"),
+                             ("tag:taskName", "(SELECT substr(t, 10) FROM jsonb_array_elements_text(request_tags) t "
+                                              "WHERE t LIKE 'taskName:%' LIMIT 1)")]:  # fmt: skip
+        got = {g["key"]: Decimal(g["spend"]) for g in report["groups"][grouping]}
+        assert got == sql_totals(db, column), grouping
+        for group in report["groups"][grouping]:
+            assert exact_sum(m["spend"] for m in group["models"]) == Decimal(group["spend"])
+    csv_rows = list(
+        csv.DictReader(io.StringIO((staging / "reports" / "2026-11-01" / "by_team.csv").read_text()))
+    )
+    assert exact_sum(r["spend_usd"] for r in csv_rows if r["model"] == "(all)") == total
+    per_1k = {r["model"]: r for r in report["cost_per_1k_tokens"]}
+    m0 = per_1k["model-0"]
+    assert Decimal(m0["usd_per_1k_tokens"]) == round(Decimal(m0["spend"]) * 1000 / m0["tokens"], 6)
+
+
+def test_threshold_check_lists_every_breach(exported_day):
+    _, summary, window, _ = exported_day
+    ok = SpendThresholdCheckOperator(task_id="c", limits={"daily_total": summary["spend"]}, **window).execute(
+        {}
+    )
+    assert ok["breaches"] == 0
+    with pytest.raises(AirflowFailException) as info:
+        SpendThresholdCheckOperator(
+            task_id="c", limits={"team": "0.01", "daily_total": "1"}, **window
+        ).execute({})
+    message = str(info.value)
+    assert message.startswith("21 spend limit breach(es): 2026-11-01: total spend spent")
+    assert message.count("team 'team-") == 20
+
+
+def test_notifiers_are_airflow_notifiers():
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    from cloudzero_provider.ready_dags import alert_notifiers, build_report_dag
+    from cloudzero_provider.settings import ExportSettings
+
+    settings = ExportSettings(alert_limits={"team": 5}, alert_email=["finops@example.com"])
+    (notifier,) = alert_notifiers(settings)
+    assert isinstance(notifier, SmtpNotifier)
+    dag = build_report_dag(settings)
+    assert dag.get_task("check_limits").on_failure_callback == [notifier] or isinstance(
+        dag.get_task("check_limits").on_failure_callback[0], SmtpNotifier
+    )
+    assert "check_limits" not in build_report_dag(ExportSettings()).task_dict, "no limits, no check, no noise"
+    with pytest.raises(ImportError, match="apache-airflow-providers-slack"):
+        alert_notifiers(ExportSettings(alert_slack_conn_id="slack"))
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def chromium(url: str, tmp_path: Path, png: Path) -> str:
+    profile = tmp_path / f"chrome-{png.stem}"
+    base = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1400"]
+    subprocess.run([*base, f"--screenshot={png}", url], check=True, capture_output=True, timeout=120)
+    dom = subprocess.run([*base, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120)
+    return dom.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, monkeypatch):
+    import uvicorn
+
+    from cloudzero_provider.plugins.ledger import app
+
+    db, summary, _, staging = exported_day
+    # the ledger shows a late correction and a failure too
+    m10 = staging / "manifests" / "2026-11-01T10Z.json"
+    manifest = json.loads(m10.read_text())
+    m10.write_text(json.dumps({**manifest, "late_corrections": 1}))
+    m11 = staging / "manifests" / "2026-11-01T11Z.json"
+    m11.write_text(json.dumps({**json.loads(m11.read_text()), "status": "failed"}))
+
+    shots = Path(os.environ.get("CLOUDZERO_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    report_dom = chromium(
+        (staging / "reports" / "2026-11-01" / "report.html").as_uri(), tmp_path, shots / "report.png"
+    )
+    assert f'id="total-spend">${summary["spend"]}<' in report_dom
+    assert 'id="chart-daily"' in report_dom and 'id="chart-teams"' in report_dom and "<svg" in report_dom
+    assert (shots / "report.png").stat().st_size > 10_000
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{port}/ledger?start=2026-11-01T08:00:00Z&end=2026-11-01T13:00:00Z"
+        dom = chromium(url, tmp_path, shots / "ledger.png")
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert '<span id="count-exported">1 exported</span>' in dom
+    assert '<span id="count-late-corrected">1 late-corrected</span>' in dom
+    assert '<span id="count-failed">1 failed</span>' in dom
+    assert '<span id="count-not-yet">2 not yet</span>' in dom
+    assert (
+        f"<td>2026-11-01T10:00:00Z</td><td>late-corrected</td><td>{manifest['rows']}</td><td>{manifest['source']['spend']}</td><td>{manifest['cost']}</td>"
+        in dom
+    )
+    assert 'href="reports/cloudzero_default/2026-11-01/report.html"' in dom
+    assert (shots / "ledger.png").stat().st_size > 10_000
+
+
+def test_daily_report_dag_waits_for_the_export_then_reports_and_checks(airflow_db, exported_day, monkeypatch):
+    from cloudzero_provider.ready_dags import build_report_dag
+    from tests.test_dags_e2e import task_instances
+
+    _, summary, _, staging = exported_day
+    monkeypatch.setenv("CLOUDZERO_ALERT_LIMITS", json.dumps({"daily_total": summary["spend"]}))
+    run = build_report_dag().test(logical_date=DAY + timedelta(days=1))
+    states = {
+        task: state
+        for (task, _), (state, _, _) in task_instances("litellm_cloudzero_daily_report", run.run_id).items()
+    }
+    assert states == {"wait_for_export": "success", "report": "success", "check_limits": "success"}
+    monkeypatch.setenv("CLOUDZERO_ALERT_LIMITS", json.dumps({"customer": "0.05"}))
+    run = build_report_dag().test(logical_date=DAY + timedelta(days=1))
+    states = {
+        task: state
+        for (task, _), (state, _, _) in task_instances("litellm_cloudzero_daily_report", run.run_id).items()
+    }
+    assert states["check_limits"] == "failed" and run.state == "failed"
+    assert (staging / "reports" / "2026-11-01" / "report.html").exists()
