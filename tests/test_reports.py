@@ -182,7 +182,7 @@ def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, mo
 
     from cloudzero_provider.plugins.ledger import app
 
-    db, summary, _, staging = exported_day
+    _db, summary, _, staging = exported_day
     # the ledger shows a late correction and a failure too
     m10 = staging / "manifests" / "2026-11-01T10Z.json"
     manifest = json.loads(m10.read_text())
