@@ -71,7 +71,7 @@ def extract_window(
     def rows() -> Iterator[dict[str, Any]]:
         for item in hook.aggregate(window, dims, src):
             if isinstance(item, AggregateRow):
-                yield {"hour": item.hour, "dims": item.dims, **item.totals.as_dict()}
+                yield item.as_dict()
             else:
                 hours[item.hour] = item
 

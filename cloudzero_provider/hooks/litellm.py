@@ -79,6 +79,10 @@ class AggregateRow:
     dims: dict[str, str | None]
     totals: Totals
 
+    def as_dict(self) -> dict[str, Any]:
+        """The staged form: ``hour``, ``dims`` and the totals (``spend``, ``requests``, ``total_tokens`` ...)."""
+        return {"hour": self.hour, "dims": self.dims, **self.totals.as_dict()}
+
 
 @dataclass
 class HourTotal:

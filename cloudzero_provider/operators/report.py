@@ -67,12 +67,7 @@ class SpendReportOperator(BaseOperator):
         except ValueError as exc:
             raise AirflowFailException(f"Invalid tag prefix: {exc}") from None
         hook = LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
-        rows = [
-            {"hour": r.hour, "dims": r.dims, "spend": r.totals.spend, "requests": r.totals.requests,
-             "total_tokens": r.totals.total_tokens}
-            for r in hook.aggregate(window, dims)
-            if isinstance(r, AggregateRow)
-        ]  # fmt: skip
+        rows = [r.as_dict() for r in hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
         report = build_report(rows, tag_prefixes=prefixes)
         folder = report_dir(self.staging_uri, self.stream, window)
         folder.mkdir(parents=True, exist_ok=True)

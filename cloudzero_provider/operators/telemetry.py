@@ -129,12 +129,7 @@ class UnitCostTelemetryOperator(BaseOperator):
         }
         sent_records, started = 0, time.monotonic()
         for day in days_of(context, self.start, self.end):
-            rows = [
-                {"hour": r.hour, "dims": r.dims, "spend": r.totals.spend, "requests": r.totals.requests,
-                 "total_tokens": r.totals.total_tokens}
-                for r in db.aggregate(day, resolve(dims))
-                if isinstance(r, AggregateRow)
-            ]  # fmt: skip
+            rows = [r.as_dict() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
             records, skipped = to_records(roll_up_days(rows, dims), dims, self.value)
             for body in batches(records, max_records=self.max_records_per_request):
                 count = body.count(b'"timestamp":')
