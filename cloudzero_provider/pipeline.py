@@ -295,15 +295,15 @@ def upload_window(
                     f"CloudZero refused a {len(req.body)}-byte request as too large (413); not splitting below "
                     f"{MIN_REQUEST_BYTES} bytes."
                 ) from None
-            hours = set(req.hours)
-            queue = deque(r for r in queue if not hours & set(r.hours))
+            # Plan everything not yet sent again at the smaller size: every such hour restarts at its first chunk.
+            hours = set(req.hours) | {h for r in queue for h in r.hours}
             log.warning(
-                "CloudZero answered 413 to %d bytes for hour(s) %s: re-sending them from their first chunk in "
-                "requests of at most %d bytes", len(req.body), sorted(hours), smaller,
+                "CloudZero answered 413 to %d bytes: re-sending %d hour(s) from their first chunk in requests of "
+                "at most %d bytes", len(req.body), len(hours), smaller,
             )  # fmt: skip
             for h in hours:
                 drop_ids[h] = []
-            queue.extendleft(reversed(plan({h: rows_by_hour[h] for h in hours}, smaller)))
+            queue = deque(plan({h: rows_by_hour[h] for h in hours}, smaller))
             continue
         except Exception:
             for h in req.hours:

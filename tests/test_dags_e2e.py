@@ -259,3 +259,38 @@ def test_no_import_errors(airflow_db):
     proc = subprocess.run([AIRFLOW, "dags", "list-import-errors", "--local"], capture_output=True, text=True,
                           env=os.environ.copy(), timeout=120)  # fmt: skip
     assert proc.returncode == 0 and "No data found" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_413_splits_the_request_and_sends_the_hours_again(env, monkeypatch):
+    """CloudZero's real limit turns out lower than ours: the 413 halves the requests, hours restart whole."""
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.operators.upload import AnyCostUploadOperator
+
+    seed_hours(env["db"], rows=300)
+    double = env["double"].double
+    double.max_body_bytes = 100_000
+    kw = {"window_start": "2026-11-01T10:00:00Z", "window_end": "2026-11-01T13:00:00Z"}
+    LiteLLMSpendExtractOperator(task_id="e", **kw).execute({})
+    CBFTransformOperator(task_id="t", **kw).execute({})
+    result = AnyCostUploadOperator(task_id="u", max_request_bytes=1_000_000, **kw).execute({})
+    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    statuses = [r["status"] for r in double.requests]
+    k = statuses.count(413)
+    assert 1 <= k <= 3 and statuses == [413] * k + [200] * (len(statuses) - k), (
+        "halved until accepted, then sent"
+    )
+    assert all(r["content_length"] <= 100_000 for r in double.requests[k:])
+    assert result["hours"] == ["2026-11-01T10Z", "2026-11-01T11Z", "2026-11-01T12Z"]
+
+
+def test_each_exported_hour_emits_an_asset_event(env):
+    from airflow.models.asset import AssetEvent
+    from airflow.settings import Session
+
+    seed_hours(env["db"], rows=50)
+    run_hourly(HOURS[0])
+    with Session() as session:
+        keys = [e.partition_key for e in session.query(AssetEvent).filter(AssetEvent.source_run_id.like("%")).all()
+                if e.source_dag_id == "litellm_cloudzero_hourly"]  # fmt: skip
+    assert "2026-11-01T10Z" in keys
