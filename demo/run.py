@@ -31,6 +31,9 @@ CONNECTION = "litellm-demo"
 
 
 def main() -> None:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -95,6 +98,19 @@ def main() -> None:
             run = dag.test(logical_date=hour + timedelta(hours=1))
             print(f"  ran {dag.dag_id} for {hour:%Y-%m-%dT%H}Z: {run.state}")
 
+        # Late data: rows for the first hour land after it was exported; the next run's late-data pass fixes it.
+        from cloudzero_provider.testing.seed import insert_spend_logs, spend_log
+
+        late = [spend_log(f"late-{i}", hours[0] + timedelta(minutes=59, seconds=i), 0.125, team_id="team-late")
+                for i in range(8)]  # fmt: skip
+        insert_spend_logs(url, late)
+        before = cz.double.cost_by_hour(CONNECTION)[hours[0].strftime("%Y-%m-%dT%H:00:00Z")]
+        run = dag.test(logical_date=hours[-1] + timedelta(hours=1))
+        after = cz.double.cost_by_hour(CONNECTION)[hours[0].strftime("%Y-%m-%dT%H:00:00Z")]
+        print(
+            f"  {len(late)} late rows (1 USD) landed in {hours[0]:%Y-%m-%dT%H}Z; re-ran {hours[-1]:%Y-%m-%dT%H}Z: "
+            f"{run.state}, its late-data pass moved CloudZero's {hours[0]:%H}Z from {before} to {after} USD"
+        )
         import psycopg2
 
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
@@ -122,7 +138,8 @@ def main() -> None:
         print(
             f"\nRequests seen by the double: {len(cz.double.requests)}, concurrent: {cz.double.concurrent_requests}"
         )
-        print(f"Manifests and staged files: {home / 'staging'}")
+        if args.keep:
+            print(f"Manifests and staged files: {home / 'staging'}")
         print(
             f"Done in {time.monotonic() - started:.1f}s -- {'every hour matches to the last digit' if ok else 'MISMATCH'}"
         )

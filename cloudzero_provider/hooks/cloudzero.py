@@ -21,8 +21,6 @@ TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
 # Connection extras that configure this hook; everything else in ``extra`` is ignored, never sent as a header.
-_OWN_EXTRAS = ("connection_id", "metric_name", "timeout", "verify", "proxies", "test_key", "max_attempts", "max_wait",
-               "max_retry_time")  # fmt: skip
 
 
 class CloudZeroAPIError(AirflowFailException):
