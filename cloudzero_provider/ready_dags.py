@@ -302,11 +302,12 @@ skipped and says how to turn telemetry on.
 def alert_notifiers(settings: ExportSettings) -> list[Any]:
     """Airflow notifiers for breaches: SmtpNotifier and, when its provider is installed, SlackNotifier."""
     notifiers: list[Any] = []
-    message = "LiteLLM spend limits crossed on {{ ds }}: {{ exception }}"
+    day = "{{ data_interval_start.strftime('%Y-%m-%d') }}"  # ds would be the interval's end in Airflow 3
+    message = f"LiteLLM spend limits crossed on {day}: {{{{ exception }}}}"
     if settings.alert_email:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        notifiers.append(SmtpNotifier(to=settings.alert_email, subject="LiteLLM spend limit crossed ({{ ds }})",
+        notifiers.append(SmtpNotifier(to=settings.alert_email, subject=f"LiteLLM spend limit crossed ({day})",
                                       html_content=message))  # fmt: skip
     if settings.alert_slack_conn_id:
         try:

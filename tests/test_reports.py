@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import email
 import io
 import json
 import os
@@ -245,3 +246,49 @@ def test_daily_report_dag_waits_for_the_export_then_reports_and_checks(airflow_d
     }
     assert states["check_limits"] == "failed" and run.state == "failed"
     assert (staging / "reports" / "2026-11-01" / "report.html").exists()
+
+
+def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
+    airflow_db, exported_day, monkeypatch
+):
+    """A real SMTP server on loopback receives the SmtpNotifier's mail, and only when a limit is crossed."""
+    from aiosmtpd.controller import Controller
+
+    from cloudzero_provider.ready_dags import build_report_dag
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.messages: list[str] = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope.content.decode("utf-8", errors="replace"))
+            return "250 OK"
+
+    _, summary, _, _ = exported_day
+    inbox = Inbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "airflow@example.com"},
+        }))  # fmt: skip
+        monkeypatch.setenv("CLOUDZERO_ALERT_EMAIL", "finops@example.com")
+        monkeypatch.setenv("CLOUDZERO_ALERT_LIMITS", json.dumps({"daily_total": summary["spend"]}))
+        assert build_report_dag().test(logical_date=DAY + timedelta(days=1)).state == "success"
+        assert inbox.messages == [], "no breach, no noise"
+        monkeypatch.setenv("CLOUDZERO_ALERT_LIMITS", json.dumps({"daily_total": "4.5"}))
+        assert build_report_dag().test(logical_date=DAY + timedelta(days=1)).state == "failed"
+        (raw,) = inbox.messages
+        mail = email.message_from_string(raw)
+        body = "".join(p.get_payload(decode=True).decode() for p in mail.walk() if not p.is_multipart())
+        assert (
+            mail["To"] == "finops@example.com"
+            and mail["Subject"] == "LiteLLM spend limit crossed (2026-11-01)"
+        )
+        assert f"total spend spent {summary['spend']} USD, over the limit of 4.5 USD" in body
+    finally:
+        controller.stop()
