@@ -64,6 +64,7 @@ def test_env_example_matches_the_demo_services():
     assert double_cmd[double_cmd.index("--api-key") + 1] in env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"]
     assert double_cmd[double_cmd.index("--connection") + 1] in env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"]
     assert env["CLOUDZERO_STAGING_URI"] == "/opt/airflow/cloudzero-staging"
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"], "components must share the JWT secret"
 
 
 def test_dockerfile_installs_the_repo_with_the_locked_versions():

@@ -12,6 +12,7 @@ Order of preference:
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -124,6 +125,7 @@ class ThrowawayPostgres:
              "-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "work_mem=64MB"],
             stdout=log, stderr=subprocess.STDOUT, cwd=self._tmp, start_new_session=True, **run_as,
         )  # fmt: skip
+        atexit.register(self.stop)  # never leave a server behind, even when the caller forgets
         self._admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
         deadline = time.monotonic() + 30
         while True:
