@@ -90,6 +90,7 @@ class ThrowawayPostgres:
         self._databases: list[str] = []
         self._process: subprocess.Popen[bytes] | None = None
         self._tmp: str | None = None
+        self._stopped = False
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -139,6 +140,9 @@ class ThrowawayPostgres:
                 time.sleep(0.1)
 
     def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         if self._process is None:  # an external server: drop what we created, leave the rest
             for name in self._databases:
                 with contextlib.suppress(Exception):
