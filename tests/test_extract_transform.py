@@ -287,3 +287,15 @@ def test_server_side_cursor_reads_the_same(db):
     streamed = list(LiteLLMSpendHook(fetch_size=2).aggregate(window, dims))
     cursor = list(LiteLLMSpendHook(fetch_size=2, server_side_cursor=True).aggregate(window, dims))
     assert streamed == cursor and len(streamed) == 4
+
+
+def test_request_tag_edge_cases(db):
+    insert_spend_logs(db, [
+        spend_log("obj", "2026-11-01T13:00:00", 0.1, request_tags={"taskName": "not-a-list"}),
+        spend_log("mixed", "2026-11-01T13:00:01", 0.2, request_tags=[1, None, "taskName:y", "taskName:z"]),
+        spend_log("empty", "2026-11-01T13:00:02", 0.4, request_tags=["taskName:"]),
+        spend_log("colon", "2026-11-01T13:00:03", 0.8, request_tags=["taskNameX:a", "taskName:a:b/c d"]),
+    ])  # fmt: skip
+    _, _, cbf = run_window(H13, dimensions=["tag:taskName"])
+    by_value = {r.get("resource/tag:tag.taskName"): r["cost/cost"] for r in cbf}
+    assert by_value == {None: "0.5", "y": "0.2", "a:b/c d": "0.8"}
