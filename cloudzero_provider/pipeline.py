@@ -281,10 +281,11 @@ def upload_window(
     queue: deque[DropRequest] = deque(plan(rows_by_hour, max_request_bytes))
     drop_ids: dict[str, list[str]] = {h: [] for h in rows_by_hour}
     sent_requests = 0
-    for hour in rows_by_hour:
-        manifests.mark(hour, status="sending", run=salt)
     while queue:
         req = queue.popleft()
+        if req.chunk == 0:  # an hour's first request: from here until its last chunk lands, it is in flight
+            for h in req.hours:
+                manifests.mark(h, status="sending", run=salt)
         key = req.idempotency_key(connection_id, salt)
         try:
             answer = hook.post_billing_drop(req.body, idempotency_key=key)

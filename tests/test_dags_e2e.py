@@ -294,3 +294,23 @@ def test_each_exported_hour_emits_an_asset_event(env):
         keys = [e.partition_key for e in session.query(AssetEvent).filter(AssetEvent.source_run_id.like("%")).all()
                 if e.source_dag_id == "litellm_cloudzero_hourly"]  # fmt: skip
     assert "2026-11-01T10Z" in keys
+
+
+def test_a_failed_upload_marks_only_the_hour_in_flight(env):
+    from airflow.sdk.exceptions import AirflowException
+
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.operators.upload import AnyCostUploadOperator
+
+    seed_hours(env["db"], rows=100)
+    kw = {"window_start": "2026-11-01T10:00:00Z", "window_end": "2026-11-01T13:00:00Z"}
+    LiteLLMSpendExtractOperator(task_id="e", **kw).execute({})
+    CBFTransformOperator(task_id="t", **kw).execute({})
+    env["double"].fail_next(2, 503, method="POST", after=1)
+    with pytest.raises(AirflowException, match="still failing after 2 attempts"):
+        AnyCostUploadOperator(task_id="u", max_request_bytes=120_000, **kw).execute({})
+    statuses = {p.stem: json.loads(p.read_text())["status"] for p in (env["staging"] / "manifests").iterdir()}
+    assert statuses == {"2026-11-01T10Z": "exported", "2026-11-01T11Z": "failed"}, "12Z was never attempted"
+    AnyCostUploadOperator(task_id="u", max_request_bytes=120_000, **kw).execute({})
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
