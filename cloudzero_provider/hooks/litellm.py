@@ -28,6 +28,14 @@ _INVALID = """CASE
     WHEN {tokens_negative} THEN 'token count is negative'
 END"""
 
+
+def _invalid_reason(total_tokens: str = "s.total_tokens") -> str:
+    """The reason a source row cannot be exported, as SQL over alias ``s`` (NULL when the row is valid)."""
+    return _INVALID.format(
+        tokens_negative=f"s.prompt_tokens < 0 OR s.completion_tokens < 0 OR {total_tokens} < 0"
+    )
+
+
 # Dimension -> (SQL over alias ``s``, columns it needs). '' and NULL both mean "none".
 _SPEND_LOG_DIMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "team_id": ("NULLIF(s.team_id, '')", ("team_id",)),
@@ -231,9 +239,7 @@ class LiteLLMSpendHook(PostgresHook):
             n, row_id = "s.api_requests", "s.id"
             total_tokens = "(s.prompt_tokens + s.completion_tokens)"
             ok, failed = "s.successful_requests", "s.failed_requests"
-        invalid = _INVALID.format(
-            tokens_negative=f"s.prompt_tokens < 0 OR s.completion_tokens < 0 OR {total_tokens} < 0"
-        )
+        invalid = _invalid_reason(total_tokens)
         d_cols = [f"d{i}" for i in range(len(dims))]
         inner_dims = "".join(
             f",\n        {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True)
@@ -319,9 +325,7 @@ ORDER BY 1"""
         """Every invalid source row of the window with its reason, for the quarantine file."""
         start, end = window.naive_utc()
         if source == "spend_logs":
-            invalid = _INVALID.format(
-                tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0 OR s.total_tokens < 0"
-            )
+            invalid = _invalid_reason()
             sql = f"""
 SELECT * FROM (
     SELECT s.request_id, to_char(s."startTime", 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), s.spend::text,
@@ -331,7 +335,7 @@ SELECT * FROM (
 ) AS q WHERE q.reason IS NOT NULL"""
             params: dict[str, Any] = {"start": start, "end": end}
         else:
-            invalid = _INVALID.format(tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0")
+            invalid = _invalid_reason("(s.prompt_tokens + s.completion_tokens)")
             sql = f"""
 SELECT * FROM (
     SELECT s.id, s.date, s.spend::text, s.prompt_tokens, s.completion_tokens,
@@ -350,9 +354,7 @@ SELECT * FROM (
         Used by the late-data pass to see whether an exported hour changed since.
         """
         start, end = window.naive_utc()
-        invalid = _INVALID.format(
-            tokens_negative="s.prompt_tokens < 0 OR s.completion_tokens < 0 OR s.total_tokens < 0"
-        )
+        invalid = _invalid_reason()
         rows = self.get_records(
             f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
                        count(*), COALESCE(sum(s.spend::numeric), 0)::text
