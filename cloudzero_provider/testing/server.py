@@ -94,11 +94,11 @@ class _Handler(BaseHTTPRequestHandler):
         if length > double.max_body_bytes and path.startswith("/v2/"):
             # Like a real front end: refuse before reading a body that is too large.
             self.rfile.read(length)
-            self._send(Reply(413, {"message": f"Request entity too large: {length} bytes"}))
-            with double.lock:
+            with double.lock:  # recorded before answering: a client that saw the answer sees the record
                 double.requests.append(
                     {"method": method, "path": path, "status": 413, "content_length": length}
                 )
+            self._send(Reply(413, {"message": f"Request entity too large: {length} bytes"}))
             return
         body = self.rfile.read(length) if length else b""
         if path.startswith("/_double/"):
