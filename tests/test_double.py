@@ -170,7 +170,7 @@ def test_test_key_namespace_is_separate(srv):
 
 
 def test_concurrent_requests_to_one_stream_are_detected():
-    double = CloudZeroDouble(KEY, processing_delay=0.3)
+    double = CloudZeroDouble(KEY, processing_delay=1.0)  # wide enough that the two threads always overlap
     with CloudZeroDoubleServer(double) as srv:
         post(srv, {"operation": "sum", "data": [row(H13, "1")]})
         post(srv, {"operation": "sum", "data": [row(H13, "1")]})

@@ -52,13 +52,21 @@ def test_exact_bytes_are_sent(double, cloudzero_conn):
     assert double.double.requests[0]["content_length"] == len(raw)
 
 
-def test_429_with_retry_after_is_honoured(double, cloudzero_conn):
+def test_429_with_retry_after_is_honoured(double, cloudzero_conn, capsys):
     double.fail_next(2, 429, retry_after="1")
     started = time.monotonic()
     CloudZeroHook(max_wait=5).post_billing_drop(BODY)
-    elapsed = time.monotonic() - started
     assert statuses(double) == [429, 429, 200]
-    assert 2.0 <= elapsed < 6.0, elapsed
+    assert time.monotonic() - started >= 2.0, "it waited the Retry-After twice"
+    logged = capsys.readouterr().out
+    assert "HTTP 429: injected fault: HTTP 429; retrying in 1.0s (attempt 2 of 6)" in logged
+    assert "retrying in 1.0s (attempt 3 of 6)" in logged
+
+
+def test_retry_after_is_capped_by_max_wait(double, cloudzero_conn, capsys):
+    double.fail_next(1, 429, retry_after="3600")
+    CloudZeroHook(max_wait=0.5).post_billing_drop(BODY)
+    assert "retrying in 0.5s (attempt 2 of 6)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -69,12 +77,11 @@ def test_5xx_is_retried(double, cloudzero_conn, status):
     assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
 
 
-def test_timeout_is_retried(double, cloudzero_conn):
+def test_timeout_is_retried(double, cloudzero_conn, capsys):
     double.slow_next(1, 1.5, method="GET")
-    started = time.monotonic()
     drops = fast_hook(timeout=(2, 0.5)).list_billing_drops()
     assert drops == []
-    assert time.monotonic() - started < 5
+    assert "timed out (ReadTimeout); retrying in" in capsys.readouterr().out
 
 
 def test_dropped_connection_is_retried(double, cloudzero_conn):
@@ -95,11 +102,9 @@ def test_lost_response_with_idempotency_key_applies_once(double, cloudzero_conn)
 
 def test_transient_failures_are_bounded(double, cloudzero_conn):
     double.fail_next(10, 503)
-    started = time.monotonic()
     with pytest.raises(CloudZeroTransientError, match="still failing after 3 attempts: HTTP 503"):
         fast_hook(max_attempts=3).post_billing_drop(BODY)
-    assert len(double.double.requests) == 3
-    assert time.monotonic() - started < 2
+    assert len(double.double.requests) == 3, "bounded by max_attempts"
 
 
 @pytest.mark.parametrize(
