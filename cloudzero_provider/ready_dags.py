@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import DAG, Asset, Param, task, task_group
+from airflow.sdk import DAG, Asset, AssetAlias, Param, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -29,9 +29,14 @@ MAX_RANGE_HOURS = 24 * 92
 
 
 def hours_asset(settings: ExportSettings) -> Asset:
-    """One event per exported hour (the hour is the event's partition key) -- follow it from other DAGs."""
+    """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13Z``): schedule other DAGs on it."""
     return Asset(name=f"litellm_cloudzero_hours__{settings.cloudzero_conn_id}",
                  uri=f"cloudzero://anycost/{settings.cloudzero_conn_id}/litellm-hours")  # fmt: skip
+
+
+def hours_alias(settings: ExportSettings) -> AssetAlias:
+    """The outlet through which upload tasks emit several events (one per hour) on :func:`hours_asset`."""
+    return AssetAlias(name=f"litellm_cloudzero_hours_alias__{settings.cloudzero_conn_id}")
 
 
 def _default_args(settings: ExportSettings) -> dict[str, Any]:
@@ -73,7 +78,7 @@ missed hour runs. Backfill any period with `airflow backfill create --dag-id {HO
 **Tasks.** `settle` waits (deferred, no worker slot) until `settle_minutes` after the hour ends, since spend-log
 rows land late. Then extract -> transform -> upload. `late_data` then re-checks the previous
 `late_lookback_hours` hours against their manifests and re-exports any hour whose source totals changed.
-Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (partition key = the hour).
+Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (the hour in the event's extra `hour`).
 {COMMON_DOC}
 **Params.** `settle_minutes` (this run's wait), `late_lookback_hours` (this run's late-data window).
 
@@ -122,14 +127,14 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (pa
         upload = AnyCostUploadOperator(
             task_id="upload", cloudzero_conn_id=settings.cloudzero_conn_id, staging_uri=settings.staging_uri,
             stream=stream, max_request_bytes=settings.max_request_bytes, pool=settings.pool,
-            outlets=[hours_asset(settings)],
+            outlets=[hours_alias(settings)], hour_asset=hours_asset(settings),
         )  # fmt: skip
         late_data = LateDataOperator(
             task_id="late_data", litellm_conn_id=settings.litellm_conn_id,
             cloudzero_conn_id=settings.cloudzero_conn_id, lookback_hours="{{ params.late_lookback_hours }}",
             dimensions=settings.dimensions, on_invalid=settings.on_invalid, staging_uri=settings.staging_uri,
             stream=stream, db_schema=settings.db_schema, max_request_bytes=settings.max_request_bytes,
-            pool=settings.pool, outlets=[hours_asset(settings)],
+            pool=settings.pool, outlets=[hours_alias(settings)], hour_asset=hours_asset(settings),
         )  # fmt: skip
         settle >> extract >> transform >> upload >> late_data
     return dag
@@ -242,7 +247,7 @@ one-slot pool `{settings.pool}`.
                 task_id="upload", window_start=hour, cloudzero_conn_id=settings.cloudzero_conn_id,
                 staging_uri=settings.staging_uri, stream=stream, dry_run="{{ params.dry_run }}",
                 limit="{{ params.limit }}", max_request_bytes=settings.max_request_bytes, pool=settings.pool,
-                outlets=[hours_asset(settings)], map_index_template=label,
+                outlets=[hours_alias(settings)], hour_asset=hours_asset(settings), map_index_template=label,
             )  # fmt: skip
             extract >> transform >> upload
 

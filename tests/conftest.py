@@ -19,6 +19,7 @@ os.environ.setdefault(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dags"),
 )
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
+os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")  # consumers of asset events
 
 from cloudzero_provider.testing.double import CloudZeroDouble  # noqa: E402
 from cloudzero_provider.testing.postgres import ThrowawayPostgres  # noqa: E402

@@ -284,33 +284,25 @@ def test_413_splits_the_request_and_sends_the_hours_again(env, monkeypatch):
     assert result["hours"] == ["2026-11-01T10Z", "2026-11-01T11Z", "2026-11-01T12Z"]
 
 
-def test_each_exported_hour_emits_an_asset_event(env):
-    from airflow.models.asset import AssetEvent
+def test_each_exported_hour_emits_an_asset_event_that_queues_the_telemetry_dag(env):
+    from airflow.models.asset import AssetDagRunQueue, AssetEvent
+    from airflow.models.dag import DagModel
     from airflow.settings import Session
 
     seed_hours(env["db"], rows=50)
-    run_hourly(HOURS[0])
+    run_hourly(HOURS[0])  # the first run also registers every DAG of the folder, the telemetry DAG among them
     with Session() as session:
-        keys = [e.partition_key for e in session.query(AssetEvent).filter(AssetEvent.source_run_id.like("%")).all()
-                if e.source_dag_id == "litellm_cloudzero_hourly"]  # fmt: skip
-    assert "2026-11-01T10Z" in keys
-
-
-def test_a_failed_upload_marks_only_the_hour_in_flight(env):
-    from airflow.sdk.exceptions import AirflowException
-
-    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
-    from cloudzero_provider.operators.transform import CBFTransformOperator
-    from cloudzero_provider.operators.upload import AnyCostUploadOperator
-
-    seed_hours(env["db"], rows=100)
-    kw = {"window_start": "2026-11-01T10:00:00Z", "window_end": "2026-11-01T13:00:00Z"}
-    LiteLLMSpendExtractOperator(task_id="e", **kw).execute({})
-    CBFTransformOperator(task_id="t", **kw).execute({})
-    env["double"].fail_next(2, 503, method="POST", after=1)
-    with pytest.raises(AirflowException, match="still failing after 2 attempts"):
-        AnyCostUploadOperator(task_id="u", max_request_bytes=120_000, **kw).execute({})
-    statuses = {p.stem: json.loads(p.read_text())["status"] for p in (env["staging"] / "manifests").iterdir()}
-    assert statuses == {"2026-11-01T10Z": "exported", "2026-11-01T11Z": "failed"}, "12Z was never attempted"
-    AnyCostUploadOperator(task_id="u", max_request_bytes=120_000, **kw).execute({})
-    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+        session.query(DagModel).filter_by(dag_id="litellm_cloudzero_telemetry").update({"is_paused": False})
+        session.query(AssetDagRunQueue).delete()
+        session.commit()
+    run = run_hourly(HOURS[0])
+    with Session() as session:
+        events = (
+            session.query(AssetEvent)
+            .filter_by(source_dag_id="litellm_cloudzero_hourly", source_run_id=run.run_id)
+            .all()
+        )
+        hours = [e.extra.get("hour") for e in events]
+        queued = {q.target_dag_id for q in session.query(AssetDagRunQueue).all()}
+    assert hours == ["2026-11-01T10Z"] and all(e.partition_key is None for e in events)
+    assert "litellm_cloudzero_telemetry" in queued, "the export's events must trigger the telemetry DAG"

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
@@ -31,6 +31,7 @@ class LateDataOperator(BaseOperator):
     :param lookback_hours: How many hours before the window to re-check.
     :param dimensions: As given to the extract.
     :param on_invalid: As given to the extract.
+    :param hour_asset: Asset that gets one event per re-exported hour, through the AssetAlias in ``outlets``.
     """
 
     template_fields: Sequence[str] = (
@@ -56,6 +57,7 @@ class LateDataOperator(BaseOperator):
         stream: str = "cloudzero_default",
         db_schema: str = "public",
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        hour_asset: Asset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -70,6 +72,7 @@ class LateDataOperator(BaseOperator):
         self.stream = stream
         self.db_schema = db_schema
         self.max_request_bytes = max_request_bytes
+        self.hour_asset = hour_asset
 
     def execute(self, context: Any) -> dict[str, Any]:
         window = resolve_window(self.window_start, self.window_end, context)
@@ -109,5 +112,11 @@ class LateDataOperator(BaseOperator):
             result = upload_window(cz, hour_window, stage, max_request_bytes=self.max_request_bytes,
                                    salt=attempt_salt(context) + "/late", log=self.log, late_correction=True)  # fmt: skip
             corrected.extend(result["hours"])
-        emit_hour_events(self.outlets, context, corrected, {"window": window.label, "late_correction": True})
+        emit_hour_events(
+            self.outlets,
+            context,
+            corrected,
+            {"window": window.label, "late_correction": True},
+            self.hour_asset,
+        )
         return {"checked": [h.label for h in checked.each_hour()], "corrected": corrected}

@@ -38,7 +38,9 @@ def days_of(context: Any, start: Any, end: Any) -> list[Window]:
         events = context.get("triggering_asset_events") if hasattr(context, "get") else None
         for asset_events in (events or {}).values():
             for event in asset_events:
-                key = getattr(event, "partition_key", None)
+                key = (getattr(event, "extra", None) or {}).get("hour") or getattr(
+                    event, "partition_key", None
+                )
                 if key:
                     hours.append(parse_instant(key.replace("Z", ":00:00Z") if len(key) == 14 else key))
         if not hours and context.get("data_interval_start") and context.get("data_interval_end"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import Asset, BaseOperator
 
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
@@ -40,6 +40,7 @@ class AnyCostUploadOperator(BaseOperator):
         (records, total cost, total tokens, accounts, services).
     :param limit: Dry run only: preview the first N records. A real export always sends whole hours.
     :param max_request_bytes: Upper bound of one request's exact body (CloudZero's limit is 5 MB).
+    :param hour_asset: Asset that gets one event per exported hour, through the AssetAlias in ``outlets``.
     """
 
     # ``dry_run`` is stored as ``dry_run_only``: BaseOperator already has a ``dry_run()`` method.
@@ -57,6 +58,7 @@ class AnyCostUploadOperator(BaseOperator):
         dry_run: bool | str = False,
         limit: int | str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        hour_asset: Asset | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -68,6 +70,7 @@ class AnyCostUploadOperator(BaseOperator):
         self.dry_run_only = dry_run
         self.limit = limit
         self.max_request_bytes = max_request_bytes
+        self.hour_asset = hour_asset
 
     def execute(self, context: Any) -> dict[str, Any]:
         window = resolve_window(self.window_start, self.window_end, context)
@@ -80,6 +83,6 @@ class AnyCostUploadOperator(BaseOperator):
         )  # fmt: skip
         if not dry_run:
             emit_hour_events(
-                self.outlets, context, result["hours"], {"window": window.label, "cost": result["cost"]}
+                self.outlets, context, result["hours"], {"window": window.label}, self.hour_asset
             )
         return result
