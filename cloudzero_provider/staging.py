@@ -61,13 +61,16 @@ class WindowStage:
                 count += 1
         return count
 
-    def read_jsonl(self, name: str) -> Iterator[Any]:
+    def _existing(self, name: str) -> ObjectStoragePath:
         path = self.path(name)
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} does not exist: did the previous task of window {self.window} run?"
             )
-        with path.open("r", encoding="utf-8") as fh:
+        return path
+
+    def read_jsonl(self, name: str) -> Iterator[Any]:
+        with self._existing(name).open("r", encoding="utf-8") as fh:
             for line in fh:
                 if line.strip():
                     yield json.loads(line)
@@ -80,12 +83,7 @@ class WindowStage:
         return path
 
     def read_json(self, name: str) -> Any:
-        path = self.path(name)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist: did the previous task of window {self.window} run?"
-            )
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(self._existing(name).read_text(encoding="utf-8"))
 
     def exists(self, name: str) -> bool:
         return bool(self.path(name).exists())

@@ -241,9 +241,13 @@ class CloudZeroHook(HttpHook):
         return backoff * random.uniform(0.5, 1.0)
 
     def _attempt(
-        self, method: str, path: str, body: bytes | None, headers: Mapping[str, str]
+        self,
+        session: requests.Session,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: Mapping[str, str],
     ) -> requests.Response:
-        session = self.session  # building the session resolves the base URL
         url = self.base_url + path
         try:
             response = session.request(method, url, data=body, headers=dict(headers), timeout=self._timeout())
@@ -278,7 +282,7 @@ class CloudZeroHook(HttpHook):
         :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
         :param expect: Status codes returned to the caller rather than raised.
         """
-        self.session  # noqa: B018 -- resolves the base URL and the connection's retry settings first
+        session = self.session  # built first: it resolves the base URL and the connection's retry settings
         headers: dict[str, str] = {}
         if body is None and json_body is not None:
             body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -308,7 +312,7 @@ class CloudZeroHook(HttpHook):
             reraise=True,
         )
         try:
-            response = retrying(self._attempt, method, path, body, headers)
+            response = retrying(self._attempt, session, method, path, body, headers)
         except _Retryable as exc:
             raise CloudZeroTransientError(
                 f"CloudZero {method} {path} still failing after {self.max_attempts} attempts: {exc.description}. "
