@@ -13,7 +13,7 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-cloudzero",
         "name": "CloudZero",
         "description": "Export LiteLLM spend to CloudZero AnyCost Stream, hour by hour, and CloudZero unit-cost telemetry.",
-        "versions": ["0.1.0"],
+        "versions": ["0.2.0", "0.1.0"],
         "integrations": [
             {
                 "integration-name": "CloudZero",
@@ -26,8 +26,45 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.hooks.litellm"]},
         ],
         "operators": [
-            {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.operators.export"]},
+            {
+                "integration-name": "CloudZero",
+                "python-modules": [
+                    "cloudzero_provider.operators.base",
+                    "cloudzero_provider.operators.extract",
+                    "cloudzero_provider.operators.transform",
+                    "cloudzero_provider.operators.upload",
+                    "cloudzero_provider.operators.late_data",
+                    "cloudzero_provider.operators.report",
+                    "cloudzero_provider.operators.telemetry",
+                ],
+            }
         ],
+        "sensors": [
+            {
+                "integration-name": "CloudZero",
+                "python-modules": ["cloudzero_provider.sensors.export", "cloudzero_provider.sensors.settle"],
+            }
+        ],
+        "plugins": [
+            {"name": "cloudzero_ledger", "plugin-class": "cloudzero_provider.plugins.ledger.CloudZeroLedgerPlugin"}
+        ],
+        "config": {
+            "cloudzero": {
+                "description": "Settings of the CloudZero provider shared by workers, the DAG processor and the "
+                "API server's ledger page.\n",
+                "options": {
+                    "staging_uri": {
+                        "description": "Where window files, per-hour manifests and reports live: a local folder "
+                        "or an object-storage URI (s3://bucket/prefix, gs://...). Empty: "
+                        "$AIRFLOW_HOME/cloudzero-staging. Use object storage when tasks run on several machines.\n",
+                        "version_added": "0.2.0",
+                        "type": "string",
+                        "example": "s3://finops-bucket/cloudzero-staging",
+                        "default": "",
+                    }
+                },
+            }
+        },
         "connection-types": [
             {
                 "connection-type": "cloudzero",

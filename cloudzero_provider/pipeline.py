@@ -1,13 +1,15 @@
-"""The three steps of one window -- extract, transform, upload -- as functions of hooks and a staging folder.
+"""The three steps of one window -- extract, transform, upload -- as functions of hooks and an export target.
 
 The operators are thin wrappers around these; the late-data pass calls them again for the hours that changed.
-Errors a retry cannot fix raise ``AirflowFailException`` with a message that says what to do.
+Errors a retry cannot fix raise ``AirflowFailException`` with a message that says what to do. Messages go to
+this module's logger, which Airflow routes into the running task's log.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -21,7 +23,9 @@ from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTo
 from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.manifests import ManifestStore
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, hour_label, parse_hour
+
+log = logging.getLogger(__name__)
 
 INVALID_POLICIES = ("fail", "quarantine")
 SOURCES = ("spend_logs", "daily_team", "daily_user")
@@ -32,13 +36,23 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def describe_invalid(hours: dict[str, HourTotal], table: str) -> str:
+def describe_invalid(hours: Mapping[str, HourTotal], table: str) -> str:
     parts = []
     for hour, ht in sorted(hours.items()):
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(ht.invalid.items()))
         parts.append(f"hour {hour}: {reasons} (e.g. {', '.join(map(str, ht.invalid_samples))})")
     total = sum(sum(ht.invalid.values()) for ht in hours.values())
     return f"{total} invalid {table} row(s) -- " + "; ".join(parts)
+
+
+def check_dry_run_limit(dry_run: bool, limit: int | None) -> None:
+    """``limit`` previews part of an hour, which only a dry run may do."""
+    if limit is not None and not dry_run:
+        raise AirflowFailException(
+            "limit previews only the first N records in a dry run. A real export always sends whole hours: "
+            "replace_hourly with part of an hour would erase the rest of that hour in CloudZero. Set dry_run, "
+            "or clear limit."
+        )
 
 
 # -- extract ----------------------------------------------------------------------------------------------
@@ -50,9 +64,8 @@ def extract_window(
     stage: WindowStage,
     *,
     dimensions: Sequence[str] | None,
-    source: str,
-    on_invalid: str,
-    log: Any,
+    source: str = "spend_logs",
+    on_invalid: str = "fail",
 ) -> dict[str, Any]:
     """Aggregate the window in PostgreSQL into ``extract.jsonl`` + ``extract.json``; returns the XCom summary."""
     try:
@@ -93,9 +106,12 @@ def extract_window(
         written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
         quarantine = str(stage.path("quarantine.jsonl"))
         log.warning(
-            "Window %s: quarantined %d row(s) in %s -- %s", window, written, quarantine,
+            "Window %s: quarantined %d row(s) in %s -- %s",
+            window,
+            written,
+            quarantine,
             describe_invalid(bad_hours, table),
-        )  # fmt: skip
+        )
     else:
         stage.remove("quarantine.jsonl")
     requests = sum(ht.totals.requests for ht in hours.values())
@@ -119,9 +135,16 @@ def extract_window(
     )
     log.info(
         "Extracted %s from %s: %d rows over %d hour(s), %d requests, %d tokens, spend %s USD, %d invalid row(s)%s",
-        window, table, row_count, len(hours), requests, tokens, spend, invalid_rows,
+        window,
+        table,
+        row_count,
+        len(hours),
+        requests,
+        tokens,
+        spend,
+        invalid_rows,
         f" quarantined in {quarantine}" if quarantine else "",
-    )  # fmt: skip
+    )
     return {
         "window": window.label,
         "path": str(stage.path("extract.jsonl")),
@@ -137,8 +160,12 @@ def extract_window(
 # -- transform --------------------------------------------------------------------------------------------
 
 
-def transform_window(window: Window, stage: WindowStage, *, log: Any) -> dict[str, Any]:
-    """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals."""
+def transform_window(window: Window, stage: WindowStage) -> dict[str, Any]:
+    """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals.
+
+    ``transform.json`` records each hour's rows, cost and tokens; the upload checks ``cbf.jsonl`` against them
+    and writes them into the hour's manifest.
+    """
     extract = stage.read_json("extract.json")
     dims = resolve(extract["dimensions"])
     cost: dict[str, Decimal] = {}
@@ -174,11 +201,17 @@ def transform_window(window: Window, stage: WindowStage, *, log: Any) -> dict[st
         )
     total = exact_decimal(exact_sum(cost.values()))
     hours = {h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)}
-    stage.write_json("transform.json", {"rows": written, "cost": total, "hours": hours})
+    stage.write_json(
+        "transform.json", {"rows": written, "cost": total, "hours": hours, "extracted_at": extract["extracted_at"]}
+    )
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
-        window, written, len(hours), total, sum(tokens.values()),
-    )  # fmt: skip
+        window,
+        written,
+        len(hours),
+        total,
+        sum(tokens.values()),
+    )
     return {
         "window": window.label,
         "path": str(stage.path("cbf.jsonl")),
@@ -192,18 +225,53 @@ def transform_window(window: Window, stage: WindowStage, *, log: Any) -> dict[st
 # -- upload -----------------------------------------------------------------------------------------------
 
 
-def _dry_run(
-    window: Window, stage: WindowStage, rows_by_hour: dict[str, list[bytes]], cbf: list[dict[str, str]],
-    *, limit: int | None, max_request_bytes: int, log: Any,
-) -> dict[str, Any]:  # fmt: skip
-    requests = plan(rows_by_hour, max_request_bytes)
+def _staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[str, list[bytes]], dict[str, Any]]:
+    """``cbf.jsonl`` grouped by hour, checked against what the transform recorded.
+
+    A ``cbf.jsonl`` that does not hold the rows and cost the transform reconciled (a torn or edited file) is
+    rebuilt once from ``extract.jsonl``; if it still disagrees nothing is sent.
+    """
+    for attempt in (1, 2):
+        recorded = stage.read_json("transform.json")
+        cbf = list(stage.read_jsonl("cbf.jsonl"))
+        by_hour = group_by_hour(cbf)
+        cost: dict[str, Decimal] = {}
+        for row in cbf:
+            cost[row["time/usage_start"]] = EXACT.add(
+                cost.get(row["time/usage_start"], Decimal(0)), Decimal(row["cost/cost"])
+            )
+        problems = [
+            f"hour {h}: cbf.jsonl holds {len(by_hour.get(h, []))} rows / {exact_decimal(cost.get(h, Decimal(0)))} "
+            f"USD, the transform recorded {fig['rows']} / {fig['cost']}"
+            for h, fig in sorted(recorded["hours"].items())
+            if len(by_hour.get(h, [])) != fig["rows"] or cost.get(h, Decimal(0)) != Decimal(fig["cost"])
+        ]
+        problems += [f"hour {h}: in cbf.jsonl but not in transform.json" for h in by_hour if h not in recorded["hours"]]
+        if not problems:
+            return by_hour, recorded
+        if attempt == 1:
+            log.warning("Window %s: staged CBF rows do not match the transform (%s); transforming again",
+                        window, "; ".join(problems))  # fmt: skip
+            transform_window(window, stage)
+    raise AirflowFailException(f"Window {window}: refusing to send CBF rows that do not match the transform: "
+                               + "; ".join(problems))  # fmt: skip
+
+
+def dry_run_window(
+    window: Window, stage: WindowStage, *, limit: int | None, max_request_bytes: int
+) -> dict[str, Any]:
+    """Send nothing: write the exact request bodies of the window (its first ``limit`` records) to ``requests/``."""
+    cbf = list(stage.read_jsonl("cbf.jsonl"))
+    if limit is not None:
+        cbf = cbf[:limit]
+    requests = plan(group_by_hour(cbf), max_request_bytes)
     folder = stage.path("requests")
     if folder.exists():
         for old in folder.iterdir():
             old.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     for index, req in enumerate(requests):
-        name = f"{index:04d}-{req.hours[0][:13]}Z-chunk{req.chunk + 1}of{req.chunks}.json"
+        name = f"{index:04d}-{hour_label(parse_hour(req.hours[0]))}-chunk{req.chunk + 1}of{req.chunks}.json"
         (folder / name).write_bytes(req.body)
     accounts = sorted({r.get("resource/account", "") for r in cbf})
     services = sorted({r.get("resource/service", "") for r in cbf})
@@ -223,72 +291,46 @@ def _dry_run(
     log.info(
         "DRY RUN %s -- nothing sent: %d records, total cost %s USD, %d tokens, %d account(s) %s, services %s; "
         "%d request bod%s written to %s",
-        window, summary["records"], summary["total_cost"], summary["total_tokens"], len(accounts),
-        accounts[:5], services, len(requests), "y" if len(requests) == 1 else "ies", folder,
-    )  # fmt: skip
+        window,
+        summary["records"],
+        summary["total_cost"],
+        summary["total_tokens"],
+        len(accounts),
+        accounts[:5],
+        services,
+        len(requests),
+        "y" if len(requests) == 1 else "ies",
+        folder,
+    )
     return summary
 
 
-def upload_window(
-    hook: CloudZeroHook | None,
-    window: Window,
-    stage: WindowStage,
+def _send_all(
+    hook: CloudZeroHook,
+    rows_by_hour: Mapping[str, Sequence[bytes]],
     *,
-    dry_run: bool = False,
-    limit: int | None = None,
     max_request_bytes: int,
     salt: str,
-    log: Any,
-    late_correction: bool = False,
-) -> dict[str, Any]:
+    manifests: ManifestStore,
+    on_hour_sent: Any,
+) -> int:
     """
-    Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
+    Send the hours' requests one at a time; returns how many requests were sent.
 
-    Every hour is sent whole (``replace_hourly``; a split hour restarts at its first chunk), so re-running
-    a window is safe. A 413 halves the request size for the hours concerned and sends them again from their
-    first chunk. With ``dry_run`` nothing is sent: the exact request bodies are written to ``requests/``.
+    An hour is marked ``sending`` when its first request goes out and handed to ``on_hour_sent(hour, drop_ids)``
+    when its last one lands. A 413 plans every unsent hour again at half the size, each from its first chunk.
     """
-    if limit is not None and not dry_run:
-        raise AirflowFailException(
-            "limit previews only the first N records in a dry run. A real export always sends whole hours: "
-            "replace_hourly with part of an hour would erase the rest of that hour in CloudZero."
-        )
-    cbf = list(stage.read_jsonl("cbf.jsonl"))
-    if dry_run:
-        preview = cbf[:limit] if limit is not None else cbf
-        return _dry_run(window, stage, group_by_hour(preview), preview, limit=limit,
-                        max_request_bytes=max_request_bytes, log=log)  # fmt: skip
-    assert hook is not None
     connection_id = hook.connection_id
-    extract = stage.read_json("extract.json")
-    rows_by_hour = group_by_hour(cbf)
-    manifests = ManifestStore(stage.root)
-    skipped = []
-    for hour in list(rows_by_hour):
-        current = manifests.get(hour)
-        if current and current.get("extracted_at", "") > extract["extracted_at"]:
-            # A newer extract of this hour (e.g. the late-data pass) was already sent: never overwrite it.
-            skipped.append(hour)
-            del rows_by_hour[hour]
-    if skipped:
-        log.warning("Not sending hour(s) %s: a newer extract of them was already exported", skipped)
-    cost: dict[str, Decimal] = dict.fromkeys(rows_by_hour, Decimal(0))
-    tokens: dict[str, int] = dict.fromkeys(rows_by_hour, 0)
-    for r in cbf:
-        if r["time/usage_start"] in cost:
-            cost[r["time/usage_start"]] = EXACT.add(cost[r["time/usage_start"]], Decimal(r["cost/cost"]))
-            tokens[r["time/usage_start"]] += int(r["usage/amount"])
     queue: deque[DropRequest] = deque(plan(rows_by_hour, max_request_bytes))
     drop_ids: dict[str, list[str]] = {h: [] for h in rows_by_hour}
-    sent_requests = 0
+    sent = 0
     while queue:
         req = queue.popleft()
         if req.chunk == 0:  # an hour's first request: from here until its last chunk lands, it is in flight
             for h in req.hours:
-                manifests.mark(h, status="sending", run=salt)
-        key = req.idempotency_key(connection_id, salt)
+                manifests.mark(parse_hour(h), status="sending", run=salt)
         try:
-            answer = hook.post_billing_drop(req.body, idempotency_key=key)
+            answer = hook.post_billing_drop(req.body, idempotency_key=req.idempotency_key(connection_id, salt))
         except CloudZeroRequestTooLarge:
             smaller = len(req.body) // 2
             if smaller < MIN_REQUEST_BYTES:
@@ -296,57 +338,104 @@ def upload_window(
                     f"CloudZero refused a {len(req.body)}-byte request as too large (413); not splitting below "
                     f"{MIN_REQUEST_BYTES} bytes."
                 ) from None
-            # Plan everything not yet sent again at the smaller size: every such hour restarts at its first chunk.
             hours = set(req.hours) | {h for r in queue for h in r.hours}
             log.warning(
                 "CloudZero answered 413 to %d bytes: re-sending %d hour(s) from their first chunk in requests of "
-                "at most %d bytes", len(req.body), len(hours), smaller,
-            )  # fmt: skip
+                "at most %d bytes",
+                len(req.body),
+                len(hours),
+                smaller,
+            )
             for h in hours:
                 drop_ids[h] = []
             queue = deque(plan({h: rows_by_hour[h] for h in hours}, smaller))
             continue
         except Exception:
             for h in req.hours:
-                manifests.mark(h, status="failed", run=salt)
+                manifests.mark(parse_hour(h), status="failed", run=salt)
             raise
-        sent_requests += 1
+        sent += 1
         log.info("Sent %s: drop %s (%s rows)", req.summary(), answer.get("drop_id"), answer.get("row_count"))
         for h in req.hours:
             drop_ids[h].append(str(answer.get("drop_id")))
         if req.chunk == req.chunks - 1:
             for h in req.hours:
-                src = extract["hours"].get(h, {})
-                manifests.write_exported(
-                    h,
-                    {
-                        "connection_id": connection_id,
-                        "window": window.label,
-                        "rows": len(rows_by_hour[h]),
-                        "cost": exact_decimal(cost[h]),
-                        "tokens": tokens[h],
-                        "content_sha256": content_digest(rows_by_hour[h]),
-                        "drop_ids": drop_ids[h],
-                        "sent_at": _now(),
-                        "extracted_at": extract["extracted_at"],
-                        "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},
-                        "run": salt,
-                    },
-                    late_correction=late_correction,
-                )
-    total = exact_decimal(exact_sum(cost.values()))
+                on_hour_sent(h, drop_ids[h])
+    return sent
+
+
+def upload_window(
+    hook: CloudZeroHook,
+    window: Window,
+    stage: WindowStage,
+    manifests: ManifestStore,
+    *,
+    max_request_bytes: int,
+    salt: str,
+    late_correction: bool = False,
+) -> dict[str, Any]:
+    """
+    Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
+
+    Every hour is sent whole (``replace_hourly``; a split hour restarts at its first chunk), so re-running
+    a window is safe. An hour whose manifest records a newer extract (e.g. the late-data pass) is not sent.
+    """
+    rows_by_hour, recorded = _staged_cbf(window, stage)
+    extract = stage.read_json("extract.json")
+    skipped = []
+    for hour in list(rows_by_hour):
+        current = manifests.get(parse_hour(hour))
+        if current and current.get("extracted_at", "") > extract["extracted_at"]:
+            # A newer extract of this hour was already sent: never overwrite it with older data.
+            skipped.append(hour)
+            del rows_by_hour[hour]
+    if skipped:
+        log.warning("Not sending hour(s) %s: a newer extract of them was already exported", skipped)
+    connection_id = hook.connection_id
+
+    def record(hour: str, drop_ids: list[str]) -> None:
+        src = extract["hours"].get(hour, {})
+        fig = recorded["hours"][hour]
+        manifests.write_exported(
+            parse_hour(hour),
+            {
+                "connection_id": connection_id,
+                "window": window.label,
+                "rows": fig["rows"],
+                "cost": fig["cost"],
+                "tokens": fig["tokens"],
+                "content_sha256": content_digest(rows_by_hour[hour]),
+                "drop_ids": drop_ids,
+                "sent_at": _now(),
+                "extracted_at": extract["extracted_at"],
+                "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},
+                "run": salt,
+            },
+            late_correction=late_correction,
+        )
+
+    sent = _send_all(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
+                     on_hour_sent=record)  # fmt: skip
     exported = sorted(rows_by_hour)
+    total = exact_decimal(exact_sum(recorded["hours"][h]["cost"] for h in exported))
+    rows = sum(len(v) for v in rows_by_hour.values())
+    drops = sorted({d for h in exported for d in (manifests.get(parse_hour(h)) or {}).get("drop_ids", [])})
     log.info(
         "Uploaded %s to AnyCost connection %s: %d hour(s), %d rows, cost %s USD, %d request(s); drops %s",
-        window, connection_id, len(exported), sum(len(v) for v in rows_by_hour.values()), total, sent_requests,
-        sorted({d for ids in drop_ids.values() for d in ids}),
-    )  # fmt: skip
+        window,
+        connection_id,
+        len(exported),
+        rows,
+        total,
+        sent,
+        drops,
+    )
     return {
         "window": window.label,
-        "hours": [h[:13] + "Z" for h in exported],
-        "rows": sum(len(v) for v in rows_by_hour.values()),
+        "hours": [hour_label(parse_hour(h)) for h in exported],
+        "rows": rows,
         "cost": total,
-        "requests_sent": sent_requests,
-        "drop_ids": sorted({d for ids in drop_ids.values() for d in ids}),
+        "requests_sent": sent,
+        "drop_ids": drops,
         "skipped_newer": skipped,
     }

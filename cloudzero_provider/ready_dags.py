@@ -1,5 +1,6 @@
-"""The ready DAGs: ``litellm_cloudzero_hourly`` (scheduled, catchup, late data) and ``litellm_cloudzero_range``
-(manual, any date range, dry run). ``dags/`` in the repository holds the two small files that build them.
+"""The ready DAGs: ``litellm_cloudzero_hourly`` (scheduled, catchup, late data), ``litellm_cloudzero_range``
+(manual, any date range, dry run), ``litellm_cloudzero_telemetry`` (follows the export's Asset events) and
+``litellm_cloudzero_daily_report``. ``dags/`` in the repository holds one small file per DAG that builds it.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.operators.export_sensor import ExportedDaySensor
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.late_data import LateDataOperator
 from cloudzero_provider.operators.report import SpendReportOperator, SpendThresholdCheckOperator
 from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
 from cloudzero_provider.operators.transform import CBFTransformOperator
 from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.pipeline import check_dry_run_limit
+from cloudzero_provider.sensors.export import ExportedDaySensor
+from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, hour_label
 
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
 RANGE_DAG_ID = "litellm_cloudzero_range"
@@ -29,7 +32,7 @@ MAX_RANGE_HOURS = 24 * 92
 
 
 def hours_asset(settings: ExportSettings) -> Asset:
-    """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13Z``): schedule other DAGs on it."""
+    """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13:00:00Z``): schedule other DAGs on it."""
     return Asset(name=f"litellm_cloudzero_hours__{settings.cloudzero_conn_id}",
                  uri=f"cloudzero://anycost/{settings.cloudzero_conn_id}/litellm-hours")  # fmt: skip
 
@@ -42,11 +45,39 @@ def hours_alias(settings: ExportSettings) -> AssetAlias:
 def _default_args(settings: ExportSettings) -> dict[str, Any]:
     return {
         "owner": "finops",
+        "litellm_conn_id": settings.litellm_conn_id,
+        "cloudzero_conn_id": settings.cloudzero_conn_id,
+        "db_schema": settings.db_schema,
         "retries": settings.retries,
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=1),
+    }
+
+
+# Per-run choices: trigger-form params whose defaults are the settings; rendered into the operators' fields.
+DIMENSIONS_PARAM = "{{ params.dimensions }}"
+ON_INVALID_PARAM = "{{ params.on_invalid }}"
+
+
+def _choice_params(settings: ExportSettings) -> dict[str, Param]:
+    from cloudzero_provider.dimensions import DEFAULT_DIMENSIONS
+
+    return {
+        "dimensions": Param(
+            ",".join(settings.dimensions if settings.dimensions is not None else DEFAULT_DIMENSIONS),
+            type="string",
+            title="Dimensions",
+            description="Comma-separated grouping dimensions for this run (tag:<prefix> for request tags).",
+        ),
+        "on_invalid": Param(
+            settings.on_invalid,
+            type="string",
+            enum=["fail", "quarantine"],
+            title="Invalid rows",
+            description="fail: stop the window; quarantine: export the valid rows, keep the invalid ones aside.",
+        ),
     }
 
 
@@ -57,6 +88,9 @@ the source's `SUM(spend::numeric)` exactly; `upload` sends whole hours with `rep
 never double-count) through the one-slot pool, and writes a manifest per hour. XComs are small summaries;
 data stays in the staging folder.
 
+**Per-run choices** (trigger form): `dimensions` (comma-separated) and `on_invalid` (`fail` or `quarantine`);
+their defaults are the settings below.
+
 **When a task fails**, its log's last line says why and what to do. Errors a retry cannot fix (bad API key,
 invalid rows under `on_invalid=fail`, a window that does not reconcile) fail without retrying; CloudZero
 outages are retried in the task (429/5xx/timeouts) and then by Airflow with exponential backoff.
@@ -65,7 +99,6 @@ outages are retried in the task (429/5xx/timeouts) and then by Airflow with expo
 
 def build_hourly_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
-    stream = settings.cloudzero_conn_id
     doc = f"""
 # LiteLLM -> CloudZero, every hour
 
@@ -75,9 +108,11 @@ missed hour runs. Backfill any period with `airflow backfill create --dag-id {HO
 2026-11-01T00:00:00+00:00 --to-date 2026-11-02T00:00:00+00:00 --reprocess-behavior completed` or in the UI
 (Trigger -> Backfill); for a one-off range or a dry run use `{RANGE_DAG_ID}`.
 
-**Tasks.** `settle` waits (deferred, no worker slot) until `settle_minutes` after the hour ends, since spend-log
-rows land late. Then extract -> transform -> upload. `late_data` then re-checks the previous
-`late_lookback_hours` hours against their manifests and re-exports any hour whose source totals changed.
+**Tasks.** `settle` waits until `settle_minutes` after the hour ends, since spend-log rows land late: for an
+hour long past (catchup, backfill) it succeeds at once, for the live hour it defers (no worker slot held). Then
+extract -> transform -> upload. `late_data` then re-checks the previous `late_lookback_hours` hours against
+their manifests and re-exports any hour whose source totals changed, whose upload stopped part-way, or that has
+spend but was never exported (its own run failed).
 Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (the hour in the event's extra `hour`).
 {COMMON_DOC}
 **Params.** `settle_minutes` (this run's wait), `late_lookback_hours` (this run's late-data window).
@@ -107,41 +142,42 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
                 maximum=168,
                 description="Hours before this run's hour to re-check for late rows.",
             ),
+            **_choice_params(settings),
         },
         doc_md=doc,
         tags=["cloudzero", "litellm", "finops"],
     ) as dag:
-        from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
-
-        settle = DateTimeSensorAsync(
-            task_id="settle",
-            target_time="{{ data_interval_end.add(minutes=params.settle_minutes | int) }}",
-            retries=0,
+        settle = SettledSensor(
+            task_id="settle", target_time="{{ data_interval_end.add(minutes=params.settle_minutes | int) }}"
         )
         extract = LiteLLMSpendExtractOperator(
-            task_id="extract", litellm_conn_id=settings.litellm_conn_id, dimensions=settings.dimensions,
-            on_invalid=settings.on_invalid, staging_uri=settings.staging_uri, stream=stream,
-            db_schema=settings.db_schema,
-        )  # fmt: skip
-        transform = CBFTransformOperator(task_id="transform", staging_uri=settings.staging_uri, stream=stream)
+            task_id="extract", dimensions=DIMENSIONS_PARAM, on_invalid=ON_INVALID_PARAM
+        )
+        transform = CBFTransformOperator(task_id="transform")
         upload = AnyCostUploadOperator(
-            task_id="upload", cloudzero_conn_id=settings.cloudzero_conn_id, staging_uri=settings.staging_uri,
-            stream=stream, max_request_bytes=settings.max_request_bytes, pool=settings.pool,
-            outlets=[hours_alias(settings)], hour_asset=hours_asset(settings),
-        )  # fmt: skip
+            task_id="upload",
+            max_request_bytes=settings.max_request_bytes,
+            pool=settings.pool,
+            outlets=[hours_alias(settings)],
+            hour_asset=hours_asset(settings),
+        )
         late_data = LateDataOperator(
-            task_id="late_data", litellm_conn_id=settings.litellm_conn_id,
-            cloudzero_conn_id=settings.cloudzero_conn_id, lookback_hours="{{ params.late_lookback_hours }}",
-            dimensions=settings.dimensions, on_invalid=settings.on_invalid, staging_uri=settings.staging_uri,
-            stream=stream, db_schema=settings.db_schema, max_request_bytes=settings.max_request_bytes,
-            pool=settings.pool, outlets=[hours_alias(settings)], hour_asset=hours_asset(settings),
-        )  # fmt: skip
+            task_id="late_data",
+            lookback_hours="{{ params.late_lookback_hours }}",
+            dimensions=DIMENSIONS_PARAM,
+            on_invalid=ON_INVALID_PARAM,
+            max_request_bytes=settings.max_request_bytes,
+            not_before=settings.start_date.isoformat(),
+            pool=settings.pool,
+            outlets=[hours_alias(settings)],
+            hour_asset=hours_asset(settings),
+        )
         settle >> extract >> transform >> upload >> late_data
     return dag
 
 
 def range_hours(start: Any, end: Any) -> list[str]:
-    """The hours of ``[start, end)`` as ISO strings; a clear error for anything else."""
+    """The hours of ``[start, end)`` as labels (``2026-11-01T13Z``, what the grid shows); a clear error else."""
     if not start or not end:
         raise AirflowFailException(
             "Give both params: start and end (ISO-8601, hour-aligned; UTC or with offset)."
@@ -155,12 +191,11 @@ def range_hours(start: Any, end: Any) -> list[str]:
             f"The range has {window.hours} hours; split it into runs of at most {MAX_RANGE_HOURS} hours, or use "
             f"`airflow backfill create --dag-id {HOURLY_DAG_ID}`."
         )
-    return [h.start.strftime("%Y-%m-%dT%H:00:00Z") for h in window.each_hour()]
+    return [hour_label(h) for h in window.hour_starts()]
 
 
 def build_range_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
-    stream = settings.cloudzero_conn_id
     doc = f"""
 # LiteLLM -> CloudZero, any date range, on demand
 
@@ -217,6 +252,7 @@ one-slot pool `{settings.pool}`.
                 title="Limit (dry run only)",
                 description="Preview only the first N records of each hour.",
             ),
+            **_choice_params(settings),
         },
         doc_md=doc,
         tags=["cloudzero", "litellm", "finops"],
@@ -225,30 +261,32 @@ one-slot pool `{settings.pool}`.
         @task(retries=0)
         def plan_hours(params: dict[str, Any] | None = None) -> list[str]:
             params = params or {}
-            if params.get("limit") is not None and not params.get("dry_run"):
-                raise AirflowFailException(
-                    "limit is for dry runs only: a real export always sends whole hours (replace_hourly with part "
-                    "of an hour would erase the rest of it). Set dry_run, or clear limit."
-                )
+            check_dry_run_limit(bool(params.get("dry_run")), params.get("limit"))
             return range_hours(params.get("start"), params.get("end"))
 
-        label = "{{ task.window_start[:13] }}Z"
+        label = "{{ task.window_start }}"  # the hour's label, e.g. 2026-11-01T13Z
 
         @task_group(group_id="hour")
         def export_hour(hour: str) -> None:
             extract = LiteLLMSpendExtractOperator(
-                task_id="extract", window_start=hour, litellm_conn_id=settings.litellm_conn_id,
-                dimensions=settings.dimensions, on_invalid=settings.on_invalid, staging_uri=settings.staging_uri,
-                stream=stream, db_schema=settings.db_schema, map_index_template=label,
-            )  # fmt: skip
-            transform = CBFTransformOperator(task_id="transform", window_start=hour, staging_uri=settings.staging_uri,
-                                             stream=stream, map_index_template=label)  # fmt: skip
+                task_id="extract",
+                window_start=hour,
+                dimensions=DIMENSIONS_PARAM,
+                on_invalid=ON_INVALID_PARAM,
+                map_index_template=label,
+            )
+            transform = CBFTransformOperator(task_id="transform", window_start=hour, map_index_template=label)
             upload = AnyCostUploadOperator(
-                task_id="upload", window_start=hour, cloudzero_conn_id=settings.cloudzero_conn_id,
-                staging_uri=settings.staging_uri, stream=stream, dry_run="{{ params.dry_run }}",
-                limit="{{ params.limit }}", max_request_bytes=settings.max_request_bytes, pool=settings.pool,
-                outlets=[hours_alias(settings)], hour_asset=hours_asset(settings), map_index_template=label,
-            )  # fmt: skip
+                task_id="upload",
+                window_start=hour,
+                dry_run="{{ params.dry_run }}",
+                limit="{{ params.limit }}",
+                max_request_bytes=settings.max_request_bytes,
+                pool=settings.pool,
+                outlets=[hours_alias(settings)],
+                hour_asset=hours_asset(settings),
+                map_index_template=label,
+            )
             extract >> transform >> upload
 
         export_hour.expand(hour=plan_hours())
@@ -292,14 +330,11 @@ skipped and says how to turn telemetry on.
     ) as dag:
         UnitCostTelemetryOperator(
             task_id="send_telemetry",
-            litellm_conn_id=settings.litellm_conn_id,
-            cloudzero_conn_id=settings.cloudzero_conn_id,
             metric_name=settings.telemetry_metric,
             value=settings.telemetry_value,
             dimensions=settings.telemetry_dimensions,
             start="{{ params.start or '' }}",
             end="{{ params.end or '' }}",
-            db_schema=settings.db_schema,
         )
     return dag
 
@@ -328,7 +363,6 @@ def alert_notifiers(settings: ExportSettings) -> list[Any]:
 
 def build_report_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
-    stream = settings.cloudzero_conn_id
     doc = f"""
 # LiteLLM daily spend report and limits
 
@@ -337,7 +371,7 @@ of the day that has spend has been exported -- the same hours the hourly export'
 `report` writes, from the same PostgreSQL aggregate as the export, spend by team, customer, API key alias,
 internal user, model and request tag (each with a per-model breakdown), daily totals and cost per 1,000 tokens per
 model: `report.json`, one CSV per grouping and a self-contained `report.html` with charts, in
-`<staging>/{stream}/reports/<day>/`. The export ledger page (Browse -> CloudZero ledger) links the latest reports.
+`<staging>/{settings.cloudzero_conn_id}/reports/<day>/`. The export ledger page (Browse -> CloudZero ledger) links the latest reports.
 
 `check_limits` (only when `CLOUDZERO_ALERT_LIMITS` is set) fails listing every breach -- a day's spend strictly
 over a limit -- and calls the configured notifiers (SmtpNotifier, SlackNotifier). No breach, no noise.
@@ -356,20 +390,22 @@ over a limit -- and calls the configured notifiers (SmtpNotifier, SlackNotifier)
         doc_md=doc,
         tags=["cloudzero", "litellm", "finops", "report"],
     ) as dag:
+        # Rescheduling, not deferring: a poke that finds everything exported succeeds in the same process, and
+        # a wait hands the slot back for poke_interval (minutes), far from the resume race of a deferral.
         wait_for_export = ExportedDaySensor(
-            task_id="wait_for_export", litellm_conn_id=settings.litellm_conn_id, staging_uri=settings.staging_uri,
-            stream=stream, db_schema=settings.db_schema, mode="reschedule", poke_interval=300,
-            timeout=6 * 3600, retries=0,
-        )  # fmt: skip
-        report = SpendReportOperator(
-            task_id="report", litellm_conn_id=settings.litellm_conn_id, tag_prefixes=settings.report_tag_prefixes,
-            staging_uri=settings.staging_uri, stream=stream, db_schema=settings.db_schema,
-        )  # fmt: skip
+            task_id="wait_for_export",
+            mode="reschedule",
+            poke_interval=300,
+            timeout=6 * 3600,
+        )
+        report = SpendReportOperator(task_id="report", tag_prefixes=settings.report_tag_prefixes)
         wait_for_export >> report
         if settings.alert_limits:
             check_limits = SpendThresholdCheckOperator(
-                task_id="check_limits", limits=settings.alert_limits, staging_uri=settings.staging_uri,
-                stream=stream, retries=0, on_failure_callback=alert_notifiers(settings) or None,
-            )  # fmt: skip
+                task_id="check_limits",
+                limits=settings.alert_limits,
+                retries=0,
+                on_failure_callback=alert_notifiers(settings) or None,
+            )
             report >> check_limits
     return dag

@@ -1,16 +1,19 @@
 """Settings of the ready DAGs, read from environment variables when the DAG file is parsed.
 
 Every setting has a default; set the variable on the scheduler, DAG processor and workers alike (the compose
-stack's ``.env`` does). Per-run choices (the range DAG's dates, dry run, limit) are trigger-form params instead.
+stack's ``.env`` does). Per-run choices (the range DAG's dates, dry run, limit, and the dimensions and invalid-row
+policy of one run) are trigger-form params whose defaults come from here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.windows import parse_instant
@@ -47,7 +50,7 @@ SETTINGS: dict[str, tuple[str, str]] = {
     ),
     "staging_uri": (
         "CLOUDZERO_STAGING_URI",
-        "Where window files and manifests live: a local folder or s3://, gs:// ... (default `$AIRFLOW_HOME/cloudzero-staging`). Use object storage with several workers.",
+        "Where window files and manifests live: a local folder or s3://, gs:// ... (default `$AIRFLOW_HOME/cloudzero-staging`). Prefer the provider option `[cloudzero] staging_uri` (`AIRFLOW__CLOUDZERO__STAGING_URI`), which the API server's ledger page reads too; this variable is its older spelling. Use object storage with several workers.",
     ),
     "pool": (
         "CLOUDZERO_POOL",
@@ -105,6 +108,24 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+def _convert(raw: str, kind: Any, var: str) -> object:
+    """One environment value as the field's type: ``int``, ``datetime``, ``list[str]``, ``dict`` or ``str``."""
+    if get_origin(kind) in (Union, types.UnionType):  # ``X | None``: convert as X
+        kind = next(a for a in get_args(kind) if a is not type(None))
+    if kind is int:
+        return int(raw)
+    if kind is datetime:
+        return parse_instant(raw, what=var)
+    if get_origin(kind) is list:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    if get_origin(kind) is dict:
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError("must be a JSON object")
+        return value
+    return raw
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     litellm_conn_id: str = "litellm_db"
@@ -132,32 +153,16 @@ class ExportSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExportSettings:
+        """Settings from environment variables; each value converted by its field's type."""
         env = os.environ if env is None else env
+        hints = get_type_hints(cls)
         values: dict[str, object] = {}
         for name, (var, _) in SETTINGS.items():
             raw = env.get(var)
-            if raw is None or raw == "":
+            if raw is None or raw.strip() == "":
                 continue
             try:
-                if name == "start_date":
-                    values[name] = parse_instant(raw, what=var)
-                elif name in (
-                    "settle_minutes",
-                    "late_lookback_hours",
-                    "max_active_runs",
-                    "retries",
-                    "retry_delay_seconds",
-                    "max_request_bytes",
-                ):
-                    values[name] = int(raw)
-                elif name == "alert_limits":
-                    values[name] = json.loads(raw)
-                    if not isinstance(values[name], dict):
-                        raise ValueError("must be a JSON object")
-                elif name in ("dimensions", "telemetry_dimensions", "report_tag_prefixes", "alert_email"):
-                    values[name] = [d.strip() for d in raw.split(",") if d.strip()]
-                else:
-                    values[name] = raw
+                values[name] = _convert(raw.strip(), hints[name], var)
             except ValueError as exc:
                 raise ValueError(f"environment variable {var}={raw!r}: {exc}") from None
         return cls(**values)  # type: ignore[arg-type]

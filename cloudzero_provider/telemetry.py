@@ -1,7 +1,7 @@
 """LiteLLM spend -> CloudZero unit-cost telemetry records. Pure: no Airflow imports.
 
 LiteLLM's "cloudzero" logger sends one record per request under ``CLOUDZERO_METRIC_NAME`` with ``model``,
-``user_id``, ``team_id``, ``org_id`` and ``end_user_id``. CloudZero's rules (``reference/cloudzero-api.md``): at
+``user_id``, ``team_id``, ``org_id`` and ``end_user_id``. CloudZero's rules (its unit-cost telemetry API reference): at
 most 5 ``associated_cost`` dimensions, the same keys on every record of a stream, custom dimensions prefixed
 ``custom:``, daily granularity, ``value`` > 0, 100 records/s sustained, 5 MB per request. So here: one record per
 UTC day and dimension combination, keys built (never typed) as ``custom:<name>``, missing values as ``(none)`` so
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from cloudzero_provider.cbf import EXACT, exact_decimal
+from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 
 # Our dimension -> the key LiteLLM's logger uses, so existing CloudZero unit metrics keep their dimensions.
 TELEMETRY_KEYS: dict[str, str] = {
@@ -30,7 +31,7 @@ DEFAULT_TELEMETRY_DIMENSIONS: tuple[str, ...] = ("model", "user", "team_id", "or
 VALUES = ("cost", "requests", "tokens")
 NONE_VALUE = "(none)"
 METRIC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
-MAX_REQUEST_BYTES = 4_000_000
+MAX_REQUEST_BYTES = DEFAULT_MAX_REQUEST_BYTES
 MAX_RECORDS_PER_REQUEST = 500
 
 
@@ -124,8 +125,9 @@ def batches(
     *,
     max_bytes: int = MAX_REQUEST_BYTES,
     max_records: int = MAX_RECORDS_PER_REQUEST,
-) -> Iterator[bytes]:
-    """Exact request bodies ``{"records": [...]}``, each within ``max_bytes`` and ``max_records``."""
+) -> Iterator[tuple[bytes, int]]:
+    """Exact request bodies ``{"records": [...]}`` and how many records each holds, within ``max_bytes`` and
+    ``max_records``."""
     head, tail = b'{"records":[', b"]}"
     current: list[bytes] = []
     size = len(head) + len(tail)
@@ -133,7 +135,7 @@ def batches(
         encoded = json.dumps(record, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode()
         extra = len(encoded) + (1 if current else 0)
         if current and (size + extra > max_bytes or len(current) >= max_records):
-            yield head + b",".join(current) + tail
+            yield head + b",".join(current) + tail, len(current)
             current, size, extra = [], len(head) + len(tail), len(encoded)
         if len(head) + len(tail) + len(encoded) > max_bytes:
             raise ValueError(
@@ -142,7 +144,7 @@ def batches(
         current.append(encoded)
         size += extra
     if current:
-        yield head + b",".join(current) + tail
+        yield head + b",".join(current) + tail, len(current)
 
 
 def pace_delay(records_sent: int, batch: int, elapsed: float, rate: float) -> float:

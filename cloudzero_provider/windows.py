@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 
 
 def parse_instant(value: str | datetime, *, what: str = "time") -> datetime:
@@ -37,8 +38,31 @@ def hour_label(hour: datetime) -> str:
 
 
 def iso_hour(hour: datetime) -> str:
-    """``2026-11-01T13:00:00Z``, the form CBF's ``time/usage_start`` carries."""
+    """``2026-11-01T13:00:00Z``, the form CBF's ``time/usage_start``, manifests and Asset events carry."""
     return hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:00:00Z")
+
+
+def day_label(day: datetime) -> str:
+    """``2026-11-01``: the name of a UTC day's report folder."""
+    return day.astimezone(timezone.utc).strftime("%Y-%m-%d")
+
+
+def parse_hour(value: str | datetime, *, what: str = "hour") -> datetime:
+    """The hour an edge value names: an ISO instant (``2026-11-01T13:00:00Z``) or a label (``2026-11-01T13Z``).
+
+    Refuses a value that is not on the hour, so a mistyped file name or event never shifts data by minutes.
+    """
+    text = value if isinstance(value, datetime) else str(value).strip()
+    if isinstance(text, str) and len(text) == 14 and text.endswith("Z"):
+        text = text[:13] + ":00:00Z"
+    hour = parse_instant(text, what=what)
+    if hour.minute or hour.second or hour.microsecond:
+        raise ValueError(f"{what} {value!r} is not aligned to the hour")
+    return hour
+
+
+def floor_hour(instant: datetime) -> datetime:
+    return parse_instant(instant).replace(minute=0, second=0, microsecond=0)
 
 
 @dataclass(frozen=True)
@@ -62,12 +86,16 @@ class Window:
 
     @classmethod
     def hour(cls, start: str | datetime) -> Window:
-        s = parse_instant(start, what="hour")
+        """The hour starting at ``start``: an instant or an hour label such as ``2026-11-01T13Z``."""
+        s = parse_hour(start, what="hour")
         return cls.of(s, s + HOUR)
 
     @property
     def hours(self) -> int:
         return int((self.end - self.start) / HOUR)
+
+    def hour_starts(self) -> list[datetime]:
+        return [w.start for w in self.each_hour()]
 
     def each_hour(self) -> Iterator[Window]:
         cursor = self.start
@@ -80,6 +108,13 @@ class Window:
         if self.hours == 1:
             return hour_label(self.start)
         return f"{hour_label(self.start)}--{hour_label(self.end)}"
+
+    def each_day(self) -> Iterator[Window]:
+        """The UTC days the window touches, each as a whole day."""
+        day = self.start.replace(hour=0)
+        while day < self.end:
+            yield Window(day, day + DAY)
+            day += DAY
 
     @property
     def is_day_aligned(self) -> bool:

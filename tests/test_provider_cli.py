@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import cloudzero_conn_json
+from cloudzero_provider.testing.fixtures import cloudzero_conn_json
 
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 

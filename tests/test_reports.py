@@ -181,7 +181,10 @@ def chromium(url: str, tmp_path: Path, png: Path) -> str:
 def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, monkeypatch):
     import uvicorn
 
-    from cloudzero_provider.plugins.ledger import app
+    from cloudzero_provider.plugins.ledger import LEDGER_ACCESS, app
+
+    # This test is about what the pages show; who may see them is proven against a real api-server.
+    monkeypatch.setitem(app.dependency_overrides, LEDGER_ACCESS, lambda: None)
 
     _db, summary, _, staging = exported_day
     # the ledger shows a late correction and a failure too
@@ -228,7 +231,7 @@ def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, mo
 
 def test_daily_report_dag_waits_for_the_export_then_reports_and_checks(airflow_db, exported_day, monkeypatch):
     from cloudzero_provider.ready_dags import build_report_dag
-    from tests.test_dags_e2e import task_instances
+    from cloudzero_provider.testing.runs import task_instances
 
     _, summary, _, staging = exported_day
     monkeypatch.setenv("CLOUDZERO_ALERT_LIMITS", json.dumps({"daily_total": summary["spend"]}))

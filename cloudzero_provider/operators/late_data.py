@@ -1,122 +1,146 @@
-"""The late-data pass: re-check recently exported hours against their manifests and re-export what changed."""
+"""The late-data pass: re-check recent hours against their manifests and re-export what changed or never went."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import Asset, BaseOperator
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
-from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
-from cloudzero_provider.manifests import ManifestStore
-from cloudzero_provider.operators._assets import emit_hour_events
-from cloudzero_provider.operators._window import resolve_window
-from cloudzero_provider.operators.upload import attempt_salt
+from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
+from cloudzero_provider.operators.extract import dimension_list
 from cloudzero_provider.pipeline import extract_window, transform_window, upload_window
-from cloudzero_provider.staging import WindowStage, staging_root
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, iso_hour, parse_instant
+
+if TYPE_CHECKING:
+    from airflow.sdk import Asset, Context
 
 
-class LateDataOperator(BaseOperator):
+class LateDataOperator(CloudZeroBaseOperator):
     """
     Spend-log rows land late (streaming requests, proxy flush delays, database outages). For the
     ``lookback_hours`` hours before this run's window, compare LiteLLM's current per-hour totals (valid requests
     and ``SUM(spend::numeric)``) with the totals each hour's manifest recorded at export, and re-export every
-    hour that changed -- and every hour whose last upload stopped part-way. Hours never exported are left to
-    their own runs.
+    hour that changed, every hour whose last upload stopped part-way, and every hour that has spend at the
+    source but was never exported (its own run failed). Every hour is tried; the task fails at the end naming
+    each hour that could not be corrected and why.
 
-    :param lookback_hours: How many hours before the window to re-check.
-    :param dimensions: As given to the extract.
-    :param on_invalid: As given to the extract.
+    :param lookback_hours: How many hours before the window to re-check. (templated)
+    :param dimensions: As given to the extract. (templated)
+    :param on_invalid: As given to the extract. (templated)
+    :param max_request_bytes: As given to the upload.
     :param hour_asset: Asset that gets one event per re-exported hour, through the AssetAlias in ``outlets``.
+    :param not_before: No hour before this instant is exported for never having been (the DAG's start: an hour
+        before it was not asked for). (templated)
     """
 
     template_fields: Sequence[str] = (
-        "window_start",
-        "window_end",
-        "staging_uri",
+        *CloudZeroBaseOperator.template_fields,
         "lookback_hours",
         "dimensions",
+        "on_invalid",
+        "not_before",
     )
     ui_color = "#f4ecf7"
 
     def __init__(
         self,
         *,
-        litellm_conn_id: str = LiteLLMSpendHook.default_conn_name,
-        cloudzero_conn_id: str = CloudZeroHook.default_conn_name,
-        window_start: Any = None,
-        window_end: Any = None,
         lookback_hours: int | str = 3,
-        dimensions: list[str] | None = None,
+        dimensions: Sequence[str] | str | None = None,
         on_invalid: str = "fail",
-        staging_uri: str | None = None,
-        stream: str = "cloudzero_default",
-        db_schema: str = "public",
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         hour_asset: Asset | None = None,
+        not_before: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.litellm_conn_id = litellm_conn_id
-        self.cloudzero_conn_id = cloudzero_conn_id
-        self.window_start = window_start
-        self.window_end = window_end
+        self.not_before = not_before
         self.lookback_hours = lookback_hours
         self.dimensions = dimensions
         self.on_invalid = on_invalid
-        self.staging_uri = staging_uri
-        self.stream = stream
-        self.db_schema = db_schema
         self.max_request_bytes = max_request_bytes
         self.hour_asset = hour_asset
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        window = resolve_window(self.window_start, self.window_end, context)
+    def _run_in_flight(self, context: Context, hour: datetime) -> bool:
+        """Whether this DAG's own run for ``hour`` (logical date = the hour's start) is still queued or running."""
+        ti = context.get("ti")
+        if ti is None or not hasattr(ti, "get_dr_count"):
+            return False
+        try:
+            count = ti.get_dr_count(dag_id=ti.dag_id, logical_dates=[hour], states=["queued", "running"])
+        except Exception as exc:  # an older API server: be conservative, the hour's own run may still send it
+            self.log.warning("Cannot tell whether the run for %s is in flight (%s); leaving it", hour, exc)
+            return True
+        return bool(count)
+
+    def _changed(self, checked: Window, context: Context) -> list[tuple[Window, str]]:
+        current = self.litellm_hook.hour_spend(checked)
+        floor = parse_instant(self.not_before, what="not_before") if self.not_before else None
+        manifests = self.target.manifests
+        changed = []
+        for hour_window in checked.each_hour():
+            manifest = manifests.get(hour_window.start)
+            requests, spend = current.get(iso_hour(hour_window.start), (0, "0"))
+            if manifest is None:
+                if not requests or (floor and hour_window.start < floor):
+                    continue
+                if self._run_in_flight(context, hour_window.start):
+                    self.log.info("%s has spend and no export yet; its own run is still in flight", hour_window.label)
+                    continue
+                if requests:
+                    changed.append((hour_window, f"never exported, yet the source holds {requests} requests / "
+                                                 f"{spend} USD (its own run failed?)"))  # fmt: skip
+                continue
+            recorded = manifest.get("source", {})
+            if manifest.get("status") != "exported":
+                why = manifest.get("unreadable") or f"its last upload ended {manifest.get('status')}"
+                changed.append((hour_window, why))
+            elif (requests, spend) != (recorded.get("requests"), recorded.get("spend")):
+                changed.append((hour_window, f"source now {requests} requests / {spend} USD, exported "
+                                             f"{recorded.get('requests')} / {recorded.get('spend')}"))  # fmt: skip
+        return changed
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        window = self.window(context)
         lookback = int(self.lookback_hours)
         if lookback <= 0:
             return {"checked": [], "corrected": []}
         checked = Window(window.start - timedelta(hours=lookback), window.start)
-        db = LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
-        manifests = ManifestStore(staging_root(self.staging_uri) / self.stream)
-        current = db.hour_spend(checked)
-        changed = []
-        for hour_window in checked.each_hour():
-            hour = hour_window.start.strftime("%Y-%m-%dT%H:00:00Z")
-            manifest = manifests.get(hour)
-            if manifest is None:
-                continue
-            requests, spend = current.get(hour, (0, "0"))
-            recorded = manifest.get("source", {})
-            if manifest.get("status") != "exported":
-                changed.append((hour_window, f"its last upload ended {manifest.get('status')}"))
-            elif (requests, spend) != (recorded.get("requests"), recorded.get("spend")):
-                changed.append((hour_window, f"source now {requests} requests / {spend} USD, exported "
-                                             f"{recorded.get('requests')} / {recorded.get('spend')}"))  # fmt: skip
+        labels = [h.label for h in checked.each_hour()]
+        changed = self._changed(checked, context)
         if not changed:
-            self.log.info(
-                "Late-data pass over %s: all exported hours still match their source totals", checked
-            )
-            return {"checked": [h.label for h in checked.each_hour()], "corrected": []}
-        cz = CloudZeroHook(self.cloudzero_conn_id)
-        corrected = []
+            self.log.info("Late-data pass over %s: every hour with spend is exported and unchanged", checked)
+            return {"checked": labels, "corrected": []}
+        corrected: list[str] = []
+        failures: list[str] = []
+        retryable = False
+        salt = attempt_salt(context) + "/late"
         for hour_window, why in changed:
             self.log.warning("Late data in %s: %s -- re-exporting the hour", hour_window.label, why)
-            stage = WindowStage(self.staging_uri, hour_window, self.stream)
-            extract_window(db, hour_window, stage, dimensions=self.dimensions, source="spend_logs",
-                           on_invalid=self.on_invalid, log=self.log)  # fmt: skip
-            transform_window(hour_window, stage, log=self.log)
-            result = upload_window(cz, hour_window, stage, max_request_bytes=self.max_request_bytes,
-                                   salt=attempt_salt(context) + "/late", log=self.log, late_correction=True)  # fmt: skip
+            stage = self.target.stage(hour_window)
+            try:
+                extract_window(self.litellm_hook, hour_window, stage, dimensions=dimension_list(self.dimensions),
+                               on_invalid=self.on_invalid)  # fmt: skip
+                transform_window(hour_window, stage)
+                result = upload_window(self.cloudzero_hook, hour_window, stage, self.target.manifests,
+                                       max_request_bytes=self.max_request_bytes, salt=salt,
+                                       late_correction=True)  # fmt: skip
+            except AirflowException as exc:
+                retryable = retryable or not isinstance(exc, AirflowFailException)
+                failures.append(f"{hour_window.label}: {exc}")
+                self.log.error("Could not correct %s: %s", hour_window.label, exc)
+                continue
             corrected.extend(result["hours"])
-        emit_hour_events(
-            self.outlets,
-            context,
-            corrected,
-            {"window": window.label, "late_correction": True},
-            self.hour_asset,
-        )
-        return {"checked": [h.label for h in checked.each_hour()], "corrected": corrected}
+        emit_hour_events(self.outlets, context, corrected, {"window": window.label, "late_correction": True},
+                         self.hour_asset)  # fmt: skip
+        if failures:
+            message = (f"Late-data pass corrected {len(corrected)} hour(s) {corrected} but could not correct "
+                       f"{len(failures)}: " + "; ".join(failures))  # fmt: skip
+            raise (AirflowException if retryable else AirflowFailException)(message)
+        return {"checked": labels, "corrected": corrected}
+
+
+

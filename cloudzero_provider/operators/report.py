@@ -3,73 +3,49 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook
-from cloudzero_provider.operators._window import resolve_window
+from cloudzero_provider.hooks.litellm import AggregateRow
+from cloudzero_provider.operators.base import CloudZeroBaseOperator
 from cloudzero_provider.reports import REPORT_DIMENSIONS, build_report, check_limits, report_csv, report_html
-from cloudzero_provider.staging import staging_root
-from cloudzero_provider.windows import Window
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 TREND_DAYS = 14
 
 
-def report_dir(staging_uri: str | None, stream: str, window: Window) -> Any:
-    name = window.start.strftime("%Y-%m-%d") if window.hours == 24 and window.is_day_aligned else window.label
-    return staging_root(staging_uri) / stream / "reports" / name
-
-
-class SpendReportOperator(BaseOperator):
+class SpendReportOperator(CloudZeroBaseOperator):
     """
     Write a spend report for a window (by default the run's day): by team, customer, API key alias, internal
     user, model and request tag, each with a per-model breakdown, daily totals and cost per 1,000 tokens per
     model, as ``report.json``, one CSV per grouping and a self-contained ``report.html`` with charts, in
-    ``<staging>/<stream>/reports/<day>/``. Figures come from the same PostgreSQL aggregate as the export.
+    ``<staging>/<cloudzero conn id>/reports/<day>/``. Figures come from the same PostgreSQL aggregate as the
+    export.
 
     :param tag_prefixes: Request-tag prefixes to report on (``taskName`` for ``taskName:...`` tags).
     """
 
-    template_fields: Sequence[str] = ("window_start", "window_end", "staging_uri")
     ui_color = "#eafaf1"
 
-    def __init__(
-        self,
-        *,
-        litellm_conn_id: str = LiteLLMSpendHook.default_conn_name,
-        window_start: Any = None,
-        window_end: Any = None,
-        tag_prefixes: list[str] | None = None,
-        staging_uri: str | None = None,
-        stream: str = "cloudzero_default",
-        db_schema: str = "public",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, tag_prefixes: list[str] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.litellm_conn_id = litellm_conn_id
-        self.window_start = window_start
-        self.window_end = window_end
         self.tag_prefixes = tag_prefixes
-        self.staging_uri = staging_uri
-        self.stream = stream
-        self.db_schema = db_schema
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        window = resolve_window(self.window_start, self.window_end, context)
+    def execute(self, context: Context) -> dict[str, Any]:
+        window = self.window(context)
         prefixes = list(self.tag_prefixes or [])
         try:
             dims = resolve(REPORT_DIMENSIONS + [f"tag:{p}" for p in prefixes])
         except ValueError as exc:
             raise AirflowFailException(f"Invalid tag prefix: {exc}") from None
-        hook = LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
-        rows = [r.as_dict() for r in hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
+        rows = [r.as_dict() for r in self.litellm_hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
         report = build_report(rows, tag_prefixes=prefixes)
-        folder = report_dir(self.staging_uri, self.stream, window)
+        folder = self.target.report_dir(window)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "aggregate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         (folder / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
@@ -101,38 +77,26 @@ class SpendReportOperator(BaseOperator):
         return sorted(points.items())[-TREND_DAYS:]
 
 
-class SpendThresholdCheckOperator(BaseOperator):
+class SpendThresholdCheckOperator(CloudZeroBaseOperator):
     """
     Fail, listing every breach, when a day's spend is over a limit: ``daily_total`` and per ``team``, ``user``,
     ``customer`` or ``model``, in USD per day. At the limit is not a breach. Attach notifiers
     (``SmtpNotifier``, ``SlackNotifier``) with ``on_failure_callback`` to be told; no breach, no noise.
 
+    Reads the ``aggregate.jsonl`` the report task of the same export target and window wrote.
+
     :param limits: e.g. ``{"daily_total": 500, "team": 100, "customer": 25}``.
     """
 
-    template_fields: Sequence[str] = ("window_start", "window_end", "staging_uri")
     ui_color = "#fdedec"
 
-    def __init__(
-        self,
-        *,
-        limits: dict[str, Any],
-        window_start: Any = None,
-        window_end: Any = None,
-        staging_uri: str | None = None,
-        stream: str = "cloudzero_default",
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, limits: dict[str, Any], **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.limits = limits
-        self.window_start = window_start
-        self.window_end = window_end
-        self.staging_uri = staging_uri
-        self.stream = stream
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        window = resolve_window(self.window_start, self.window_end, context)
-        path = report_dir(self.staging_uri, self.stream, window) / "aggregate.jsonl"
+    def execute(self, context: Context) -> dict[str, Any]:
+        window = self.window(context)
+        path = self.target.report_dir(window) / "aggregate.jsonl"
         if not path.exists():
             raise AirflowFailException(f"{path} does not exist: run the report task for {window} first")
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook
+from cloudzero_provider.hooks.litellm import AggregateRow
+from cloudzero_provider.operators.base import CloudZeroBaseOperator
 from cloudzero_provider.telemetry import (
     MAX_RECORDS_PER_REQUEST,
     batches,
@@ -22,12 +21,13 @@ from cloudzero_provider.telemetry import (
     roll_up_days,
     to_records,
 )
-from cloudzero_provider.windows import Window, parse_instant
+from cloudzero_provider.windows import DAY, Window, day_label, parse_hour, parse_instant
 
-DAY = timedelta(days=1)
+if TYPE_CHECKING:
+    from airflow.sdk import Context
 
 
-def days_of(context: Any, start: Any, end: Any) -> list[Window]:
+def days_of(context: Context | dict[str, Any], start: Any, end: Any) -> list[Window]:
     """The UTC days to (re)send: from explicit bounds, the triggering Asset events' hours, or the data interval."""
     hours: list[Any] = []
     if start:
@@ -35,16 +35,15 @@ def days_of(context: Any, start: Any, end: Any) -> list[Window]:
         e = parse_instant(end, what="end") if end else s + timedelta(hours=1)
         hours = [s, e - timedelta(microseconds=1)]
     else:
-        events = context.get("triggering_asset_events") if hasattr(context, "get") else None
+        events = context.get("triggering_asset_events")
         for asset_events in (events or {}).values():
             for event in asset_events:
-                key = (getattr(event, "extra", None) or {}).get("hour") or getattr(
-                    event, "partition_key", None
-                )
-                if key:
-                    hours.append(parse_instant(key.replace("Z", ":00:00Z") if len(key) == 14 else key))
-        if not hours and context.get("data_interval_start") and context.get("data_interval_end"):
-            s, e = parse_instant(context["data_interval_start"]), parse_instant(context["data_interval_end"])
+                hour = (getattr(event, "extra", None) or {}).get("hour")
+                if hour:
+                    hours.append(parse_hour(hour, what="Asset event hour"))
+        interval_start, interval_end = context.get("data_interval_start"), context.get("data_interval_end")
+        if not hours and interval_start and interval_end:
+            s, e = parse_instant(interval_start), parse_instant(interval_end)
             if e > s:
                 hours = [s, e - timedelta(microseconds=1)]
     if not hours:
@@ -60,7 +59,7 @@ def days_of(context: Any, start: Any, end: Any) -> list[Window]:
     return out
 
 
-class UnitCostTelemetryOperator(BaseOperator):
+class UnitCostTelemetryOperator(CloudZeroBaseOperator):
     """
     Send LiteLLM spend to a CloudZero unit-cost metric: one record per UTC day and dimension combination.
 
@@ -73,18 +72,25 @@ class UnitCostTelemetryOperator(BaseOperator):
     :param value: ``cost`` (default), ``requests`` or ``tokens``.
     :param dimensions: Up to 5 of model, user, team_id, organization_id, end_user.
     :param start: Explicit first hour (ISO-8601); default: the triggering Asset events, else the data interval.
-    :param end: Explicit end (exclusive).
+        (templated)
+    :param end: Explicit end (exclusive). (templated)
     :param max_records_per_second: CloudZero's sustained limit is 100.
+    :param max_records_per_request: Records per request (each request also stays within 4 MB).
     """
 
-    template_fields: Sequence[str] = ("metric_name", "value", "dimensions", "start", "end")
+    template_fields: Sequence[str] = (
+        *CloudZeroBaseOperator.template_fields,
+        "metric_name",
+        "value",
+        "dimensions",
+        "start",
+        "end",
+    )
     ui_color = "#fef9e7"
 
     def __init__(
         self,
         *,
-        litellm_conn_id: str = LiteLLMSpendHook.default_conn_name,
-        cloudzero_conn_id: str = CloudZeroHook.default_conn_name,
         metric_name: str | None = None,
         value: str = "cost",
         dimensions: list[str] | None = None,
@@ -92,12 +98,9 @@ class UnitCostTelemetryOperator(BaseOperator):
         end: Any = None,
         max_records_per_second: float = 100.0,
         max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
-        db_schema: str = "public",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.litellm_conn_id = litellm_conn_id
-        self.cloudzero_conn_id = cloudzero_conn_id
         self.metric_name = metric_name
         self.value = value
         self.dimensions = dimensions
@@ -105,10 +108,9 @@ class UnitCostTelemetryOperator(BaseOperator):
         self.end = end
         self.max_records_per_second = max_records_per_second
         self.max_records_per_request = max_records_per_request
-        self.db_schema = db_schema
 
-    def execute(self, context: Any) -> dict[str, Any]:
-        cz = CloudZeroHook(self.cloudzero_conn_id)
+    def execute(self, context: Context) -> dict[str, Any]:
+        cz = self.cloudzero_hook
         metric = self.metric_name or cz.metric_name
         if not metric:
             raise AirflowSkipException(
@@ -122,7 +124,7 @@ class UnitCostTelemetryOperator(BaseOperator):
                 raise ValueError(f"value must be cost, requests or tokens, got {self.value!r}")
         except ValueError as exc:
             raise AirflowFailException(f"Telemetry settings: {exc}") from None
-        db = LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
+        db = self.litellm_hook
         summary: dict[str, Any] = {
             "metric": metric,
             "value": self.value,
@@ -133,8 +135,7 @@ class UnitCostTelemetryOperator(BaseOperator):
         for day in days_of(context, self.start, self.end):
             rows = [r.as_dict() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
             records, skipped = to_records(roll_up_days(rows, dims), dims, self.value)
-            for body in batches(records, max_records=self.max_records_per_request):
-                count = body.count(b'"timestamp":')
+            for body, count in batches(records, max_records=self.max_records_per_request):
                 wait = pace_delay(
                     sent_records, count, time.monotonic() - started, self.max_records_per_second
                 )
@@ -143,11 +144,11 @@ class UnitCostTelemetryOperator(BaseOperator):
                 cz.send_telemetry(metric, body, operation="replace")
                 sent_records += count
             total = sum((float(r["value"]) for r in records), 0.0)  # type: ignore[arg-type]
-            summary["days"][day.start.strftime("%Y-%m-%d")] = {"records": len(records), "skipped": skipped}
+            summary["days"][day_label(day.start)] = {"records": len(records), "skipped": skipped}
             summary["skipped_not_positive"] += skipped
             self.log.info(
                 "Telemetry %s for %s: %d record(s) sent with replace (%s total %.6g), %d skipped (value not > 0)",
-                metric, day.start.strftime("%Y-%m-%d"), len(records), self.value, total, skipped,
+                metric, day_label(day.start), len(records), self.value, total, skipped,
             )  # fmt: skip
         summary["records_sent"] = sent_records
         return summary

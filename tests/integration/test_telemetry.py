@@ -22,10 +22,10 @@ from cloudzero_provider.telemetry import (
     to_records,
 )
 from cloudzero_provider.testing.double import CloudZeroDouble
+from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
 from cloudzero_provider.testing.server import CloudZeroDoubleServer
-from tests.conftest import API_KEY, CONNECTION_ID
 
 D1 = datetime(2026, 11, 1, 22, tzinfo=timezone.utc)
 DIMS = ["model", "user", "team_id", "organization_id", "end_user"]
@@ -56,9 +56,10 @@ def test_records_keep_totals_and_keys(data, value):
         expected = exact_sum(str(r[field]) for r in data if r["hour"][:10] == day)
         got = exact_sum(r["value"] for r in records if r["timestamp"].startswith(day))
         assert got == expected
-    for body in batches(records, max_bytes=2000, max_records=7):
+    for body, count in batches(records, max_bytes=2000, max_records=7):
         decoded = json.loads(body)
         assert len(body) <= 2000 and 0 < len(decoded["records"]) <= 7
+        assert count == len(decoded["records"])
 
 
 def test_settings_are_checked():
@@ -158,18 +159,24 @@ def test_bad_settings_fail_clearly_or_skip(tele, monkeypatch):
 
 
 def test_days_follow_the_exported_hours():
+    """The live path: the hour of each triggering event is read from its extra (a full ISO instant; the short
+    label of events emitted by version 0.1 is still understood)."""
     from types import SimpleNamespace
 
     from cloudzero_provider.operators.telemetry import days_of
 
     events = {
         "asset": [
-            SimpleNamespace(partition_key="2026-11-01T23Z"),
-            SimpleNamespace(partition_key="2026-11-02T00Z"),
+            SimpleNamespace(extra={"hour": "2026-11-01T23:00:00Z", "window": "2026-11-01T23Z"}),
+            SimpleNamespace(extra={"hour": "2026-11-02T00Z"}),
+            SimpleNamespace(extra={}),  # an event of someone else's: no hour, ignored
         ]
     }
     days = days_of({"triggering_asset_events": events}, None, None)
     assert [d.label for d in days] == ["2026-11-01T00Z--2026-11-02T00Z", "2026-11-02T00Z--2026-11-03T00Z"]
+    with pytest.raises(ValueError, match="not aligned to the hour"):
+        days_of({"triggering_asset_events": {"a": [SimpleNamespace(extra={"hour": "2026-11-01T23:30:00Z"})]}},
+                None, None)  # fmt: skip
     assert [d.label for d in days_of({}, "2026-11-03T05:00:00Z", None)] == ["2026-11-03T00Z--2026-11-04T00Z"]
     with pytest.raises(AirflowFailException, match="No days to send"):
         days_of({}, None, None)

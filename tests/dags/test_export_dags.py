@@ -13,9 +13,10 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.runs import task_instances, xcom
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
-from tests.conftest import API_KEY, CONNECTION_ID
 
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
 HOURS = [H0 + timedelta(hours=i) for i in range(3)]
@@ -69,26 +70,6 @@ def run_hourly(hour: datetime):
     from cloudzero_provider.ready_dags import build_hourly_dag
 
     return build_hourly_dag().test(logical_date=hour + timedelta(hours=1))
-
-
-def task_instances(dag_id: str, run_id: str):
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.settings import Session
-
-    with Session() as session:
-        tis = session.query(TaskInstance).filter_by(dag_id=dag_id, run_id=run_id).all()
-        return {(ti.task_id, ti.map_index): (ti.state, ti.try_number, ti.rendered_map_index) for ti in tis}
-
-
-def xcom(dag_id: str, run_id: str, task_id: str) -> dict[int, object]:
-    from airflow.models.xcom import XComModel
-    from airflow.settings import Session
-
-    with Session() as session:
-        rows = session.query(XComModel).filter_by(
-            dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value"
-        )
-        return {r.map_index: r.value if not isinstance(r.value, str) else json.loads(r.value) for r in rows}
 
 
 def test_three_hours_exact_then_rerun_identical(env):
@@ -304,5 +285,5 @@ def test_each_exported_hour_emits_an_asset_event_that_queues_the_telemetry_dag(e
         )
         hours = [e.extra.get("hour") for e in events]
         queued = {q.target_dag_id for q in session.query(AssetDagRunQueue).all()}
-    assert hours == ["2026-11-01T10Z"] and all(e.partition_key is None for e in events)
+    assert hours == ["2026-11-01T10:00:00Z"] and all(e.partition_key is None for e in events)
     assert "litellm_cloudzero_telemetry" in queued, "the export's events must trigger the telemetry DAG"

@@ -32,7 +32,7 @@ def db(litellm_db, monkeypatch, tmp_path):
 def run_window(start=H13, end=None, **extract_kw):
     ex = LiteLLMSpendExtractOperator(task_id="extract", window_start=start, window_end=end, **extract_kw)
     extracted = ex.execute({})
-    tr = CBFTransformOperator(task_id="transform", window_start=start, window_end=end, stream=ex.stream)
+    tr = CBFTransformOperator(task_id="transform", window_start=start, window_end=end)
     transformed = tr.execute({})
     cbf = [
         json.loads(line)

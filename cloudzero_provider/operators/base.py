@@ -1,0 +1,146 @@
+"""The base of every CloudZero operator: the arguments they share, declared once.
+
+Modelled on common.sql's ``BaseSQLOperator``: connection ids, staging root, database schema and window are
+template fields here, the export target and hooks are built from them in ``execute``, never in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.target import ExportTarget
+from cloudzero_provider.windows import Window
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+
+DEFAULT_LITELLM_CONN_ID = "litellm_db"
+DEFAULT_CLOUDZERO_CONN_ID = "cloudzero_default"
+
+
+def resolve_window(start: Any, end: Any, context: Context | dict[str, Any]) -> Window:
+    """
+    The task's window ``[start, end)``.
+
+    :param start: Explicit start (ISO-8601 string or datetime), or ``None`` to use the data interval.
+    :param end: Explicit end; with a start and no end, the window is the one hour from ``start``.
+    :param context: The task context, for ``data_interval_start`` / ``data_interval_end``.
+    """
+    try:
+        if start:
+            return Window.of(start, end) if end else Window.hour(start)
+        interval_start = context.get("data_interval_start")
+        interval_end = context.get("data_interval_end")
+        if interval_start is None or interval_end is None or interval_start == interval_end:
+            raise AirflowFailException(
+                "No window to work on: this run has no data interval (a manual run without a logical date, or a "
+                "zero-length interval from a cron schedule) and no window_start was given. Trigger the "
+                "litellm_cloudzero_range DAG with start and end, or schedule with CronDataIntervalTimetable."
+            )
+        return Window.of(interval_start, interval_end)
+    except ValueError as exc:
+        raise AirflowFailException(f"Invalid window: {exc}") from None
+
+
+class CloudZeroBaseOperator(BaseOperator):
+    """
+    Arguments every CloudZero operator shares.
+
+    :param litellm_conn_id: Connection to the LiteLLM PostgreSQL database. (templated)
+    :param cloudzero_conn_id: The ``cloudzero`` connection; it also names the export target's staging folder,
+        so everything sent to one CloudZero stream is staged in one place. (templated)
+    :param staging_uri: Staging root (local folder or object-storage URI); default ``[cloudzero] staging_uri``,
+        else ``$AIRFLOW_HOME/cloudzero-staging``. (templated)
+    :param db_schema: PostgreSQL schema of LiteLLM's tables. (templated)
+    :param window_start: Start of the window (ISO-8601, hour-aligned); default: the data interval. (templated)
+    :param window_end: End of the window (exclusive); default: one hour after ``window_start``. (templated)
+    """
+
+    template_fields: Sequence[str] = (
+        "litellm_conn_id",
+        "cloudzero_conn_id",
+        "staging_uri",
+        "db_schema",
+        "window_start",
+        "window_end",
+    )
+
+    def __init__(
+        self,
+        *,
+        litellm_conn_id: str = DEFAULT_LITELLM_CONN_ID,
+        cloudzero_conn_id: str = DEFAULT_CLOUDZERO_CONN_ID,
+        staging_uri: str | None = None,
+        db_schema: str = "public",
+        window_start: Any = None,
+        window_end: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.litellm_conn_id = litellm_conn_id
+        self.cloudzero_conn_id = cloudzero_conn_id
+        self.staging_uri = staging_uri
+        self.db_schema = db_schema
+        self.window_start = window_start
+        self.window_end = window_end
+
+    def window(self, context: Context | dict[str, Any]) -> Window:
+        return resolve_window(self.window_start, self.window_end, context)
+
+    @cached_property
+    def target(self) -> ExportTarget:
+        try:
+            return ExportTarget(self.cloudzero_conn_id, self.staging_uri or None)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    @cached_property
+    def litellm_hook(self) -> LiteLLMSpendHook:
+        from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+
+        return LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
+
+    @cached_property
+    def cloudzero_hook(self) -> CloudZeroHook:
+        from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+
+        return CloudZeroHook(self.cloudzero_conn_id)
+
+
+def attempt_salt(context: Context | dict[str, Any]) -> str:
+    """Names this attempt (run id, map index, try number) for idempotency keys: stable across in-task retries."""
+    ti = context.get("ti")
+    run_id = context.get("run_id", "adhoc")
+    return f"{run_id}/{getattr(ti, 'map_index', -1)}/{getattr(ti, 'try_number', 0)}"
+
+
+def emit_hour_events(
+    outlets: Sequence[Any], context: Context | dict[str, Any], hours: Sequence[str], extra: dict[str, Any],
+    asset: Any,
+) -> None:  # fmt: skip
+    """
+    One ordinary event per exported hour on ``asset`` (the hour's start in the event's extra ``hour``, as a
+    full ISO instant), emitted through the task's AssetAlias outlets.
+
+    Not partition keys: Airflow queues only partition-aware DAGs for partitioned events, so a DAG scheduled on
+    the plain Asset -- the telemetry DAG, or one of yours -- would never run.
+    """
+    from airflow.sdk import AssetAlias
+
+    from cloudzero_provider.windows import iso_hour, parse_hour
+
+    events = context.get("outlet_events")
+    if not hours or events is None or asset is None:
+        return
+    for outlet in outlets:
+        if isinstance(outlet, AssetAlias):
+            for hour in hours:
+                events[outlet].add(asset, extra={**extra, "hour": iso_hour(parse_hour(hour))})

@@ -1,0 +1,61 @@
+"""ExportTarget: the staging area of one CloudZero target, derived once from the connection id and staging root.
+
+Everything an export writes for one ``cloudzero`` connection lives under ``<staging root>/<connection id>/``:
+each window's stage, the per-hour manifests and the daily reports. Operators, the report sensor and the ledger
+page all reach it through this class, so an operator given ``cloudzero_conn_id="cz_prod"`` can never write its
+manifests beside another target's.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+
+from airflow.sdk import ObjectStoragePath
+
+from cloudzero_provider.manifests import ManifestStore
+from cloudzero_provider.staging import WindowStage, staging_root
+from cloudzero_provider.windows import Window, day_label
+
+# An Airflow connection id as used in a path: no separators, never "." or "..".
+TARGET_NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,200}$")
+
+
+class ExportTarget:
+    """
+    The staging area of one CloudZero target.
+
+    :param cloudzero_conn_id: The ``cloudzero`` connection the data goes to; names the folder.
+    :param staging_uri: The staging root; default: ``[cloudzero] staging_uri`` (see :mod:`staging`).
+    """
+
+    def __init__(self, cloudzero_conn_id: str, staging_uri: str | None = None) -> None:
+        if not TARGET_NAME_RE.match(cloudzero_conn_id or ""):
+            raise ValueError(
+                f"connection id {cloudzero_conn_id!r} cannot name a staging folder: use letters, digits, _ . : -"
+            )
+        self.conn_id = cloudzero_conn_id
+        self.staging_uri = staging_uri
+
+    def __repr__(self) -> str:
+        return f"ExportTarget({self.conn_id!r}, {str(self.dir)!r})"
+
+    @cached_property
+    def dir(self) -> ObjectStoragePath:
+        return staging_root(self.staging_uri) / self.conn_id
+
+    def stage(self, window: Window) -> WindowStage:
+        return WindowStage(self.dir, window)
+
+    @cached_property
+    def manifests(self) -> ManifestStore:
+        return ManifestStore(self.dir)
+
+    @property
+    def reports_dir(self) -> ObjectStoragePath:
+        return self.dir / "reports"
+
+    def report_dir(self, window: Window) -> ObjectStoragePath:
+        """``reports/<YYYY-MM-DD>`` for a whole UTC day, ``reports/<window label>`` otherwise."""
+        name = day_label(window.start) if window.hours == 24 and window.is_day_aligned else window.label
+        return self.reports_dir / name
