@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from airflow.providers.postgres.hooks.postgres import PostgresHook
+from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
+from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
 from cloudzero_provider.windows import Window
@@ -108,6 +110,12 @@ class LiteLLMSpendHook(PostgresHook):
     """
     Read LiteLLM spend from the proxy's PostgreSQL database, aggregated inside PostgreSQL.
 
+    Every read runs in a ``READ ONLY`` transaction with ``statement_timeout`` and
+    ``idle_in_transaction_session_timeout`` set for that transaction only, over a connection opened with a
+    ``connect_timeout``: this is the proxy's production database (point the connection at a read replica when
+    you have one). Results are streamed, never held in memory whole; :meth:`cancel` stops a running statement
+    (the operators call it from ``on_kill``).
+
     :param postgres_conn_id: Airflow connection to the LiteLLM database (default ``litellm_db``).
     :param db_schema: PostgreSQL schema holding LiteLLM's tables (default ``public``).
     :param fetch_size: Rows per round trip when streaming the result.
@@ -115,6 +123,9 @@ class LiteLLMSpendHook(PostgresHook):
         protocol-level streaming. Both keep memory flat; PostgreSQL never runs a cursor's query with parallel
         workers, so streaming is about 1.6x faster on a million-row hour and is the default. With psycopg2 a
         server-side cursor is always used.
+    :param statement_timeout: Seconds one statement may run (default 1800); the connection's extra
+        ``statement_timeout`` overrides it.
+    :param connect_timeout: Seconds to wait for a connection (default 10), unless the connection's extra sets it.
     """
 
     conn_name_attr = "postgres_conn_id"
@@ -127,28 +138,62 @@ class LiteLLMSpendHook(PostgresHook):
         db_schema: str = "public",
         fetch_size: int = 5000,
         server_side_cursor: bool = False,
+        statement_timeout: float = 1800.0,
+        connect_timeout: int = 10,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("postgres_conn_id", self.default_conn_name)
         super().__init__(*args, **kwargs)
         if not IDENTIFIER_RE.match(db_schema):
-            raise ValueError(f"db_schema {db_schema!r} is not a plain PostgreSQL identifier")
+            raise AirflowFailException(f"db_schema {db_schema!r} is not a plain PostgreSQL identifier")
         self.db_schema = db_schema
         self.fetch_size = fetch_size
         self.server_side_cursor = server_side_cursor
+        self.statement_timeout = statement_timeout
+        self.connect_timeout = connect_timeout
         self._columns: dict[str, set[str]] = {}
+        self._active: Any = None
+
+    @property
+    def connection(self) -> Any:
+        """The Airflow connection, with ``connect_timeout`` added to its extra unless it sets one."""
+        conn = super().connection
+        extra = conn.extra_dejson
+        if "connect_timeout" not in extra:
+            conn.extra = json.dumps({**extra, "connect_timeout": self.connect_timeout})
+        return conn
+
+    @connection.setter
+    def connection(self, value: Any) -> None:
+        self._connection = value
+
+    def _timeout_ms(self) -> int:
+        configured = super().connection.extra_dejson.get("statement_timeout")
+        return int(float(configured if configured not in (None, "") else self.statement_timeout) * 1000)
+
+    def cancel(self) -> None:
+        """Cancel the statement this hook is running, if any (safe to call from another thread or on_kill)."""
+        conn = self._active
+        if conn is not None:
+            try:
+                (getattr(conn, "cancel_safe", None) or conn.cancel)()
+                self.log.info("Cancelled the running statement on the LiteLLM database")
+            except Exception as exc:  # the statement may have just finished; nothing to cancel
+                self.log.warning("Could not cancel the running statement: %s", exc)
 
     # -- schema discovery -------------------------------------------------------------------------------
 
     def table_columns(self, table: str) -> set[str]:
         """The columns of one of LiteLLM's tables; an error names the table when it does not exist."""
         if table not in self._columns:
-            rows = self.get_records(
-                "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s",
-                parameters=(self.db_schema, table),
-            )
+            rows = list(self._stream(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = %(schema)s AND table_name = %(table)s",
+                {"schema": self.db_schema, "table": table},
+                "cloudzero_columns",
+            ))  # fmt: skip
             if not rows:
-                raise ValueError(
+                raise AirflowFailException(
                     f'table "{self.db_schema}"."{table}" not found in the LiteLLM database '
                     f"(connection {self.get_conn_id()!r}): is this LiteLLM's database and schema?"
                 )
@@ -231,7 +276,7 @@ class LiteLLMSpendHook(PostgresHook):
                 ok = failed = "NULL::int"
         else:
             if not window.is_day_aligned:
-                raise ValueError(f"the daily source needs a window of whole UTC days, got {window}")
+                raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
             params.update(start=window.start.strftime("%Y-%m-%d"), end=window.end.strftime("%Y-%m-%d"))
             table = self._table(DAILY_TABLES[source])
             hour_in, hour_out = "s.date", "a.hour || 'T00:00:00Z'"
@@ -276,7 +321,7 @@ ORDER BY 1"""
         self, window: Window, dims: Sequence[Dimension], source: Source = "spend_logs"
     ) -> Iterator[AggregateRow | HourTotal]:
         """
-        Stream the window's aggregate from a server-side cursor.
+        Stream the window's aggregate (psycopg 3's streaming by default; a server-side cursor on request).
 
         Yields :class:`AggregateRow` for every (hour, dimension values) group of valid rows, and one
         :class:`HourTotal` per hour with PostgreSQL's own totals of that hour and its invalid rows.
@@ -303,13 +348,17 @@ ORDER BY 1"""
         yield from (totals[h] for h in sorted(totals))
 
     def _stream(self, sql: str, params: dict[str, Any], name: str) -> Iterator[Sequence[Any]]:
-        """Run one read-only statement and yield its rows without holding the result in memory."""
+        """Run one statement in a read-only, time-limited transaction and yield its rows as they arrive."""
         conn = self.get_conn()
+        self._active = conn
         try:
             with conn.cursor() as setup:
-                # JIT compilation costs more than it saves on this one-off aggregate; LOCAL: this transaction only.
+                setup.execute("SET TRANSACTION READ ONLY")
+                # LOCAL: this transaction only. JIT costs more than it saves on a one-off aggregate.
+                setup.execute(f"SET LOCAL statement_timeout = {self._timeout_ms()}")
+                setup.execute("SET LOCAL idle_in_transaction_session_timeout = 600000")
                 setup.execute("SET LOCAL jit = off")
-            if hasattr(conn.cursor(), "stream") and not self.server_side_cursor:
+            if USE_PSYCOPG3 and not self.server_side_cursor:
                 with conn.cursor() as cur:
                     yield from cur.stream(sql, params, size=self.fetch_size)
             else:
@@ -318,8 +367,27 @@ ORDER BY 1"""
                     cur.execute(sql, params)
                     yield from cur
             conn.commit()
+        except Exception as exc:
+            raise self._explain(exc) from exc
         finally:
+            self._active = None
             conn.close()
+
+    def _explain(self, exc: Exception) -> Exception:
+        """An error a user can act on: a timeout, a missing table or column, named; others unchanged."""
+        code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        if code == "57014":
+            return AirflowFailException(
+                f"The LiteLLM database cancelled the statement ({str(exc).strip()}): it ran past statement_timeout "
+                f"({self._timeout_ms() // 1000} s) or the task was stopped. Raise the connection's extra "
+                '"statement_timeout", use smaller windows, or point the connection at a read replica.'
+            )
+        if code in ("42P01", "42703"):
+            return AirflowFailException(
+                f"The LiteLLM database (connection {self.get_conn_id()!r}, schema {self.db_schema!r}) lacks a "
+                f"table or column this export needs: {str(exc).strip()}"
+            )
+        return exc
 
     def invalid_rows(self, window: Window, source: Source = "spend_logs") -> Iterator[dict[str, Any]]:
         """Every invalid source row of the window with its reason, for the quarantine file."""
@@ -355,12 +423,13 @@ SELECT * FROM (
         """
         start, end = window.naive_utc()
         invalid = _invalid_reason()
-        rows = self.get_records(
+        rows = self._stream(
             f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
                        count(*), COALESCE(sum(s.spend::numeric), 0)::text
                 FROM {self._table(SPEND_LOGS)} AS s
                 WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s AND ({invalid}) IS NULL
                 GROUP BY 1""",
-            parameters={"start": start, "end": end},
+            {"start": start, "end": end},
+            "cloudzero_hour_spend",
         )
         return {r[0]: (int(r[1]), r[2]) for r in rows}

@@ -92,6 +92,12 @@ class CloudZeroBaseOperator(BaseOperator):
         self.window_start = window_start
         self.window_end = window_end
 
+    def on_kill(self) -> None:
+        """A stopped task stops its statement on the LiteLLM database too, instead of leaving it running."""
+        hook = self.__dict__.get("litellm_hook")
+        if hook is not None:
+            hook.cancel()
+
     def window(self, context: Context | dict[str, Any]) -> Window:
         return resolve_window(self.window_start, self.window_end, context)
 
