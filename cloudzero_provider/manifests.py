@@ -45,11 +45,15 @@ class ManifestStore:
     def _put(self, hour: datetime, manifest: dict[str, Any]) -> None:
         write_atomically(self.path(hour), json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
 
-    def mark(self, hour: datetime, *, status: str, run: str) -> None:
-        """Record an attempt's state without losing what the last successful export recorded."""
+    def mark(self, hour: datetime, *, status: str, run: str, reason: str | None = None) -> None:
+        """Record an attempt's state (and why it failed) without losing what the last export recorded."""
         manifest = self.get(hour) or {"hour": iso_hour(hour)}
         manifest.pop("unreadable", None)
         manifest.update(status=status, attempt_run=run, attempt_at=datetime.now(timezone.utc).isoformat())
+        if reason is not None:
+            manifest["reason"] = reason[:2000]
+        else:
+            manifest.pop("reason", None)
         self._put(hour, manifest)
 
     def write_exported(self, hour: datetime, fields: dict[str, Any], *, late_correction: bool) -> None:

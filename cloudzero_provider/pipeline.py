@@ -8,8 +8,9 @@ this module's logger, which Airflow routes into the running task's log.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
@@ -66,8 +67,15 @@ def extract_window(
     dimensions: Sequence[str] | None,
     source: str = "spend_logs",
     on_invalid: str = "fail",
+    isolate_hours: bool = False,
 ) -> dict[str, Any]:
-    """Aggregate the window in PostgreSQL into ``extract.jsonl`` + ``extract.json``; returns the XCom summary."""
+    """
+    Aggregate the window in PostgreSQL into ``extract.jsonl`` + ``extract.json``; returns the XCom summary.
+
+    Invalid source rows under ``on_invalid="fail"`` fail the whole window, unless ``isolate_hours``: then each
+    hour holding them is recorded in ``failed_hours`` (with the reason), the upload sends every other hour and
+    fails at the end naming them.
+    """
     try:
         dims: list[Dimension] = resolve(dimensions)
     except ValueError as exc:
@@ -96,13 +104,18 @@ def extract_window(
     bad_hours = {h: ht for h, ht in hours.items() if ht.invalid}
     invalid_rows = sum(sum(ht.invalid.values()) for ht in bad_hours.values())
     quarantine = None
-    if bad_hours and on_invalid == "fail":
+    failed_hours: dict[str, str] = {}
+    if bad_hours and on_invalid == "fail" and isolate_hours:
+        failed_hours = {h: describe_invalid({h: ht}, table) for h, ht in sorted(bad_hours.items())}
+        log.error("Window %s: %d hour(s) hold invalid rows and will not be exported: %s", window,
+                  len(failed_hours), "; ".join(failed_hours.values()))  # fmt: skip
+    elif bad_hours and on_invalid == "fail":
         raise AirflowFailException(
             f"Window {window}: {describe_invalid(bad_hours, table)}. Nothing was exported. Fix these rows in "
             "the LiteLLM database, or set on_invalid='quarantine' to export the valid rows and keep the "
             "invalid ones in quarantine.jsonl."
         )
-    if bad_hours:
+    if bad_hours and on_invalid == "quarantine":
         written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
         quarantine = str(stage.path("quarantine.jsonl"))
         log.warning(
@@ -131,6 +144,7 @@ def extract_window(
             },
             "invalid_rows": invalid_rows,
             "quarantine": quarantine,
+            "failed_hours": failed_hours,
         },
     )
     log.info(
@@ -154,6 +168,7 @@ def extract_window(
         "spend": spend,
         "invalid_rows": invalid_rows,
         "quarantine": quarantine,
+        "failed_hours": sorted(failed_hours),
     }
 
 
@@ -258,21 +273,35 @@ def _staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[str, list[byte
 
 
 def dry_run_window(
-    window: Window, stage: WindowStage, *, limit: int | None, max_request_bytes: int
+    window: Window, stage_of: Callable[[Window], WindowStage], *, limit: int | None, max_request_bytes: int
 ) -> dict[str, Any]:
-    """Send nothing: write the exact request bodies of the window (its first ``limit`` records) to ``requests/``."""
-    cbf = list(stage.read_jsonl("cbf.jsonl"))
+    """
+    Send nothing: write the exact request bodies of every hour (its first ``limit`` records) to that hour's
+    ``requests/`` folder, and return what would be sent.
+
+    :param stage_of: The export target's ``stage``: the window's CBF rows are read from its stage, each hour's
+        bodies written to the hour's own.
+    """
+    by_hour: dict[str, list[dict[str, str]]] = {}
+    for row in stage_of(window).read_jsonl("cbf.jsonl"):
+        by_hour.setdefault(row["time/usage_start"], []).append(row)
     if limit is not None:
-        cbf = cbf[:limit]
-    requests = plan(group_by_hour(cbf), max_request_bytes)
-    folder = stage.path("requests")
-    if folder.exists():
-        for old in folder.iterdir():
-            old.unlink()
-    folder.mkdir(parents=True, exist_ok=True)
-    for index, req in enumerate(requests):
-        name = f"{index:04d}-{hour_label(parse_hour(req.hours[0]))}-chunk{req.chunk + 1}of{req.chunks}.json"
-        (folder / name).write_bytes(req.body)
+        by_hour = {h: rows[:limit] for h, rows in by_hour.items()}
+    cbf = [r for h in sorted(by_hour) for r in by_hour[h]]
+    requests = 0
+    folders = []
+    for hour in sorted(by_hour):
+        hour_window = Window.hour(parse_hour(hour))
+        folder = stage_of(hour_window).path("requests")
+        if folder.exists():
+            for old in folder.iterdir():
+                old.unlink()
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, req in enumerate(plan(group_by_hour(by_hour[hour]), max_request_bytes)):
+            name = f"{index:04d}-{hour_window.label}-chunk{req.chunk + 1}of{req.chunks}.json"
+            (folder / name).write_bytes(req.body)
+            requests += 1
+        folders.append(str(folder))
     accounts = sorted({r.get("resource/account", "") for r in cbf})
     services = sorted({r.get("resource/service", "") for r in cbf})
     summary = {
@@ -285,8 +314,8 @@ def dry_run_window(
         "accounts": accounts[:20],
         "accounts_count": len(accounts),
         "services": services,
-        "requests": len(requests),
-        "bodies": str(folder),
+        "requests": requests,
+        "bodies": folders[:50],
     }
     log.info(
         "DRY RUN %s -- nothing sent: %d records, total cost %s USD, %d tokens, %d account(s) %s, services %s; "
@@ -298,9 +327,9 @@ def dry_run_window(
         len(accounts),
         accounts[:5],
         services,
-        len(requests),
-        "y" if len(requests) == 1 else "ies",
-        folder,
+        requests,
+        "y" if requests == 1 else "ies",
+        folders[0] if len(folders) == 1 else f"{len(folders)} hour folders",
     )
     return summary
 
@@ -373,25 +402,47 @@ def upload_window(
     max_request_bytes: int,
     salt: str,
     late_correction: bool = False,
+    skip_unchanged: bool = False,
 ) -> dict[str, Any]:
     """
     Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
 
     Every hour is sent whole (``replace_hourly``; a split hour restarts at its first chunk), so re-running
     a window is safe. An hour whose manifest records a newer extract (e.g. the late-data pass) is not sent.
+    Hours the extract recorded as failed (``isolate_hours``) are not sent; their manifests say why, and the
+    result lists them under ``failed_hours`` for the caller to fail on after the others went.
+
+    :param skip_unchanged: Do not send an hour whose manifest says it was exported with exactly these rows
+        (a retry, or a range run again, redoes only what is not yet in CloudZero).
     """
     rows_by_hour, recorded = _staged_cbf(window, stage)
     extract = stage.read_json("extract.json")
-    skipped = []
+    failed: dict[str, str] = dict(extract.get("failed_hours") or {})
+    for hour, reason in failed.items():
+        rows_by_hour.pop(hour, None)
+        manifests.mark(parse_hour(hour), status="failed", run=salt, reason=reason)
+    skipped, unchanged = [], []
     for hour in list(rows_by_hour):
         current = manifests.get(parse_hour(hour))
         if current and current.get("extracted_at", "") > extract["extracted_at"]:
             # A newer extract of this hour was already sent: never overwrite it with older data.
             skipped.append(hour)
             del rows_by_hour[hour]
+        elif (
+            skip_unchanged
+            and current
+            and current.get("status") == "exported"
+            and current.get("content_sha256") == content_digest(rows_by_hour[hour])
+        ):
+            unchanged.append(hour)
+            del rows_by_hour[hour]
     if skipped:
         log.warning("Not sending hour(s) %s: a newer extract of them was already exported", skipped)
+    if unchanged:
+        log.info("%d hour(s) already exported with exactly these rows, not sent again", len(unchanged))
     connection_id = hook.connection_id
+    total_hours = len(rows_by_hour)
+    started = time.monotonic()
 
     def record(hour: str, drop_ids: list[str]) -> None:
         src = extract["hours"].get(hour, {})
@@ -413,7 +464,13 @@ def upload_window(
             },
             late_correction=late_correction,
         )
+        done.append(hour)
+        elapsed = max(time.monotonic() - started, 1e-9)
+        requests_done = sum(int(extract["hours"].get(h, {}).get("requests", 0)) for h in done)
+        log.info("Hour %s exported: %d/%d hour(s) of %s done, %.0f source requests/s", hour, len(done),
+                 total_hours, window, requests_done / elapsed)  # fmt: skip
 
+    done: list[str] = []
     sent = _send_all(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
                      on_hour_sent=record)  # fmt: skip
     exported = sorted(rows_by_hour)
@@ -438,4 +495,6 @@ def upload_window(
         "requests_sent": sent,
         "drop_ids": drops,
         "skipped_newer": skipped,
+        "unchanged": [hour_label(parse_hour(h)) for h in unchanged],
+        "failed_hours": {hour_label(parse_hour(h)): reason for h, reason in sorted(failed.items())},
     }

@@ -116,6 +116,27 @@ class Window:
             yield Window(day, day + DAY)
             day += DAY
 
+    def chunks(self, hours: int) -> list[Window]:
+        """The window cut into pieces of ``hours`` hours, aligned to multiples of ``hours`` since a UTC midnight
+        (whole days for 24), the first and last piece clipped to the window."""
+        if hours < 1:
+            raise ValueError(f"a chunk must hold at least one hour, got {hours}")
+        out, cursor = [], self.start
+        while cursor < self.end:
+            since_midnight = int((cursor - cursor.replace(hour=0)) / HOUR)
+            boundary = cursor + HOUR * (hours - since_midnight % hours) if 24 % hours == 0 else cursor + HOUR * hours
+            piece_end = min(boundary, self.end)
+            out.append(Window(cursor, piece_end))
+            cursor = piece_end
+        return out
+
+    @property
+    def display(self) -> str:
+        """What people read in the grid: ``2026-11-01`` for a whole UTC day, else the label."""
+        if self.hours == 24 and self.is_day_aligned:
+            return day_label(self.start)
+        return self.label
+
     @property
     def is_day_aligned(self) -> bool:
         return self.start.hour == 0 and self.end.hour == 0

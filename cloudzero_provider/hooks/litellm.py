@@ -433,3 +433,19 @@ SELECT * FROM (
             "cloudzero_hour_spend",
         )
         return {r[0]: (int(r[1]), r[2]) for r in rows}
+
+    def hour_counts(self, window: Window) -> dict[str, int]:
+        """Per hour of the window: how many spend-log rows it holds, valid or not.
+
+        A count over the ``"startTime"`` index only: the range DAG's plan uses it to skip empty time cheaply.
+        """
+        start, end = window.naive_utc()
+        rows = self._stream(
+            f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'), count(*)
+                FROM {self._table(SPEND_LOGS)} AS s
+                WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
+                GROUP BY 1""",
+            {"start": start, "end": end},
+            "cloudzero_hour_counts",
+        )
+        return {r[0]: int(r[1]) for r in rows}

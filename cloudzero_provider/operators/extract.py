@@ -38,6 +38,8 @@ class LiteLLMSpendExtractOperator(CloudZeroBaseOperator):
     :param on_invalid: ``fail`` (default): invalid rows (spend NULL/NaN/infinite/negative, negative tokens)
         fail the window with a message naming them; ``quarantine``: export the valid rows and write the
         invalid ones to ``quarantine.jsonl`` beside the staging data. (templated)
+    :param isolate_hours: With ``on_invalid="fail"``, fail only the hours holding invalid rows instead of the
+        whole window: the upload sends the others, then fails naming them (the range DAG's chunks do this).
 
     The shared arguments (connections, staging root, schema, window) are those of
     :class:`~cloudzero_provider.operators.base.CloudZeroBaseOperator`.
@@ -52,12 +54,14 @@ class LiteLLMSpendExtractOperator(CloudZeroBaseOperator):
         dimensions: Sequence[str] | str | None = None,
         source: str = "spend_logs",
         on_invalid: str = "fail",
+        isolate_hours: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.dimensions = dimensions
         self.source = source
         self.on_invalid = on_invalid
+        self.isolate_hours = isolate_hours
 
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
@@ -68,4 +72,5 @@ class LiteLLMSpendExtractOperator(CloudZeroBaseOperator):
             dimensions=dimension_list(self.dimensions),
             source=self.source,
             on_invalid=self.on_invalid,
+            isolate_hours=self.isolate_hours,
         )

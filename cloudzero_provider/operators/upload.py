@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk.exceptions import AirflowFailException
+
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
 from cloudzero_provider.pipeline import check_dry_run_limit, dry_run_window, upload_window
@@ -35,6 +37,11 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     :param limit: Dry run only: preview the first N records. A real export always sends whole hours. (templated)
     :param max_request_bytes: Upper bound of one request's exact body (CloudZero's limit is 5 MB).
     :param hour_asset: Asset that gets one event per exported hour, through the AssetAlias in ``outlets``.
+    :param skip_unchanged: Do not send an hour again whose manifest records exactly these rows as exported, so a
+        retry or a repeated range redoes only what CloudZero does not hold yet.
+
+    Hours the extract isolated as failed (``isolate_hours``) are not sent: every other hour is, then the task
+    fails naming each failed hour and why.
     """
 
     # ``dry_run`` is stored as ``dry_run_only``: BaseOperator already has a ``dry_run()`` method.
@@ -48,9 +55,11 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
         limit: int | str | None = None,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         hour_asset: Asset | None = None,
+        skip_unchanged: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.skip_unchanged = skip_unchanged
         self.dry_run_only = dry_run
         self.limit = limit
         self.max_request_bytes = max_request_bytes
@@ -60,16 +69,25 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
         window = self.window(context)
         dry_run, limit = as_bool(self.dry_run_only), as_limit(self.limit)
         check_dry_run_limit(dry_run, limit)
-        stage = self.target.stage(window)
         if dry_run:
-            return dry_run_window(window, stage, limit=limit, max_request_bytes=self.max_request_bytes)
+            return dry_run_window(window, self.target.stage, limit=limit, max_request_bytes=self.max_request_bytes)
         result = upload_window(
             self.cloudzero_hook,
             window,
-            stage,
+            self.target.stage(window),
             self.target.manifests,
             max_request_bytes=self.max_request_bytes,
             salt=attempt_salt(context),
+            skip_unchanged=self.skip_unchanged,
         )
         emit_hour_events(self.outlets, context, result["hours"], {"window": window.label}, self.hour_asset)
+        if result["failed_hours"]:
+            failed = result["failed_hours"]
+            raise AirflowFailException(
+                f"{window}: exported {len(result['hours'])} hour(s), {len(result['unchanged'])} already held; "
+                f"{len(failed)} hour(s) failed and were not sent: "
+                + "; ".join(f"{hour}: {why}" for hour, why in failed.items())
+                + ". Fix the rows (or use on_invalid=quarantine), then clear this chunk's extract task: only "
+                "the hours CloudZero does not hold yet are sent."
+            )
         return result

@@ -15,7 +15,7 @@ import pytest
 
 from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
-from cloudzero_provider.testing.runs import task_instances, xcom
+from cloudzero_provider.testing.runs import task_instances, xcom, xcom_key
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
 
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
@@ -175,28 +175,57 @@ def test_wrong_api_key_fails_without_retry_and_never_logs_the_key(env, monkeypat
     assert all(secret not in p.read_text(errors="replace") for p in logs.rglob("*") if p.is_file())
 
 
-def test_range_dag_bad_hour_fails_alone(env):
+def test_range_dag_bad_hour_fails_alone_and_a_rerun_sends_only_it(env, capfd):
+    """One chunk of three hours, the middle one poisoned: the other two export exactly, the chunk's upload fails
+    naming the bad hour and why; after the row is fixed, running the range again sends that hour alone."""
     from cloudzero_provider.ready_dags import build_range_dag
 
     seed_hours(env["db"], rows=100)
     insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[1] + timedelta(minutes=1), float("nan"))])
-    run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"})
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    run = build_range_dag().test(run_conf=conf)
     assert run.state == "failed"
     states = task_instances("litellm_cloudzero_range", run.run_id)
-    labels = {ti[2] for (task, _), ti in states.items() if task == "hour.extract"}
-    assert labels == {"2026-11-01T10Z", "2026-11-01T11Z", "2026-11-01T12Z"}
-    by_label = {(task, ti[2]): ti[0] for (task, _), ti in states.items()}
-    assert by_label[("hour.extract", "2026-11-01T11Z")] == "failed"
-    assert states[("hour.upload", 1)][0] == "upstream_failed"  # never ran, so its label was never rendered
-    assert (
-        by_label[("hour.upload", "2026-11-01T10Z")]
-        == by_label[("hour.upload", "2026-11-01T12Z")]
-        == "success"
+    by_task = {task: ti for (task, _), ti in states.items()}
+    assert {ti[2] for task, ti in by_task.items() if task.startswith("chunk.")} == {"2026-11-01T10Z--2026-11-01T13Z"}
+    assert [by_task[t][:2] for t in ("chunk.extract", "chunk.transform", "chunk.upload")] == [
+        ("success", 1), ("success", 1), ("failed", 1)
+    ]  # fmt: skip
+    out = capfd.readouterr()
+    assert "2026-11-01T11Z: 1 invalid LiteLLM_SpendLogs row(s) -- hour 2026-11-01T11:00:00Z: 1 spend is NaN" in (
+        out.out + out.err
     )
     held = env["double"].double.cost_by_hour(CONNECTION_ID)
     source = source_by_hour(env["db"])
     assert set(held) == {"2026-11-01T10:00:00Z", "2026-11-01T12:00:00Z"}
     assert all(held[h] == source[h] for h in held)
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T11Z.json").read_text())
+    assert manifest["status"] == "failed" and "spend is NaN" in manifest["reason"]
+
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.25 WHERE request_id = 'nan-row'""")
+    before = len(env["double"].double.requests)
+    rerun = build_range_dag().test(run_conf=conf)
+    assert rerun.state == "success"
+    sent = env["double"].double.requests[before:]
+    assert [r["hours"] for r in sent] == [["2026-11-01T11:00:00Z"]], "only the hour CloudZero lacked is sent"
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+
+
+def test_range_dag_maps_only_chunks_with_spend(env):
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=50)  # 2026-11-01 10:00-13:00 only
+    run = build_range_dag().test(
+        run_conf={"start": "2026-10-30T00:00:00Z", "end": "2026-11-03T00:00:00Z", "chunk_hours": 24}
+    )
+    assert run.state == "success"
+    states = task_instances("litellm_cloudzero_range", run.run_id)
+    assert {ti[2] for (task, _), ti in states.items() if task == "chunk.upload"} == {"2026-11-01"}
+    summary = xcom_key("litellm_cloudzero_range", run.run_id, "plan", "summary")
+    assert summary["hours"] == 96 and summary["hours_with_spend"] == 3 and summary["chunks"] == 1
+    assert summary["chunks_skipped_empty"] == 3 and summary["requests"] == 3 * 50 + 11 + 22 + 2
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
 
 
 def test_range_dag_dry_run_from_the_cli(env):
@@ -210,7 +239,8 @@ def test_range_dag_dry_run_from_the_cli(env):
     assert [b.parent.parent.name for b in bodies] == ["2026-11-01T10Z", "2026-11-01T11Z"]
     body = json.loads(bodies[0].read_text())
     assert body["operation"] == "replace_hourly" and len(body["data"]) == 5
-    assert "DRY RUN" in proc.stdout + proc.stderr and "nothing sent: 5 records" in proc.stdout + proc.stderr
+    # one chunk of two hours, each previewed with its first 5 records
+    assert "DRY RUN" in proc.stdout + proc.stderr and "nothing sent: 10 records" in proc.stdout + proc.stderr
 
 
 def test_dry_run_summary_in_xcom(env):
@@ -220,7 +250,7 @@ def test_dry_run_summary_in_xcom(env):
     run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T11:00:00Z",
                                            "dry_run": True})  # fmt: skip
     assert run.state == "success"
-    (summary,) = xcom("litellm_cloudzero_range", run.run_id, "hour.upload").values()
+    (summary,) = xcom("litellm_cloudzero_range", run.run_id, "chunk.upload").values()
     assert summary["dry_run"] is True and summary["records"] > 0
     assert Decimal(summary["total_cost"]) == source_by_hour(env["db"])["2026-11-01T10:00:00Z"]
     assert summary["services"] == ["litellm"] and summary["requests"] == 1
@@ -233,7 +263,7 @@ def test_limit_without_dry_run_is_refused(env):
     run = build_range_dag().test(run_conf={"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T11:00:00Z",
                                            "limit": 3})  # fmt: skip
     assert run.state == "failed"
-    assert task_instances("litellm_cloudzero_range", run.run_id)[("plan_hours", -1)][0] == "failed"
+    assert task_instances("litellm_cloudzero_range", run.run_id)[("plan", -1)][0] == "failed"
 
 
 def test_no_import_errors(airflow_db):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from itertools import pairwise
 
 import pytest
 
@@ -32,3 +33,18 @@ def test_window_parsing_and_labels():
 def test_window_errors(start, end, message):
     with pytest.raises(ValueError, match=message):
         Window.of(start, end)
+
+
+def test_chunks_cover_the_window_exactly_aligned_to_days():
+    w = Window.of("2026-11-01T10:00:00Z", "2026-11-03T05:00:00Z")
+    chunks = w.chunks(24)
+    assert [c.display for c in chunks] == ["2026-11-01T10Z--2026-11-02T00Z", "2026-11-02", "2026-11-03T00Z--2026-11-03T05Z"]
+    assert [c.label for c in w.chunks(6)][:3] == ["2026-11-01T10Z--2026-11-01T12Z", "2026-11-01T12Z--2026-11-01T18Z",
+                                                   "2026-11-01T18Z--2026-11-02T00Z"]  # fmt: skip
+    for size in (1, 5, 6, 24, 48):
+        pieces = w.chunks(size)
+        assert pieces[0].start == w.start and pieces[-1].end == w.end
+        assert all(a.end == b.start for a, b in pairwise(pieces))
+        assert sum(p.hours for p in pieces) == w.hours and all(p.hours <= size for p in pieces)
+    with pytest.raises(ValueError, match="at least one hour"):
+        w.chunks(0)
