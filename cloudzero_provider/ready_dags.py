@@ -12,6 +12,7 @@ from airflow.sdk import DAG, Asset, AssetAlias, Param, task, task_group
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.callbacks import mark_hours_failed
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.late_data import LateDataOperator
 from cloudzero_provider.operators.report import SpendReportOperator, SpendThresholdCheckOperator
@@ -127,7 +128,10 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
         start_date=settings.start_date,
         catchup=True,
         max_active_runs=settings.max_active_runs,
-        default_args=_default_args(settings),
+        default_args={
+            **_default_args(settings),
+            "on_failure_callback": mark_hours_failed(settings.cloudzero_conn_id, settings.staging_uri),
+        },
         params={
             "settle_minutes": Param(
                 settings.settle_minutes,

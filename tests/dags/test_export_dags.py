@@ -317,3 +317,40 @@ def test_each_exported_hour_emits_an_asset_event_that_queues_the_telemetry_dag(e
         queued = {q.target_dag_id for q in session.query(AssetDagRunQueue).all()}
     assert hours == ["2026-11-01T10:00:00Z"] and all(e.partition_key is None for e in events)
     assert "litellm_cloudzero_telemetry" in queued, "the export's events must trigger the telemetry DAG"
+
+
+@pytest.mark.parametrize("manifest_left", [True, False], ids=["marked-failed", "no-manifest-at-all"])
+def test_a_failed_run_shows_failed_and_the_next_run_exports_its_hour(env, manifest_left):
+    """A run that fails before sending anything is not lost: its hour reads 'failed' on the ledger, and the next
+    hourly run's late-data pass exports it -- also when nothing was recorded (a run the scheduler failed)."""
+    from cloudzero_provider.plugins.ledger import hour_status
+
+    seed_hours(env["db"], rows=50)
+    insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[0] + timedelta(minutes=1), float("nan"))])
+    failed = run_hourly(HOURS[0])
+    assert failed.state == "failed"
+    path = env["staging"] / "manifests" / "2026-11-01T10Z.json"
+    manifest = json.loads(path.read_text())
+    assert manifest["status"] == "failed" and "spend is NaN" in manifest["reason"]
+    assert hour_status(manifest) == "failed"
+    if not manifest_left:
+        path.unlink()
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.5 WHERE request_id = 'nan-row'""")
+    run = run_hourly(HOURS[1])
+    assert run.state == "success"
+    late = xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]
+    assert late["corrected"] == ["2026-11-01T10Z"]
+    source = source_by_hour(env["db"])
+    held = env["double"].double.cost_by_hour(CONNECTION_ID)
+    assert held == {h: source[h] for h in ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z")}
+    assert json.loads(path.read_text())["status"] == "exported"
+
+
+def test_late_pass_never_exports_hours_before_the_dag_start(env, monkeypatch):
+    monkeypatch.setenv("CLOUDZERO_EXPORT_START", "2026-11-01T11:00:00Z")
+    seed_hours(env["db"], rows=50)
+    run = run_hourly(HOURS[1])
+    assert run.state == "success"
+    assert xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]["corrected"] == []
+    assert set(env["double"].double.cost_by_hour(CONNECTION_ID)) == {"2026-11-01T11:00:00Z"}
