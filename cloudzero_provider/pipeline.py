@@ -19,12 +19,12 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.cbf import EXACT, CBFError, exact_decimal, exact_sum, transform
 from cloudzero_provider.dimensions import Dimension, names, resolve
-from cloudzero_provider.drops import DropRequest, content_digest, group_by_hour, plan
+from cloudzero_provider.drops import DropRequest, content_digest, group_by_hour, plan, serialize_row
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTooLarge
 from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.manifests import ManifestStore
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, hour_label, parse_hour
+from cloudzero_provider.windows import DAY, Window, day_label, hour_label, iso_hour, parse_hour
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,9 @@ def extract_window(
             "failed_hours": failed_hours,
         },
     )
+    hint = None
+    if source == "spend_logs" and not hours:
+        hint = _spend_logs_look_off(hook, window)
     log.info(
         "Extracted %s from %s: %d rows over %d hour(s), %d requests, %d tokens, spend %s USD, %d invalid row(s)%s",
         window,
@@ -169,7 +172,26 @@ def extract_window(
         "invalid_rows": invalid_rows,
         "quarantine": quarantine,
         "failed_hours": sorted(failed_hours),
+        **({"hint": hint} if hint else {}),
     }
+
+
+def _spend_logs_look_off(hook: LiteLLMSpendHook, window: Window) -> str | None:
+    """A hint when spend logs hold nothing for the window while the daily rollup has spend for its days."""
+    days = list(window.each_day())
+    try:
+        spend = Decimal(hook.daily_spend(Window(days[0].start, days[-1].end)))
+    except AirflowFailException:  # no rollup table (a very old LiteLLM): nothing to compare with
+        return None
+    if spend <= 0:
+        return None
+    text = (
+        f"spend logs look disabled or purged for {', '.join(day_label(d.start) for d in days)}: "
+        f"LiteLLM_SpendLogs holds nothing for {window} while LiteLLM_DailyTeamSpend holds {exact_decimal(spend)} "
+        "USD for the day -- use litellm_cloudzero_daily_rollup"
+    )
+    log.warning("%s", text)
+    return text
 
 
 # -- transform --------------------------------------------------------------------------------------------
@@ -393,6 +415,108 @@ def _send_all(
     return sent
 
 
+# -- source ownership -------------------------------------------------------------------------------------
+
+DAILY_ORIGINS = ("daily_team", "daily_user")
+SWITCH_HINT = {
+    "spend_logs": "trigger litellm_cloudzero_range for that day with take_over=true",
+    "daily": "trigger litellm_cloudzero_daily_rollup for that day with take_over=true",
+}
+
+
+def day_owner(manifests: ManifestStore, day: datetime) -> str | None:
+    """
+    Which source owns a UTC day of a stream: the daily-rollup export (its origin, recorded on the day's 00:00
+    manifest), ``spend_logs`` when any hour of the day went out from spend logs, or ``None``.
+
+    Daily rows sit at 00:00, so hourly and daily data of one day in one stream would either erase each other
+    (``replace_hourly`` of hour 00) or be counted twice: a day has one owner.
+    """
+    first = manifests.get(day)
+    if first and str(first.get("origin", "")) in DAILY_ORIGINS and first.get("status") != "failed":
+        return str(first["origin"])
+    for hour in Window(day, day + DAY).hour_starts():
+        m = manifests.get(hour)
+        if m and m.get("origin", "spend_logs") == "spend_logs" and (m.get("drop_ids") or m.get("status") == "sending"):
+            return "spend_logs"
+    return None
+
+
+def clearing_row(hour: str) -> dict[str, str]:
+    """One zero-cost CBF row: sent with ``replace_hourly`` it leaves the hour at exactly 0 in CloudZero."""
+    return {
+        "time/usage_start": hour,
+        "cost/cost": "0",
+        "lineitem/type": "Usage",
+        "lineitem/description": "cleared: this hour holds no LLM spend from this source",
+        "resource/service": "litellm",
+        "resource/id": "litellm-cleared-hour",
+        "usage/amount": "0",
+    }
+
+
+def _apply_ownership(
+    rows_by_hour: dict[str, list[bytes]],
+    window: Window,
+    manifests: ManifestStore,
+    *,
+    origin: str,
+    take_over: bool,
+    dropped: list[str],
+) -> set[str]:
+    """Drop the hours another source owns into ``dropped`` (or, with ``take_over``, add the clearing rows that
+    switch them); returns the hours to clear."""
+    days = sorted({parse_hour(h).replace(hour=0) for h in rows_by_hour} | {d.start for d in window.each_day()})
+    clear: set[str] = set()
+    for day in days:
+        owner = day_owner(manifests, day)
+        if owner is None or owner == origin:
+            continue
+        if owner in DAILY_ORIGINS and origin in DAILY_ORIGINS:
+            if not take_over:
+                raise AirflowFailException(
+                    f"{day_label(day)} of this stream is owned by the {owner} export, not {origin}: the two "
+                    f"rollup tables count the same requests. Nothing was sent. To switch, {SWITCH_HINT['daily']}."
+                )
+            if iso_hour(day) not in rows_by_hour:
+                clear.add(iso_hour(day))
+            continue
+        hours = Window(day, day + DAY).hour_starts()
+        if not take_over:
+            if origin == "spend_logs":
+                owned = [iso_hour(h) for h in hours if iso_hour(h) in rows_by_hour]
+                for h in owned:
+                    del rows_by_hour[h]
+                dropped.extend(owned)
+                log.warning(
+                    "%s of this stream is owned by the daily-rollup export (%s): not sending %d hour(s) from spend "
+                    "logs into it. To switch the day to hourly data, %s.",
+                    day_label(day), owner, len(owned), SWITCH_HINT["spend_logs"],
+                )  # fmt: skip
+                continue
+            raise AirflowFailException(
+                f"{day_label(day)} of this stream already holds hourly data exported from spend logs; a daily "
+                f"export ({origin}) of it would count its spend twice. Nothing was sent. To switch the day to the "
+                f"daily rollup, {SWITCH_HINT['daily']}; to keep hourly data, leave it to litellm_cloudzero_hourly."
+            )
+        if origin == "spend_logs":  # the daily rows sit at 00:00: replace them, with nothing if need be
+            first = iso_hour(day)
+            if first not in rows_by_hour:
+                clear.add(first)
+        else:  # every hour the spend-log export sent that day goes back to 0
+            for hour in hours[1:]:
+                m = manifests.get(hour)
+                if m and m.get("origin", "spend_logs") == "spend_logs" and m.get("drop_ids"):
+                    clear.add(iso_hour(hour))
+            if iso_hour(day) not in rows_by_hour:
+                clear.add(iso_hour(day))
+        log.warning("Taking %s of this stream over from %s to %s: clearing %d hour(s)", day_label(day), owner,
+                    origin, len(clear))  # fmt: skip
+    for cleared_hour in clear:
+        rows_by_hour[cleared_hour] = [serialize_row(clearing_row(cleared_hour))]
+    return clear
+
+
 def upload_window(
     hook: CloudZeroHook,
     window: Window,
@@ -403,6 +527,8 @@ def upload_window(
     salt: str,
     late_correction: bool = False,
     skip_unchanged: bool = False,
+    origin: str = "spend_logs",
+    take_over: bool = False,
 ) -> dict[str, Any]:
     """
     Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
@@ -414,9 +540,16 @@ def upload_window(
 
     :param skip_unchanged: Do not send an hour whose manifest says it was exported with exactly these rows
         (a retry, or a range run again, redoes only what is not yet in CloudZero).
+    :param origin: The source the rows come from (``spend_logs``, ``daily_team``, ``daily_user``); a UTC day of
+        a stream is owned by one source (see :func:`day_owner`), and the other never writes into it.
+    :param take_over: Switch the days of the window to ``origin``: the other source's hours of those days are
+        cleared (left at exactly 0) as the new rows are sent.
     """
     rows_by_hour, recorded = _staged_cbf(window, stage)
     extract = stage.read_json("extract.json")
+    owned_elsewhere: list[str] = []
+    cleared = _apply_ownership(rows_by_hour, window, manifests, origin=origin, take_over=take_over,
+                               dropped=owned_elsewhere)  # fmt: skip
     failed: dict[str, str] = dict(extract.get("failed_hours") or {})
     for hour, reason in failed.items():
         rows_by_hour.pop(hour, None)
@@ -446,7 +579,7 @@ def upload_window(
 
     def record(hour: str, drop_ids: list[str]) -> None:
         src = extract["hours"].get(hour, {})
-        fig = recorded["hours"][hour]
+        fig = recorded["hours"].get(hour) or {"rows": 0, "cost": "0", "tokens": 0}  # a cleared hour
         manifests.write_exported(
             parse_hour(hour),
             {
@@ -460,6 +593,8 @@ def upload_window(
                 "sent_at": _now(),
                 "extracted_at": extract["extracted_at"],
                 "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},
+                "origin": origin,
+                "cleared": hour in cleared,
                 "run": salt,
             },
             late_correction=late_correction,
@@ -474,7 +609,7 @@ def upload_window(
     sent = _send_all(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
                      on_hour_sent=record)  # fmt: skip
     exported = sorted(rows_by_hour)
-    total = exact_decimal(exact_sum(recorded["hours"][h]["cost"] for h in exported))
+    total = exact_decimal(exact_sum(recorded["hours"][h]["cost"] for h in exported if h in recorded["hours"]))
     rows = sum(len(v) for v in rows_by_hour.values())
     drops = sorted({d for h in exported for d in (manifests.get(parse_hour(h)) or {}).get("drop_ids", [])})
     log.info(
@@ -496,5 +631,7 @@ def upload_window(
         "drop_ids": drops,
         "skipped_newer": skipped,
         "unchanged": [hour_label(parse_hour(h)) for h in unchanged],
+        "cleared": [hour_label(parse_hour(h)) for h in sorted(cleared)],
+        "skipped_owned": [hour_label(parse_hour(h)) for h in owned_elsewhere],
         "failed_hours": {hour_label(parse_hour(h)): reason for h, reason in sorted(failed.items())},
     }

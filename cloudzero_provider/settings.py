@@ -93,6 +93,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "CLOUDZERO_ALERT_SLACK_CHANNEL",
         "Slack channel for breaches (default `#finops`).",
     ),
+    "daily_source": (
+        "CLOUDZERO_DAILY_SOURCE",
+        "Rollup table of the daily-rollup DAG: `team` (LiteLLM_DailyTeamSpend, default) or `user` (LiteLLM_DailyUserSpend); never both, they count the same requests.",
+    ),
+    "daily_dimensions": (
+        "CLOUDZERO_DAILY_DIMENSIONS",
+        "Dimensions of the daily-rollup export, among team_id (team table) or user (user table), api_key, api_key_alias, model, model_group, provider (default: all of them).",
+    ),
     "telemetry_metric": (
         "CLOUDZERO_TELEMETRY_METRIC",
         "Unit-cost metric for the telemetry DAG (LiteLLM's CLOUDZERO_METRIC_NAME); empty: the connection's extra `metric_name`, else telemetry is off.",
@@ -147,6 +155,8 @@ class ExportSettings:
     alert_email: list[str] | None = None
     alert_slack_conn_id: str | None = None
     alert_slack_channel: str = "#finops"
+    daily_source: str = "team"
+    daily_dimensions: list[str] | None = None
     telemetry_metric: str | None = None
     telemetry_value: str = "cost"
     telemetry_dimensions: list[str] | None = None

@@ -16,6 +16,7 @@ from cloudzero_provider.windows import Window
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
 DAILY_TABLES = {"daily_team": "LiteLLM_DailyTeamSpend", "daily_user": "LiteLLM_DailyUserSpend"}
+VERIFICATION_TOKENS = "LiteLLM_VerificationToken"
 Source = Literal["spend_logs", "daily_team", "daily_user"]
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 SAMPLES = 5
@@ -236,12 +237,17 @@ class LiteLLMSpendHook(PostgresHook):
                 "model_group": "NULLIF(s.model_group, '')",
                 "provider": "NULLIF(s.custom_llm_provider, '')",
             }
-            for dim in dims:
-                if dim.name in daily:
-                    exprs.append(daily[dim.name])
-                else:
-                    missing.append(f"{dim.name} (not kept by {DAILY_TABLES[source]})")
-                    exprs.append("NULL::text")
+            daily["api_key_alias"] = (
+                f"(SELECT NULLIF(v.key_alias, '') FROM {self._table(VERIFICATION_TOKENS)} AS v "
+                "WHERE v.token = s.api_key LIMIT 1)"
+            )
+            unavailable = [d.name for d in dims if d.name not in daily]
+            if unavailable:
+                raise AirflowFailException(
+                    f"{DAILY_TABLES[source]} cannot give dimension(s) {unavailable}: LiteLLM's daily rollups keep "
+                    f"only {sorted(daily)}. Choose among those for the daily-rollup export (CLOUDZERO_DAILY_DIMENSIONS)."
+                )
+            exprs.extend(daily[d.name] for d in dims)
         if missing:
             self.log.warning(
                 "LiteLLM database lacks what these dimensions need; they stay empty: %s", "; ".join(missing)
@@ -253,6 +259,8 @@ class LiteLLMSpendHook(PostgresHook):
     ) -> tuple[str, dict[str, Any]]:
         """The one statement that aggregates a window: per hour and dimensions, plus per-hour totals."""
         start, end = window.naive_utc()
+        if source != "spend_logs" and not window.is_day_aligned:
+            raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
         params: dict[str, Any] = {}
         dim_exprs = self._dimension_sql(dims, source, params)
         if source == "spend_logs":
@@ -449,3 +457,13 @@ SELECT * FROM (
             "cloudzero_hour_counts",
         )
         return {r[0]: int(r[1]) for r in rows}
+
+    def daily_spend(self, day: Window, source: Source = "daily_team") -> str:
+        """``SUM(spend::numeric)`` of one daily rollup table over whole UTC days ("0" when it holds none)."""
+        rows = list(self._stream(
+            f"""SELECT COALESCE(sum(s.spend::numeric), 0)::text FROM {self._table(DAILY_TABLES[source])} AS s
+                WHERE s.date >= %(start)s AND s.date < %(end)s""",
+            {"start": day.start.strftime("%Y-%m-%d"), "end": day.end.strftime("%Y-%m-%d")},
+            "cloudzero_daily_spend",
+        ))  # fmt: skip
+        return str(rows[0][0]) if rows else "0"

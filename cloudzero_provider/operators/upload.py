@@ -37,6 +37,9 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     :param limit: Dry run only: preview the first N records. A real export always sends whole hours. (templated)
     :param max_request_bytes: Upper bound of one request's exact body (CloudZero's limit is 5 MB).
     :param hour_asset: Asset that gets one event per exported hour, through the AssetAlias in ``outlets``.
+    :param origin: The source of the rows (``spend_logs`` or a daily rollup, as given to the extract): a UTC day
+        of a stream belongs to one source, and an upload never writes into a day another source owns.
+    :param take_over: Switch the window's days to ``origin``, clearing the other source's hours. (templated)
     :param skip_unchanged: Do not send an hour again whose manifest records exactly these rows as exported, so a
         retry or a repeated range redoes only what CloudZero does not hold yet.
 
@@ -45,7 +48,7 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     """
 
     # ``dry_run`` is stored as ``dry_run_only``: BaseOperator already has a ``dry_run()`` method.
-    template_fields: Sequence[str] = (*CloudZeroBaseOperator.template_fields, "dry_run_only", "limit")
+    template_fields: Sequence[str] = (*CloudZeroBaseOperator.template_fields, "dry_run_only", "limit", "take_over")
     ui_color = "#e9f7ef"
 
     def __init__(
@@ -56,10 +59,14 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         hour_asset: Asset | None = None,
         skip_unchanged: bool = False,
+        origin: str = "spend_logs",
+        take_over: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.skip_unchanged = skip_unchanged
+        self.origin = origin
+        self.take_over = take_over
         self.dry_run_only = dry_run
         self.limit = limit
         self.max_request_bytes = max_request_bytes
@@ -79,6 +86,8 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
             max_request_bytes=self.max_request_bytes,
             salt=attempt_salt(context),
             skip_unchanged=self.skip_unchanged,
+            origin=self.origin,
+            take_over=as_bool(self.take_over),
         )
         emit_hour_events(self.outlets, context, result["hours"], {"window": window.label}, self.hour_asset)
         if result["failed_hours"]:

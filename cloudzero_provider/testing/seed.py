@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -115,3 +116,65 @@ def seed_synthetic(
         )  # fmt: skip
         cur.execute('ANALYZE "LiteLLM_SpendLogs"')
     conn.close()
+
+
+def roll_up_daily(url: str, *, delete_spend_logs: bool = False) -> None:
+    """Fill LiteLLM's daily rollup tables from the spend logs the way the proxy does: hour batch by hour batch,
+    each upserted by *adding* to the counters of its (team | user) x date x api_key x model x provider row.
+
+    With ``delete_spend_logs`` the spend logs are emptied afterwards, as on a proxy with spend logs disabled.
+    """
+    tables = {"LiteLLM_DailyTeamSpend": "team_id", "LiteLLM_DailyUserSpend": "user_id"}
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT DISTINCT date_trunc('hour', "startTime") FROM "LiteLLM_SpendLogs" ORDER BY 1""")
+        hours = [r[0] for r in cur.fetchall()]
+        for hour in hours:
+            for table, owner in tables.items():
+                source = "s.team_id" if owner == "team_id" else 's."user"'
+                cur.execute(
+                    f"""INSERT INTO "{table}" AS t (id, {owner}, date, api_key, model, model_group,
+                            custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests,
+                            successful_requests, failed_requests, updated_at)
+                        SELECT md5(concat_ws('|', {source}, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model,
+                                             s.custom_llm_provider)),
+                               {source}, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model,
+                               min(s.model_group), s.custom_llm_provider, sum(s.prompt_tokens),
+                               sum(s.completion_tokens), sum(s.spend), count(*),
+                               count(*) FILTER (WHERE s.status IS DISTINCT FROM 'failure'),
+                               count(*) FILTER (WHERE s.status = 'failure'), now()
+                        FROM "LiteLLM_SpendLogs" AS s
+                        WHERE s."startTime" >= %(hour)s AND s."startTime" < %(hour)s + interval '1 hour'
+                        GROUP BY {source}, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model,
+                                 s.custom_llm_provider
+                        ON CONFLICT (id) DO UPDATE SET
+                            prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+                            completion_tokens = t.completion_tokens + excluded.completion_tokens,
+                            spend = t.spend + excluded.spend,
+                            api_requests = t.api_requests + excluded.api_requests,
+                            successful_requests = t.successful_requests + excluded.successful_requests,
+                            failed_requests = t.failed_requests + excluded.failed_requests,
+                            updated_at = now()""",
+                    {"hour": hour},
+                )
+        if delete_spend_logs:
+            cur.execute('DELETE FROM "LiteLLM_SpendLogs"')
+    conn.close()
+
+
+def spend_by_hour(url: str) -> dict[str, Decimal]:
+    """``SUM(spend::numeric)`` of LiteLLM_SpendLogs per hour (``2026-11-01T13:00:00Z``): what CloudZero must hold."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute("""SELECT to_char(date_trunc('hour', "startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
+                              SUM(spend::numeric) FROM "LiteLLM_SpendLogs" GROUP BY 1""")  # fmt: skip
+        result = dict(cur.fetchall())
+    conn.close()
+    return result
+
+
+def spend_by_day(url: str, table: str = "LiteLLM_DailyTeamSpend") -> dict[str, Decimal]:
+    """``SUM(spend::numeric)`` of a daily rollup table per day, keyed by the day's 00:00 (``...T00:00:00Z``)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(f"""SELECT date || 'T00:00:00Z', SUM(spend::numeric) FROM "{table}" GROUP BY 1""")
+        result = dict(cur.fetchall())
+    conn.close()
+    return result

@@ -13,10 +13,9 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
-from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.runs import task_instances, xcom, xcom_key
-from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
 
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
 HOURS = [H0 + timedelta(hours=i) for i in range(3)]
@@ -28,42 +27,12 @@ def schema_age() -> str:
     return "2026-10"
 
 
-@pytest.fixture
-def env(airflow_db, litellm_db, double, tmp_path, monkeypatch):
-    conn = {"conn_type": "cloudzero", "host": double.url, "password": API_KEY,
-            "extra": {"connection_id": CONNECTION_ID, "max_attempts": 2, "max_wait": 0.2}}  # fmt: skip
-    values = {
-        "AIRFLOW_CONN_LITELLM_DB": airflow_conn_uri(litellm_db),
-        "AIRFLOW_CONN_CLOUDZERO_DEFAULT": json.dumps(conn),
-        "CLOUDZERO_STAGING_URI": str(tmp_path / "staging"),
-        "CLOUDZERO_SETTLE_MINUTES": "0",
-        "CLOUDZERO_TASK_RETRIES": "2",
-        "CLOUDZERO_RETRY_DELAY_SECONDS": "1",
-        "CLOUDZERO_EXPORT_START": "2026-10-01T00:00:00Z",
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    return {
-        "db": litellm_db,
-        "double": double,
-        "staging": tmp_path / "staging" / "cloudzero_default",
-        **values,
-    }
-
-
 def seed_hours(db: str, rows: int = 400) -> None:
     for i, hour in enumerate(HOURS):
         seed_synthetic(db, hour, rows + 11 * i, id_prefix="e2e")
     # awkward exact values on top of the synthetic spend
     insert_spend_logs(db, [spend_log("tiny", HOURS[0] + timedelta(minutes=5), 1e-12, team_id="t-tiny"),
                            spend_log("big", HOURS[1] + timedelta(minutes=5), 1e6, team_id="t-big")])  # fmt: skip
-
-
-def source_by_hour(db: str) -> dict[str, Decimal]:
-    with psycopg2.connect(db) as conn, conn.cursor() as cur:
-        cur.execute("""SELECT to_char(date_trunc('hour', "startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
-                              SUM(spend::numeric) FROM "LiteLLM_SpendLogs" GROUP BY 1""")  # fmt: skip
-        return dict(cur.fetchall())
 
 
 def run_hourly(hour: datetime):
@@ -77,14 +46,14 @@ def test_three_hours_exact_then_rerun_identical(env):
     for hour in HOURS:
         assert run_hourly(hour).state == "success"
     double = env["double"].double
-    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
     assert Decimal(double.cost_by_hour(CONNECTION_ID)["2026-11-01T11:00:00Z"]) > Decimal(1_000_000)
     snapshot = double.snapshot(CONNECTION_ID)
     manifests = sorted(p.name for p in (env["staging"] / "manifests").iterdir())
     assert manifests == ["2026-11-01T10Z.json", "2026-11-01T11Z.json", "2026-11-01T12Z.json"]
     first = json.loads((env["staging"] / "manifests" / manifests[0]).read_text())
     assert first["status"] == "exported" and first["cost"] == str(
-        source_by_hour(env["db"])["2026-11-01T10:00:00Z"].normalize()
+        spend_by_hour(env["db"])["2026-11-01T10:00:00Z"].normalize()
     )
     assert first["drop_ids"] and first["content_sha256"] and first["sent_at"]
     for hour in HOURS:
@@ -103,7 +72,7 @@ def test_late_rows_are_corrected_by_a_later_run(env):
     run = run_hourly(HOURS[2])
     assert run.state == "success"
     after = env["double"].double.cost_by_hour(CONNECTION_ID)
-    assert after == source_by_hour(env["db"])
+    assert after == spend_by_hour(env["db"])
     assert after["2026-11-01T10:00:00Z"] - before == Decimal("4.5")
     manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
     assert manifest["late_corrections"] == 1
@@ -131,7 +100,7 @@ def test_faults_are_ridden_out(env):
     ]
     assert tries == [2, 1, 1]
     double = srv.double
-    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
     assert double.concurrent_requests == 0
     assert sum(1 for r in double.requests if r.get("replayed")) == 1
     assert sorted(r["status"] for r in double.requests if r.get("injected")) == [429, 503, 503]
@@ -148,7 +117,7 @@ def test_split_hour_failing_after_first_chunk_is_resent_from_the_start(env, monk
     assert run.state == "success"
     double = srv.double
     assert double.cost_by_hour(CONNECTION_ID) == {
-        "2026-11-01T10:00:00Z": source_by_hour(env["db"])["2026-11-01T10:00:00Z"]
+        "2026-11-01T10:00:00Z": spend_by_hour(env["db"])["2026-11-01T10:00:00Z"]
     }
     applied = [r for r in double.requests if r.get("applied")]
     ops = [r["operation"] for r in applied]
@@ -196,7 +165,7 @@ def test_range_dag_bad_hour_fails_alone_and_a_rerun_sends_only_it(env, capfd):
         out.out + out.err
     )
     held = env["double"].double.cost_by_hour(CONNECTION_ID)
-    source = source_by_hour(env["db"])
+    source = spend_by_hour(env["db"])
     assert set(held) == {"2026-11-01T10:00:00Z", "2026-11-01T12:00:00Z"}
     assert all(held[h] == source[h] for h in held)
     manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T11Z.json").read_text())
@@ -209,7 +178,7 @@ def test_range_dag_bad_hour_fails_alone_and_a_rerun_sends_only_it(env, capfd):
     assert rerun.state == "success"
     sent = env["double"].double.requests[before:]
     assert [r["hours"] for r in sent] == [["2026-11-01T11:00:00Z"]], "only the hour CloudZero lacked is sent"
-    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
 
 
 def test_range_dag_maps_only_chunks_with_spend(env):
@@ -225,7 +194,7 @@ def test_range_dag_maps_only_chunks_with_spend(env):
     summary = xcom_key("litellm_cloudzero_range", run.run_id, "plan", "summary")
     assert summary["hours"] == 96 and summary["hours_with_spend"] == 3 and summary["chunks"] == 1
     assert summary["chunks_skipped_empty"] == 3 and summary["requests"] == 3 * 50 + 11 + 22 + 2
-    assert env["double"].double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
 
 
 def test_range_dag_dry_run_from_the_cli(env):
@@ -252,7 +221,7 @@ def test_dry_run_summary_in_xcom(env):
     assert run.state == "success"
     (summary,) = xcom("litellm_cloudzero_range", run.run_id, "chunk.upload").values()
     assert summary["dry_run"] is True and summary["records"] > 0
-    assert Decimal(summary["total_cost"]) == source_by_hour(env["db"])["2026-11-01T10:00:00Z"]
+    assert Decimal(summary["total_cost"]) == spend_by_hour(env["db"])["2026-11-01T10:00:00Z"]
     assert summary["services"] == ["litellm"] and summary["requests"] == 1
     assert env["double"].double.requests == []
 
@@ -285,7 +254,7 @@ def test_413_splits_the_request_and_sends_the_hours_again(env, monkeypatch):
     LiteLLMSpendExtractOperator(task_id="e", **kw).execute({})
     CBFTransformOperator(task_id="t", **kw).execute({})
     result = AnyCostUploadOperator(task_id="u", max_request_bytes=1_000_000, **kw).execute({})
-    assert double.cost_by_hour(CONNECTION_ID) == source_by_hour(env["db"])
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
     statuses = [r["status"] for r in double.requests]
     k = statuses.count(413)
     assert 1 <= k <= 3 and statuses == [413] * k + [200] * (len(statuses) - k), (
@@ -341,7 +310,7 @@ def test_a_failed_run_shows_failed_and_the_next_run_exports_its_hour(env, manife
     assert run.state == "success"
     late = xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]
     assert late["corrected"] == ["2026-11-01T10Z"]
-    source = source_by_hour(env["db"])
+    source = spend_by_hour(env["db"])
     held = env["double"].double.cost_by_hour(CONNECTION_ID)
     assert held == {h: source[h] for h in ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z")}
     assert json.loads(path.read_text())["status"] == "exported"

@@ -299,3 +299,8 @@ def test_request_tag_edge_cases(db):
     _, _, cbf = run_window(H13, dimensions=["tag:taskName"])
     by_value = {r.get("resource/tag:tag.taskName"): r["cost/cost"] for r in cbf}
     assert by_value == {None: "0.5", "y": "0.2", "a:b/c d": "0.8"}
+
+
+def test_daily_rollup_refuses_a_dimension_it_cannot_give(db):
+    with pytest.raises(AirflowFailException, match=r"LiteLLM_DailyTeamSpend cannot give dimension\(s\) \['end_user'\]"):
+        run_window("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", source="daily_team", dimensions=["end_user"])

@@ -1,0 +1,119 @@
+"""The daily-rollup DAG for proxies without spend logs, and one owner per day and stream (both schema ages)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+from cloudzero_provider.testing.fixtures import CONNECTION_ID
+from cloudzero_provider.testing.runs import task_instances, xcom
+from cloudzero_provider.testing.seed import (
+    insert_spend_logs,
+    roll_up_daily,
+    seed_synthetic,
+    spend_by_day,
+    spend_by_hour,
+    spend_log,
+)
+
+DAY1 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+DAY2 = DAY1 + timedelta(days=1)
+HOURS = [DAY1 + timedelta(hours=h) for h in (10, 11, 12)]
+TWO_DAYS = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-03T00:00:00Z"}
+
+
+def seed(db: str, schema_age: str) -> None:
+    for i, hour in enumerate([*HOURS, DAY2 + timedelta(hours=5)]):
+        seed_synthetic(db, hour, 120 + 7 * i, id_prefix=f"d{i}", with_organization=schema_age != "2025-05")
+    insert_spend_logs(db, [spend_log("tiny", HOURS[0] + timedelta(minutes=3), 1e-12, team_id="t-tiny")])
+
+
+def run_daily(**conf):
+    from cloudzero_provider.ready_dags import build_daily_rollup_dag
+
+    return build_daily_rollup_dag().test(run_conf=conf)
+
+
+def run_hourly(hour: datetime):
+    from cloudzero_provider.ready_dags import build_hourly_dag
+
+    return build_hourly_dag().test(logical_date=hour + timedelta(hours=1))
+
+
+def test_days_land_at_midnight_exactly_and_the_hourly_export_leaves_them_alone(env, schema_age):
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)  # spend logs disabled: only the rollups remain
+    expected = spend_by_day(env["db"])
+    assert set(expected) == {"2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"}
+
+    run = run_daily(**TWO_DAYS)
+    assert run.state == "success"
+    double = env["double"].double
+    assert double.cost_by_hour(CONNECTION_ID) == expected
+    labels = {ti[2] for (task, _), ti in task_instances("litellm_cloudzero_daily_rollup", run.run_id).items()
+              if task == "day.upload"}  # fmt: skip
+    assert labels == {"2026-11-01", "2026-11-02"}
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T00Z.json").read_text())
+    assert manifest["origin"] == "daily_team" and Decimal(manifest["cost"]) == expected["2026-11-01T00:00:00Z"]
+    snapshot, sent = double.snapshot(CONNECTION_ID), len(double.requests)
+
+    # the hourly export finds no spend logs and says why, sends nothing
+    hourly = run_hourly(HOURS[0])
+    assert hourly.state == "success"
+    (extracted,) = xcom("litellm_cloudzero_hourly", hourly.run_id, "extract").values()
+    assert "spend logs look disabled or purged for 2026-11-01" in extracted["hint"]
+    assert "use litellm_cloudzero_daily_rollup" in extracted["hint"]
+    # a stray spend-log row in hour 00 of a daily-owned day is not sent: it would erase the day's rollup
+    insert_spend_logs(env["db"], [spend_log("stray", DAY1 + timedelta(minutes=30), 0.75, team_id="t1")])
+    stray = run_hourly(DAY1)
+    assert stray.state == "success"
+    (uploaded,) = xcom("litellm_cloudzero_hourly", stray.run_id, "upload").values()
+    assert uploaded["skipped_owned"] == ["2026-11-01T00Z"] and uploaded["hours"] == []
+    assert double.snapshot(CONNECTION_ID) == snapshot and len(double.requests) == sent
+
+    again = run_daily(**TWO_DAYS)
+    assert again.state == "success"
+    assert double.snapshot(CONNECTION_ID) == snapshot and len(double.requests) == sent, "a second run sent data"
+
+
+def test_one_owner_per_day_and_an_explicit_switch_each_way(env, schema_age, capfd, caplog):
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"])  # spend logs kept: both sources hold the day
+    for hour in HOURS:
+        assert run_hourly(hour).state == "success"
+    double = env["double"].double
+    hourly_state = double.snapshot(CONNECTION_ID)
+    day1 = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
+
+    refused = run_daily(**day1)
+    assert refused.state == "failed"
+    out = capfd.readouterr()
+    text = out.out + out.err
+    assert "2026-11-01 of this stream already holds hourly data exported from spend logs" in text
+    assert "trigger litellm_cloudzero_daily_rollup for that day with take_over=true" in text
+    assert double.snapshot(CONNECTION_ID) == hourly_state
+
+    switched = run_daily(**day1, take_over=True)
+    assert switched.state == "success"
+    held = double.cost_by_hour(CONNECTION_ID)
+    assert held["2026-11-01T00:00:00Z"] == spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
+    assert all(held[h] == 0 for h in ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z", "2026-11-01T12:00:00Z"))
+
+    # the hourly export now leaves the day alone, with a warning naming the day and the owner
+    daily_state = double.snapshot(CONNECTION_ID)
+    caplog.clear()
+    assert run_hourly(HOURS[1]).state == "success"
+    assert "2026-11-01 of this stream is owned by the daily-rollup export (daily_team)" in caplog.text
+    assert double.snapshot(CONNECTION_ID) == daily_state
+
+    back = build_range_dag().test(run_conf={**day1, "take_over": True})
+    assert back.state == "success"
+    held = double.cost_by_hour(CONNECTION_ID)
+    source = spend_by_hour(env["db"])
+    assert held["2026-11-01T00:00:00Z"] == 0, "the daily rows at 00:00 were cleared"
+    assert {h: held[h] for h in source if h.startswith("2026-11-01")} == {
+        h: v for h, v in source.items() if h.startswith("2026-11-01")
+    }
