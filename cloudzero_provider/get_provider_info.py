@@ -46,7 +46,10 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "plugins": [
-            {"name": "cloudzero_ledger", "plugin-class": "cloudzero_provider.plugins.ledger.CloudZeroLedgerPlugin"}
+            {
+                "name": "cloudzero_ledger",
+                "plugin-class": "cloudzero_provider.plugins.ledger.CloudZeroLedgerPlugin",
+            }
         ],
         "config": {
             "cloudzero": {

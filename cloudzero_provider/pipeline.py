@@ -239,7 +239,8 @@ def transform_window(window: Window, stage: WindowStage) -> dict[str, Any]:
     total = exact_decimal(exact_sum(cost.values()))
     hours = {h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)}
     stage.write_json(
-        "transform.json", {"rows": written, "cost": total, "hours": hours, "extracted_at": extract["extracted_at"]}
+        "transform.json",
+        {"rows": written, "cost": total, "hours": hours, "extracted_at": extract["extracted_at"]},
     )
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
@@ -283,7 +284,9 @@ def _staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[str, list[byte
             for h, fig in sorted(recorded["hours"].items())
             if len(by_hour.get(h, [])) != fig["rows"] or cost.get(h, Decimal(0)) != Decimal(fig["cost"])
         ]
-        problems += [f"hour {h}: in cbf.jsonl but not in transform.json" for h in by_hour if h not in recorded["hours"]]
+        problems += [
+            f"hour {h}: in cbf.jsonl but not in transform.json" for h in by_hour if h not in recorded["hours"]
+        ]
         if not problems:
             return by_hour, recorded
         if attempt == 1:
@@ -381,7 +384,9 @@ def _send_all(
             for h in req.hours:
                 manifests.mark(parse_hour(h), status="sending", run=salt)
         try:
-            answer = hook.post_billing_drop(req.body, idempotency_key=req.idempotency_key(connection_id, salt))
+            answer = hook.post_billing_drop(
+                req.body, idempotency_key=req.idempotency_key(connection_id, salt)
+            )
         except CloudZeroRequestTooLarge:
             smaller = len(req.body) // 2
             if smaller < MIN_REQUEST_BYTES:
@@ -437,7 +442,11 @@ def day_owner(manifests: ManifestStore, day: datetime) -> str | None:
         return str(first["origin"])
     for hour in Window(day, day + DAY).hour_starts():
         m = manifests.get(hour)
-        if m and m.get("origin", "spend_logs") == "spend_logs" and (m.get("drop_ids") or m.get("status") == "sending"):
+        if (
+            m
+            and m.get("origin", "spend_logs") == "spend_logs"
+            and (m.get("drop_ids") or m.get("status") == "sending")
+        ):
             return "spend_logs"
     return None
 
@@ -466,7 +475,9 @@ def _apply_ownership(
 ) -> set[str]:
     """Drop the hours another source owns into ``dropped`` (or, with ``take_over``, add the clearing rows that
     switch them); returns the hours to clear."""
-    days = sorted({parse_hour(h).replace(hour=0) for h in rows_by_hour} | {d.start for d in window.each_day()})
+    days = sorted(
+        {parse_hour(h).replace(hour=0) for h in rows_by_hour} | {d.start for d in window.each_day()}
+    )
     clear: set[str] = set()
     for day in days:
         owner = day_owner(manifests, day)

@@ -184,7 +184,9 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
 def range_window(start: Any, end: Any) -> Window:
     """The window ``[start, end)`` of a range run; a clear error for anything else."""
     if not start or not end:
-        raise AirflowFailException("Give both params: start and end (ISO-8601, hour-aligned; UTC or with offset).")
+        raise AirflowFailException(
+            "Give both params: start and end (ISO-8601, hour-aligned; UTC or with offset)."
+        )
     try:
         window = Window.of(start, end)
     except ValueError as exc:
@@ -358,7 +360,10 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 map_index_template=label,
             )
             transform = CBFTransformOperator(
-                task_id="transform", window_start=window_start, window_end=window_end, map_index_template=label
+                task_id="transform",
+                window_start=window_start,
+                window_end=window_end,
+                map_index_template=label,
             )
             upload = AnyCostUploadOperator(
                 task_id="upload",
@@ -514,9 +519,13 @@ def rollup_days(params: dict[str, Any], interval_start: Any, interval_end: Any) 
     except (ValueError, TypeError) as exc:
         raise AirflowFailException(f"Invalid days: {exc}. Give start and end at 00:00 UTC.") from None
     if not window.is_day_aligned:
-        raise AirflowFailException(f"The daily rollup exports whole UTC days; {window} is not (use 00:00 UTC).")
+        raise AirflowFailException(
+            f"The daily rollup exports whole UTC days; {window} is not (use 00:00 UTC)."
+        )
     if window.hours > MAX_RANGE_HOURS:
-        raise AirflowFailException(f"At most {MAX_RANGE_HOURS // 24} days per run; {window} has {window.hours // 24}.")
+        raise AirflowFailException(
+            f"At most {MAX_RANGE_HOURS // 24} days per run; {window} has {window.hours // 24}."
+        )
     return [{"window_start": iso_hour(d.start), "window_end": iso_hour(d.end)} for d in window.each_day()]
 
 
@@ -558,9 +567,13 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
         default_args=_default_args(settings),
         user_defined_filters={"cz_window": lambda start, end: Window.of(start, end).display},
         params={
-            "start": Param(None, type=["null", "string"], format="date-time", title="First day (manual runs)"),
+            "start": Param(
+                None, type=["null", "string"], format="date-time", title="First day (manual runs)"
+            ),
             "end": Param(None, type=["null", "string"], format="date-time", title="Day after the last one"),
-            "dry_run": Param(False, type="boolean", title="Dry run", description="Write the bodies; send nothing."),
+            "dry_run": Param(
+                False, type="boolean", title="Dry run", description="Write the bodies; send nothing."
+            ),
             "take_over": Param(
                 False,
                 type="boolean",
@@ -574,7 +587,9 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
 
         @task(retries=0)
         def plan_days(
-            params: dict[str, Any] | None = None, data_interval_start: Any = None, data_interval_end: Any = None
+            params: dict[str, Any] | None = None,
+            data_interval_start: Any = None,
+            data_interval_end: Any = None,
         ) -> list[dict[str, str]]:
             return rollup_days(params or {}, data_interval_start, data_interval_end)
 
@@ -592,7 +607,10 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                 map_index_template=label,
             )
             transform = CBFTransformOperator(
-                task_id="transform", window_start=window_start, window_end=window_end, map_index_template=label
+                task_id="transform",
+                window_start=window_start,
+                window_end=window_end,
+                map_index_template=label,
             )
             upload = AnyCostUploadOperator(
                 task_id="upload",

@@ -93,7 +93,9 @@ class WindowStage:
     def _existing(self, name: str) -> ObjectStoragePath:
         path = self.path(name)
         if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist: did the previous task of window {self.window} run?")
+            raise FileNotFoundError(
+                f"{path} does not exist: did the previous task of window {self.window} run?"
+            )
         return path
 
     def read_jsonl(self, name: str) -> Iterator[Any]:

@@ -124,7 +124,9 @@ class Window:
         out, cursor = [], self.start
         while cursor < self.end:
             since_midnight = int((cursor - cursor.replace(hour=0)) / HOUR)
-            boundary = cursor + HOUR * (hours - since_midnight % hours) if 24 % hours == 0 else cursor + HOUR * hours
+            boundary = (
+                cursor + HOUR * (hours - since_midnight % hours) if 24 % hours == 0 else cursor + HOUR * hours
+            )
             piece_end = min(boundary, self.end)
             out.append(Window(cursor, piece_end))
             cursor = piece_end

@@ -88,7 +88,9 @@ class LateDataOperator(CloudZeroBaseOperator):
                 if not requests or (floor and hour_window.start < floor):
                     continue
                 if self._run_in_flight(context, hour_window.start):
-                    self.log.info("%s has spend and no export yet; its own run is still in flight", hour_window.label)
+                    self.log.info(
+                        "%s has spend and no export yet; its own run is still in flight", hour_window.label
+                    )
                     continue
                 if requests:
                     changed.append((hour_window, f"never exported, yet the source holds {requests} requests / "
@@ -141,6 +143,3 @@ class LateDataOperator(CloudZeroBaseOperator):
                        f"{len(failures)}: " + "; ".join(failures))  # fmt: skip
             raise (AirflowException if retryable else AirflowFailException)(message)
         return {"checked": labels, "corrected": corrected}
-
-
-

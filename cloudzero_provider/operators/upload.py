@@ -48,7 +48,12 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     """
 
     # ``dry_run`` is stored as ``dry_run_only``: BaseOperator already has a ``dry_run()`` method.
-    template_fields: Sequence[str] = (*CloudZeroBaseOperator.template_fields, "dry_run_only", "limit", "take_over")
+    template_fields: Sequence[str] = (
+        *CloudZeroBaseOperator.template_fields,
+        "dry_run_only",
+        "limit",
+        "take_over",
+    )
     ui_color = "#e9f7ef"
 
     def __init__(
@@ -77,7 +82,9 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
         dry_run, limit = as_bool(self.dry_run_only), as_limit(self.limit)
         check_dry_run_limit(dry_run, limit)
         if dry_run:
-            return dry_run_window(window, self.target.stage, limit=limit, max_request_bytes=self.max_request_bytes)
+            return dry_run_window(
+                window, self.target.stage, limit=limit, max_request_bytes=self.max_request_bytes
+            )
         result = upload_window(
             self.cloudzero_hook,
             window,

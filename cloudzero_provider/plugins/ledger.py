@@ -40,6 +40,7 @@ def _read_access() -> Any:
     try:
         from airflow.api_fastapi.core_api.security import requires_access_dag
     except ImportError:  # outside an API server install; the app cannot be served then anyway
+
         def refuse() -> None:
             raise HTTPException(503, "Airflow's API security module is not available")
 
@@ -126,7 +127,8 @@ def ledger(
         raise HTTPException(400, "start must be before end, at most 31 days apart")
     rows = ledger_rows(target, start_h, end_h)
     counts = {
-        s: sum(1 for r in rows if r["status"] == s) for s in ("exported", "late-corrected", "failed", "not yet")
+        s: sum(1 for r in rows if r["status"] == s)
+        for s in ("exported", "late-corrected", "failed", "not yet")
     }
     e = html.escape
     links = (
@@ -142,7 +144,9 @@ def ledger(
         f"<td>{e(str(r['drops']))}</td><td>{e(str(r['sent_at']))}</td></tr>"
         for r in reversed(rows)
     )
-    summary = " &middot; ".join(f'<span id="count-{k.replace(" ", "-")}">{v} {k}</span>' for k, v in counts.items())
+    summary = " &middot; ".join(
+        f'<span id="count-{k.replace(" ", "-")}">{v} {k}</span>' for k, v in counts.items()
+    )
     return _page(f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>CloudZero export ledger</title>
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#1b2631}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #d5d8dc;padding:4px 8px}} th{{background:#eaf2f8}} .st-exported td:nth-child(2){{color:#1e8449}}

@@ -63,7 +63,12 @@ def double() -> Iterator[CloudZeroDoubleServer]:
 def cloudzero_conn_json(url: str, key: str = API_KEY, **extra: object) -> str:
     """A ``cloudzero`` connection as JSON for an ``AIRFLOW_CONN_*`` variable."""
     return json.dumps(
-        {"conn_type": "cloudzero", "host": url, "password": key, "extra": {"connection_id": CONNECTION_ID, **extra}}
+        {
+            "conn_type": "cloudzero",
+            "host": url,
+            "password": key,
+            "extra": {"connection_id": CONNECTION_ID, **extra},
+        }
     )
 
 

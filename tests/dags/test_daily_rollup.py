@@ -55,7 +55,9 @@ def test_days_land_at_midnight_exactly_and_the_hourly_export_leaves_them_alone(e
               if task == "day.upload"}  # fmt: skip
     assert labels == {"2026-11-01", "2026-11-02"}
     manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T00Z.json").read_text())
-    assert manifest["origin"] == "daily_team" and Decimal(manifest["cost"]) == expected["2026-11-01T00:00:00Z"]
+    assert (
+        manifest["origin"] == "daily_team" and Decimal(manifest["cost"]) == expected["2026-11-01T00:00:00Z"]
+    )
     snapshot, sent = double.snapshot(CONNECTION_ID), len(double.requests)
 
     # the hourly export finds no spend logs and says why, sends nothing
@@ -74,7 +76,9 @@ def test_days_land_at_midnight_exactly_and_the_hourly_export_leaves_them_alone(e
 
     again = run_daily(**TWO_DAYS)
     assert again.state == "success"
-    assert double.snapshot(CONNECTION_ID) == snapshot and len(double.requests) == sent, "a second run sent data"
+    assert double.snapshot(CONNECTION_ID) == snapshot and len(double.requests) == sent, (
+        "a second run sent data"
+    )
 
 
 def test_one_owner_per_day_and_an_explicit_switch_each_way(env, schema_age, capfd, caplog):

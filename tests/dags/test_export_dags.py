@@ -156,13 +156,16 @@ def test_range_dag_bad_hour_fails_alone_and_a_rerun_sends_only_it(env, capfd):
     assert run.state == "failed"
     states = task_instances("litellm_cloudzero_range", run.run_id)
     by_task = {task: ti for (task, _), ti in states.items()}
-    assert {ti[2] for task, ti in by_task.items() if task.startswith("chunk.")} == {"2026-11-01T10Z--2026-11-01T13Z"}
+    assert {ti[2] for task, ti in by_task.items() if task.startswith("chunk.")} == {
+        "2026-11-01T10Z--2026-11-01T13Z"
+    }
     assert [by_task[t][:2] for t in ("chunk.extract", "chunk.transform", "chunk.upload")] == [
         ("success", 1), ("success", 1), ("failed", 1)
     ]  # fmt: skip
     out = capfd.readouterr()
-    assert "2026-11-01T11Z: 1 invalid LiteLLM_SpendLogs row(s) -- hour 2026-11-01T11:00:00Z: 1 spend is NaN" in (
-        out.out + out.err
+    assert (
+        "2026-11-01T11Z: 1 invalid LiteLLM_SpendLogs row(s) -- hour 2026-11-01T11:00:00Z: 1 spend is NaN"
+        in (out.out + out.err)
     )
     held = env["double"].double.cost_by_hour(CONNECTION_ID)
     source = spend_by_hour(env["db"])

@@ -302,5 +302,9 @@ def test_request_tag_edge_cases(db):
 
 
 def test_daily_rollup_refuses_a_dimension_it_cannot_give(db):
-    with pytest.raises(AirflowFailException, match=r"LiteLLM_DailyTeamSpend cannot give dimension\(s\) \['end_user'\]"):
-        run_window("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", source="daily_team", dimensions=["end_user"])
+    with pytest.raises(
+        AirflowFailException, match=r"LiteLLM_DailyTeamSpend cannot give dimension\(s\) \['end_user'\]"
+    ):
+        run_window(
+            "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", source="daily_team", dimensions=["end_user"]
+        )

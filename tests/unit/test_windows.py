@@ -38,7 +38,11 @@ def test_window_errors(start, end, message):
 def test_chunks_cover_the_window_exactly_aligned_to_days():
     w = Window.of("2026-11-01T10:00:00Z", "2026-11-03T05:00:00Z")
     chunks = w.chunks(24)
-    assert [c.display for c in chunks] == ["2026-11-01T10Z--2026-11-02T00Z", "2026-11-02", "2026-11-03T00Z--2026-11-03T05Z"]
+    assert [c.display for c in chunks] == [
+        "2026-11-01T10Z--2026-11-02T00Z",
+        "2026-11-02",
+        "2026-11-03T00Z--2026-11-03T05Z",
+    ]
     assert [c.label for c in w.chunks(6)][:3] == ["2026-11-01T10Z--2026-11-01T12Z", "2026-11-01T12Z--2026-11-01T18Z",
                                                    "2026-11-01T18Z--2026-11-02T00Z"]  # fmt: skip
     for size in (1, 5, 6, 24, 48):
