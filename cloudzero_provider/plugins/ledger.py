@@ -52,7 +52,7 @@ LEDGER_ACCESS = _read_access()
 
 
 def hour_status(manifest: dict[str, Any] | None) -> str:
-    """exported | late-corrected | failed | not yet."""
+    """exported | late-corrected | failed | not yet (``ledger_rows`` adds the daily-rollup states)."""
     if manifest is None:
         return "not yet"
     status = STATUS_LABEL.get(str(manifest.get("status")), "failed")
@@ -64,12 +64,23 @@ def hour_status(manifest: dict[str, Any] | None) -> str:
 def ledger_rows(target: ExportTarget, start: datetime, end: datetime) -> list[dict[str, Any]]:
     """One row per hour of ``[start, end)``, each manifest read once."""
     rows, hour = [], start
+    daily_days: dict[datetime, str | None] = {}
     while hour < end:
         manifest = target.manifests.get(hour) or None
         m = manifest or {}
+        day = hour.replace(hour=0)
+        if day not in daily_days:  # the daily-rollup export owns a day through its 00:00 manifest
+            first = manifest if hour == day else target.manifests.get(day)
+            origin = str((first or {}).get("origin", ""))
+            daily_days[day] = origin if origin.startswith("daily") else None
+        status = hour_status(manifest)
+        if daily_days[day] and (
+            manifest is None or manifest.get("origin") == daily_days[day] or manifest.get("cleared")
+        ):
+            status = f"daily ({daily_days[day]})" if hour == day else "in daily rollup"
         rows.append({
             "hour": iso_hour(hour),
-            "status": hour_status(manifest),
+            "status": status,
             "rows": m.get("rows", ""),
             "source_cost": (m.get("source") or {}).get("spend", "") if isinstance(m.get("source"), dict) else "",
             "sent_cost": m.get("cost", ""),
@@ -130,6 +141,9 @@ def ledger(
         s: sum(1 for r in rows if r["status"] == s)
         for s in ("exported", "late-corrected", "failed", "not yet")
     }
+    daily = sum(1 for r in rows if r["status"].startswith("daily"))
+    if daily:
+        counts["daily-rollup days"] = daily
     e = html.escape
     links = (
         "".join(
@@ -151,7 +165,7 @@ def ledger(
 <style>body{{font-family:system-ui,sans-serif;margin:24px;color:#1b2631}} table{{border-collapse:collapse;font-size:13px}}
 td,th{{border:1px solid #d5d8dc;padding:4px 8px}} th{{background:#eaf2f8}} .st-exported td:nth-child(2){{color:#1e8449}}
 .st-late-corrected td:nth-child(2){{color:#b9770e}} .st-failed td:nth-child(2){{color:#c0392b;font-weight:600}}
-.st-not-yet td:nth-child(2){{color:#7f8c8d}}</style></head><body>
+.st-not-yet td:nth-child(2){{color:#7f8c8d}} tr[class^="st-daily"] td:nth-child(2),.st-in-daily-rollup td:nth-child(2){{color:#2874a6}}</style></head><body>
 <h1>CloudZero export ledger &mdash; {e(stream)}</h1>
 <p>{start_h:%Y-%m-%d %H:00} to {end_h:%Y-%m-%d %H:00} UTC: {summary}</p>
 <h2>Latest reports</h2><ul id="reports">{links}</ul>
