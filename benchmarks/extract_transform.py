@@ -2,6 +2,7 @@
 
     ./dev bench                      # 100,000 and 1,000,000 spend-log rows in one hour
     ./dev bench --rows 250000        # any sizes
+    ./dev bench --daily              # a month of LiteLLM_DailyTeamSpend rollups (the daily-rollup DAG's read)
 
 Each size runs in a fresh child process so its peak RSS is its own. Figures are printed, never asserted.
 """
@@ -22,6 +23,73 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 HOUR = datetime(2026, 11, 1, 13, tzinfo=timezone.utc)
+MONTH = ("2026-10-01T00:00:00Z", "2026-10-31T00:00:00Z")  # 30 UTC days
+DAILY_DIMENSIONS = ["team_id", "api_key_alias", "model", "model_group", "provider"]
+
+
+def seed_daily_month(url: str, rows_per_day: int) -> None:
+    """``rows_per_day`` rollup rows (team x key x model x provider) for each of the month's 30 days, inside
+    PostgreSQL, with their keys in LiteLLM_VerificationToken for the alias lookup."""
+    import psycopg2
+
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(
+            """INSERT INTO "LiteLLM_VerificationToken" (token, key_alias)
+               SELECT md5('key' || k), 'alias-' || k FROM generate_series(0, 199) AS k"""
+        )
+        cur.execute(
+            """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, model_group,
+                   custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests,
+                   successful_requests, failed_requests, updated_at)
+               SELECT d || '-' || i, 'team-' || mod(i, 40), to_char(date '2026-10-01' + d, 'YYYY-MM-DD'),
+                      md5('key' || mod(i, 200)), 'model-' || mod(i, 12), 'group-' || mod(i, 12),
+                      (ARRAY['openai','anthropic','bedrock','vertex_ai'])[1 + mod(i, 4)],
+                      1000 + mod(i * 7919, 90000), 100 + mod(i, 7000),
+                      round((0.0001 * (1 + mod(i * 7919, 5000)))::numeric, 10)::float8, 1 + mod(i, 500),
+                      1 + mod(i, 500), 0, now()
+               FROM generate_series(0, 29) AS d, generate_series(0, %(rows)s - 1) AS i""",
+            {"rows": rows_per_day},
+        )
+        cur.execute('ANALYZE "LiteLLM_DailyTeamSpend"')
+    conn.close()
+
+
+def measure_daily(url: str) -> dict:
+    """Runs in the child: the daily-rollup extract + transform of a month, and PostgreSQL alone."""
+    os.environ["AIRFLOW_CONN_LITELLM_DB"] = url.replace("postgresql://", "postgres://", 1)
+    os.environ["CLOUDZERO_STAGING_URI"] = tempfile.mkdtemp(prefix="cz-bench-")
+    import psycopg2
+
+    from cloudzero_provider.dimensions import resolve
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.windows import Window
+
+    window = Window.of(*MONTH)
+    sql, params = LiteLLMSpendHook().aggregate_sql(window, resolve(DAILY_DIMENSIONS), "daily_team")
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for _ in range(2):
+            cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+            plan = cur.fetchone()[0][0]
+        pg_seconds = plan["Execution Time"] / 1000
+        cur.execute('SELECT count(*) FROM "LiteLLM_DailyTeamSpend"')
+        table_rows = cur.fetchone()[0]
+    started = time.perf_counter()
+    kw = {"window_start": MONTH[0], "window_end": MONTH[1]}
+    extracted = LiteLLMSpendExtractOperator(
+        task_id="extract", source="daily_team", dimensions=DAILY_DIMENSIONS, **kw
+    ).execute({})
+    transformed = CBFTransformOperator(task_id="transform", **kw).execute({})
+    total_seconds = time.perf_counter() - started
+    return {
+        "table_rows": table_rows,
+        "requests": extracted["requests"],
+        "cbf_rows": transformed["rows"],
+        "pg_seconds": pg_seconds,
+        "extract_transform_seconds": total_seconds,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def measure(url: str, dims: list[str] | None) -> dict:
@@ -70,11 +138,16 @@ def main() -> None:
     )
     parser.add_argument("--rows", type=int, action="append", help="spend-log rows in the hour (repeatable)")
     parser.add_argument("--dimensions", help="comma-separated dimensions (default: the default set)")
+    parser.add_argument("--daily", action="store_true", help="a month of daily rollups instead of one hour")
+    parser.add_argument("--daily-rows", type=int, default=5000, help="rollup rows per day (default 5000)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     dims = args.dimensions.split(",") if args.dimensions else None
     if args.child:
-        print(json.dumps(measure(args.child, dims)))
+        print(json.dumps(measure_daily(args.child) if args.daily else measure(args.child, dims)))
+        return
+    if args.daily:
+        run_daily(args.daily_rows)
         return
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cz-bench-home-"))
@@ -107,6 +180,30 @@ def main() -> None:
                 flush=True,
             )
             pg.drop_database(url)
+
+
+def run_daily(rows_per_day: int) -> None:
+    os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cz-bench-home-"))
+    from cloudzero_provider.testing.postgres import ThrowawayPostgres
+
+    with ThrowawayPostgres() as pg:
+        url = pg.create_database()
+        started = time.perf_counter()
+        seed_daily_month(url, rows_per_day)
+        seeded = time.perf_counter() - started
+        cmd = [sys.executable, __file__, "--child", url, "--daily"]
+        r = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        )
+        print(
+            f"daily rollup, 30 days x {rows_per_day:,} rows ({r['table_rows']:,} table rows, {r['requests']:,} "
+            f"requests): {r['cbf_rows']:,} CBF rows; PostgreSQL {r['pg_seconds']:.2f}s, extract+transform "
+            f"{r['extract_transform_seconds']:.2f}s ({r['extract_transform_seconds'] / r['pg_seconds']:.2f}x), "
+            f"{r['table_rows'] / r['extract_transform_seconds']:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f}MB "
+            f"(seeded in {seeded:.1f}s)",
+            flush=True,
+        )
+        pg.drop_database(url)
 
 
 if __name__ == "__main__":
