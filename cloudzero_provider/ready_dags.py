@@ -84,6 +84,10 @@ def _choice_params(settings: ExportSettings) -> dict[str, Param]:
 
 
 COMMON_DOC = """
+**Before the first run** create the upload pool, once: `airflow pools set cloudzero_anycost 1 "AnyCost uploads, one
+at a time"` (or Admin -> Pools; the name is the `CLOUDZERO_POOL` setting). Without it Airflow never schedules the
+upload tasks: they stay "scheduled" with no log, and the scheduler's log says the pool does not exist.
+
 **What each run does.** `extract` aggregates the window's `LiteLLM_SpendLogs` inside PostgreSQL (one statement,
 spend summed as `numeric`); `transform` turns it into CloudZero Billing Format rows and reconciles every hour to
 the source's `SUM(spend::numeric)` exactly; `upload` sends whole hours with `replace_hourly` (re-runs replace,

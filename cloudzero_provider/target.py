@@ -44,8 +44,10 @@ class ExportTarget:
     def dir(self) -> ObjectStoragePath:
         return staging_root(self.staging_uri) / self.conn_id
 
-    def stage(self, window: Window) -> WindowStage:
-        return WindowStage(self.dir, window)
+    def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
+        """The window's folder; ``area`` (e.g. ``late``) keeps a pass that re-exports hours out of the folders a
+        scheduled run of the same hour may be writing at the same moment."""
+        return WindowStage(self.dir / area if area else self.dir, window)
 
     @cached_property
     def manifests(self) -> ManifestStore:
