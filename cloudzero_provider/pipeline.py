@@ -29,7 +29,7 @@ from cloudzero_provider.windows import DAY, Window, day_label, hour_label, iso_h
 log = logging.getLogger(__name__)
 
 INVALID_POLICIES = ("fail", "quarantine")
-SOURCES = ("spend_logs", "daily_team", "daily_user")
+SOURCES = ("spend_logs", "daily_team", "daily_user", "daily_tag")
 MIN_REQUEST_BYTES = 16_384
 
 
@@ -422,7 +422,7 @@ def _send_all(
 
 # -- source ownership -------------------------------------------------------------------------------------
 
-DAILY_ORIGINS = ("daily_team", "daily_user")
+DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
 SWITCH_HINT = {
     "spend_logs": "trigger litellm_cloudzero_range for that day with take_over=true",
     "daily": "trigger litellm_cloudzero_daily_rollup for that day with take_over=true",

@@ -557,6 +557,7 @@ daily data, trigger this DAG for it with `take_over` (its hourly rows are cleare
 to switch back, trigger `{RANGE_DAG_ID}` for it with `take_over`.
 
 Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
+{"" if not settings.daily_tag_conn_id else f"Request tags `{settings.daily_tag_prefix}:<value>` go from LiteLLM_DailyTagSpend to their own stream, connection `{settings.daily_tag_conn_id}` (group `tag_day`)."}
 {COMMON_DOC}
 **Settings**:
 
@@ -632,5 +633,36 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             )
             extract >> transform >> upload
 
-        export_day.expand_kwargs(plan_days())
+        days = plan_days()
+        export_day.expand_kwargs(days)
+        if settings.daily_tag_conn_id:
+
+            @task_group(group_id="tag_day")
+            def export_tag_day(window_start: str, window_end: str) -> None:
+                kw: dict[str, Any] = {
+                    "window_start": window_start,
+                    "window_end": window_end,
+                    "cloudzero_conn_id": settings.daily_tag_conn_id,
+                    "map_index_template": label,
+                }
+                extract = LiteLLMSpendExtractOperator(
+                    task_id="extract",
+                    source="daily_tag",
+                    dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"],
+                    on_invalid=settings.on_invalid,
+                    **kw,
+                )
+                transform = CBFTransformOperator(task_id="transform", **kw)
+                upload = AnyCostUploadOperator(
+                    task_id="upload",
+                    dry_run="{{ params.dry_run }}",
+                    origin="daily_tag",
+                    skip_unchanged=True,
+                    max_request_bytes=settings.max_request_bytes,
+                    pool=settings.pool,
+                    **kw,
+                )
+                extract >> transform >> upload
+
+            export_tag_day.expand_kwargs(days)
     return dag

@@ -101,6 +101,14 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "CLOUDZERO_DAILY_DIMENSIONS",
         "Dimensions of the daily-rollup export, among team_id (team table) or user (user table), api_key, api_key_alias, model, model_group, provider (default: all of them).",
     ),
+    "daily_tag_conn_id": (
+        "CLOUDZERO_DAILY_TAG_CONN_ID",
+        "Opt-in: a second `cloudzero` connection (its own AnyCost stream) that the daily-rollup DAG fills from LiteLLM_DailyTagSpend, spend per request tag. A separate stream because the tag table counts a request once per tag.",
+    ),
+    "daily_tag_prefix": (
+        "CLOUDZERO_DAILY_TAG_PREFIX",
+        "The request-tag prefix of that stream, e.g. `taskName` for `taskName:<value>` tags (default `taskName`).",
+    ),
     "telemetry_metric": (
         "CLOUDZERO_TELEMETRY_METRIC",
         "Unit-cost metric for the telemetry DAG (LiteLLM's CLOUDZERO_METRIC_NAME); empty: the connection's extra `metric_name`, else telemetry is off.",
@@ -157,6 +165,8 @@ class ExportSettings:
     alert_slack_channel: str = "#finops"
     daily_source: str = "team"
     daily_dimensions: list[str] | None = None
+    daily_tag_conn_id: str | None = None
+    daily_tag_prefix: str = "taskName"
     telemetry_metric: str | None = None
     telemetry_value: str = "cost"
     telemetry_dimensions: list[str] | None = None

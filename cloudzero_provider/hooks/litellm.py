@@ -15,9 +15,13 @@ from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
 from cloudzero_provider.windows import Window
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
-DAILY_TABLES = {"daily_team": "LiteLLM_DailyTeamSpend", "daily_user": "LiteLLM_DailyUserSpend"}
+DAILY_TABLES = {
+    "daily_team": "LiteLLM_DailyTeamSpend",
+    "daily_user": "LiteLLM_DailyUserSpend",
+    "daily_tag": "LiteLLM_DailyTagSpend",
+}
 VERIFICATION_TOKENS = "LiteLLM_VerificationToken"
-Source = Literal["spend_logs", "daily_team", "daily_user"]
+Source = Literal["spend_logs", "daily_team", "daily_user", "daily_tag"]
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 SAMPLES = 5
 
@@ -228,10 +232,8 @@ class LiteLLMSpendHook(PostgresHook):
                     sql = "NULL::text"
                 exprs.append(sql)
         else:
-            columns = self.table_columns(DAILY_TABLES[source])
-            own = "team_id" if source == "daily_team" else "user"
+            self.table_columns(DAILY_TABLES[source])
             daily = {
-                own: "NULLIF(s.team_id, '')" if source == "daily_team" else "NULLIF(s.user_id, '')",
                 "api_key": _SPEND_LOG_DIMS["api_key"][0],
                 "model": "NULLIF(s.model, '')",
                 "model_group": "NULLIF(s.model_group, '')",
@@ -241,6 +243,22 @@ class LiteLLMSpendHook(PostgresHook):
                 f"(SELECT NULLIF(v.key_alias, '') FROM {self._table(VERIFICATION_TOKENS)} AS v "
                 "WHERE v.token = s.api_key LIMIT 1)"
             )
+            if source == "daily_team":
+                daily["team_id"] = "NULLIF(s.team_id, '')"
+            elif source == "daily_user":
+                daily["user"] = "NULLIF(s.user_id, '')"
+            else:  # one tag prefix: each request counts once per tag, so the stream holds one prefix only
+                tags = [d for d in dims if d.name.startswith(TAG_DIMENSION_PREFIX)]
+                if len(tags) != 1:
+                    raise AirflowFailException(
+                        "LiteLLM_DailyTagSpend counts a request once per tag: give exactly one tag:<prefix> "
+                        f"dimension for its stream, got {[d.name for d in tags]}"
+                    )
+                prefix = tags[0].name[len(TAG_DIMENSION_PREFIX) :] + ":"
+                params["tag_like"] = (
+                    prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                )
+                daily[tags[0].name] = f"NULLIF(substr(s.tag, {len(prefix) + 1}), '')"
             unavailable = [d.name for d in dims if d.name not in daily]
             if unavailable:
                 raise AirflowFailException(
@@ -289,6 +307,8 @@ class LiteLLMSpendHook(PostgresHook):
             table = self._table(DAILY_TABLES[source])
             hour_in, hour_out = "s.date", "a.hour || 'T00:00:00Z'"
             where = "s.date >= %(start)s AND s.date < %(end)s"
+            if source == "daily_tag":
+                where += " AND s.tag LIKE %(tag_like)s"
             n, row_id = "s.api_requests", "s.id"
             total_tokens = "(s.prompt_tokens + s.completion_tokens)"
             ok, failed = "s.successful_requests", "s.failed_requests"

@@ -156,6 +156,32 @@ def roll_up_daily(url: str, *, delete_spend_logs: bool = False) -> None:
                             updated_at = now()""",
                     {"hour": hour},
                 )
+            cur.execute(  # the tag table: the request once per tag it carries
+                """INSERT INTO "LiteLLM_DailyTagSpend" AS t (id, tag, date, api_key, model, model_group,
+                        custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests,
+                        successful_requests, failed_requests, updated_at)
+                    SELECT md5(concat_ws('|', g.tag, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model,
+                                         s.custom_llm_provider)),
+                           g.tag, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model, min(s.model_group),
+                           s.custom_llm_provider, sum(s.prompt_tokens), sum(s.completion_tokens), sum(s.spend),
+                           count(*), count(*) FILTER (WHERE s.status IS DISTINCT FROM 'failure'),
+                           count(*) FILTER (WHERE s.status = 'failure'), now()
+                    FROM "LiteLLM_SpendLogs" AS s
+                    CROSS JOIN LATERAL jsonb_array_elements_text(
+                        CASE WHEN jsonb_typeof(s.request_tags) = 'array' THEN s.request_tags ELSE '[]' END
+                    ) AS g(tag)
+                    WHERE s."startTime" >= %(hour)s AND s."startTime" < %(hour)s + interval '1 hour'
+                    GROUP BY g.tag, to_char(s."startTime", 'YYYY-MM-DD'), s.api_key, s.model, s.custom_llm_provider
+                    ON CONFLICT (id) DO UPDATE SET
+                        prompt_tokens = t.prompt_tokens + excluded.prompt_tokens,
+                        completion_tokens = t.completion_tokens + excluded.completion_tokens,
+                        spend = t.spend + excluded.spend,
+                        api_requests = t.api_requests + excluded.api_requests,
+                        successful_requests = t.successful_requests + excluded.successful_requests,
+                        failed_requests = t.failed_requests + excluded.failed_requests,
+                        updated_at = now()""",
+                {"hour": hour},
+            )
         if delete_spend_logs:
             cur.execute('DELETE FROM "LiteLLM_SpendLogs"')
     conn.close()

@@ -121,3 +121,33 @@ def test_one_owner_per_day_and_an_explicit_switch_each_way(env, schema_age, capf
     assert {h: held[h] for h in source if h.startswith("2026-11-01")} == {
         h: v for h, v in source.items() if h.startswith("2026-11-01")
     }
+
+
+def test_request_tags_go_to_their_own_stream_once_per_request(env, schema_age, monkeypatch):
+    """The tag table counts a request once per tag, so tags get their own stream and one prefix: each request's
+    taskName tag is counted once, and the team stream is untouched by it."""
+    import psycopg2
+
+    from cloudzero_provider.testing.double import CloudZeroDouble
+    from cloudzero_provider.testing.fixtures import API_KEY
+    from cloudzero_provider.testing.server import CloudZeroDoubleServer
+
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    with CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={"tags-conn"})) as tags:
+        conn = {"conn_type": "cloudzero", "host": tags.url, "password": API_KEY,
+                "extra": {"connection_id": "tags-conn", "max_attempts": 2}}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", json.dumps(conn))
+        monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+        run = run_daily(start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z")
+        assert run.state == "success"
+        with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+            cur.execute("""SELECT SUM(spend::numeric) FROM "LiteLLM_DailyTagSpend"
+                           WHERE date = '2026-11-01' AND tag LIKE 'taskName:%'""")  # fmt: skip
+            (tagged,) = cur.fetchone()
+        assert tags.double.cost_by_hour("tags-conn") == {"2026-11-01T00:00:00Z": tagged}
+        values = {r["resource/tag:tag.taskName"] for r in tags.double.rows("tags-conn")}
+        assert values == {f"task-{i}" for i in range(12)}
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == {
+        "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
+    }
