@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 from urllib.parse import quote, urlparse
@@ -20,7 +22,6 @@ TELEMETRY_PATH = "/unit-cost/v1/telemetry/metric"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
-# Connection extras that configure this hook; everything else in ``extra`` is ignored, never sent as a header.
 
 
 class CloudZeroAPIError(AirflowFailException):
@@ -88,6 +89,36 @@ def _error_message(response: requests.Response) -> str:
     return json.dumps(payload)[:500]
 
 
+@dataclass(frozen=True)
+class CloudZeroSettings:
+    """What a ``cloudzero`` connection configures, resolved once per hook. The key never shows in its repr."""
+
+    base_url: str
+    api_key: str = field(repr=False)
+    connection_id: str | None
+    metric_name: str | None
+    test_key: str | None = field(repr=False)
+    timeout: float | tuple[float, float]
+    max_attempts: int
+    max_wait: float
+    max_retry_time: float
+    verify: bool | str
+    proxies: dict[str, str]
+
+
+_HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what an HTTP header value can carry as a key
+
+
+def _base_url(host: str | None, schema: str | None, port: int | None) -> str:
+    url = (host or "").strip() or DEFAULT_API_BASE
+    if "://" not in url:
+        # An API key must not travel in clear text by accident: without a scheme, https.
+        url = f"{schema or 'https'}://{url}"
+    if port and not urlparse(url).port:
+        url = f"{url}:{port}"
+    return url.rstrip("/")
+
+
 class CloudZeroHook(HttpHook):
     """
     Talk to CloudZero's AnyCost Stream (billing drops) and unit-cost telemetry APIs.
@@ -100,20 +131,23 @@ class CloudZeroHook(HttpHook):
     failures -- 429 (honouring ``Retry-After``), 5xx, timeouts, dropped connections -- are retried with bounded
     exponential backoff; 400/403/404/413 raise :class:`CloudZeroAPIError` at once, which Airflow does not retry.
 
+    Built on HttpHook's public surface, as the dbt Cloud hook is: ``get_conn`` builds the session from settings
+    resolved once from the connection (:attr:`settings`), ``test_connection`` lists the stream's drops.
+
     :param cloudzero_conn_id: The Airflow connection of type ``cloudzero``.
     :param max_attempts: Attempts per request, the first one included.
     :param max_wait: Longest single wait between attempts, in seconds (also caps ``Retry-After``).
     :param max_retry_time: Give up retrying one request after this many seconds in total.
     :param timeout: ``(connect, read)`` timeout of one attempt in seconds.
 
-    The connection's extra may override ``timeout``, ``max_attempts``, ``max_wait`` and ``max_retry_time``.
+    The connection's extra may override ``timeout``, ``max_attempts``, ``max_wait``, ``max_retry_time``,
+    ``verify`` and ``proxies``; ``test_key`` runs requests in CloudZero's one-hour test namespace.
     """
 
     conn_name_attr = "cloudzero_conn_id"
     default_conn_name = "cloudzero_default"
     conn_type = "cloudzero"
     hook_name = "CloudZero"
-    default_host = DEFAULT_API_BASE
 
     def __init__(
         self,
@@ -127,10 +161,12 @@ class CloudZeroHook(HttpHook):
     ) -> None:
         super().__init__(method="POST", http_conn_id=cloudzero_conn_id, **kwargs)
         self.cloudzero_conn_id = cloudzero_conn_id
-        self.max_attempts = max_attempts
-        self.max_wait = max_wait
-        self.max_retry_time = max_retry_time
-        self.timeout = timeout
+        self._defaults = {
+            "max_attempts": max_attempts,
+            "max_wait": max_wait,
+            "max_retry_time": max_retry_time,
+            "timeout": timeout,
+        }
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(cloudzero_conn_id={self.cloudzero_conn_id!r})"
@@ -138,70 +174,92 @@ class CloudZeroHook(HttpHook):
     # -- connection -------------------------------------------------------------------------------------
 
     @cached_property
-    def _connection(self) -> Any:
+    def connection(self) -> Any:
+        """The Airflow connection, fetched once."""
         return self.get_connection(self.cloudzero_conn_id)
 
-    @property
-    def _extra(self) -> dict[str, Any]:
-        return dict(self._connection.extra_dejson or {})
-
-    @property
-    def connection_id(self) -> str:
-        """The AnyCost Stream connection id from the connection's extra ``connection_id``."""
-        value = self._extra.get("connection_id")
-        if not value:
-            raise AirflowFailException(
-                f"Airflow connection {self.cloudzero_conn_id!r} has no AnyCost connection id: set its extra "
-                '"connection_id" (LiteLLM\'s CLOUDZERO_CONNECTION_ID).'
-            )
-        return str(value)
-
-    @property
-    def metric_name(self) -> str | None:
-        value = self._extra.get("metric_name")
-        return str(value) if value else None
-
-    def _set_base_url(self, connection: Any) -> None:
-        host = (connection.host or "").strip() or self.default_host
-        if "://" not in host:
-            # An API key must not travel in clear text by accident: without a scheme, https.
-            host = f"{connection.schema or 'https'}://{host}"
-        if connection.port and not urlparse(host).port:
-            host = f"{host}:{connection.port}"
-        self.base_url = host.rstrip("/")
-        self._base_url_initialized = True
-
-    def _extract_auth(self, connection: Any) -> None:
-        return None  # the key travels in the Authorization header, never as HTTP basic auth
-
-    def _configure_session_from_extra(self, session: requests.Session, connection: Any, extra_options: Any):
-        extra = dict(connection.extra_dejson or {})
-        if "verify" in extra:
-            session.verify = extra["verify"]
-        if "proxies" in extra:
-            session.proxies = extra["proxies"]
-        self.merged_extra = {}
-        return session
-
-    def get_conn(self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None):
-        connection = self._connection
-        extra = self._extra
-        for name in ("max_attempts", "max_wait", "max_retry_time"):
-            if extra.get(name) not in (None, ""):
-                setattr(self, name, type(getattr(self, name))(extra[name]))
-        session = super().get_conn(headers=headers, extra_options=extra_options)
-        key = connection.password
+    @cached_property
+    def settings(self) -> CloudZeroSettings:
+        """The connection resolved once: base URL, key, AnyCost connection, retry and transport settings."""
+        conn = self.connection
+        extra = dict(conn.extra_dejson or {})
+        key = (conn.password or "").strip()
         if not key:
             raise AirflowFailException(
                 f"Airflow connection {self.cloudzero_conn_id!r} has no API key: put the CloudZero API key "
                 "in its password field (LiteLLM's CLOUDZERO_API_KEY)."
             )
+        if not _HEADER_SAFE.match(key):
+            raise AirflowFailException(
+                f"The API key of Airflow connection {self.cloudzero_conn_id!r} holds a character an HTTP header "
+                "cannot carry (a space, line break, control or non-ASCII character inside the key): paste the "
+                "key again exactly as CloudZero shows it."
+            )
         self._mask(key)
-        session.headers["Authorization"] = key
-        session.headers["Accept"] = "application/json"
-        test_key = self._extra.get("test_key")
+        test_key = str(extra["test_key"]).strip() if extra.get("test_key") else None
         if test_key:
-            session.headers[TEST_KEY_HEADER] = str(test_key)
+            self._mask(test_key)
+
+        def number(name: str, kind: type) -> Any:
+            value = extra.get(name)
+            return self._defaults[name] if value in (None, "") else kind(value)
+
+        timeout = extra.get("timeout")
+        if timeout in (None, ""):
+            resolved_timeout: float | tuple[float, float] = self._defaults["timeout"]
+        elif isinstance(timeout, (list, tuple)):
+            resolved_timeout = (float(timeout[0]), float(timeout[-1]))
+        else:
+            resolved_timeout = float(timeout)
+        return CloudZeroSettings(
+            base_url=_base_url(conn.host, conn.schema, conn.port),
+            api_key=key,
+            connection_id=str(extra["connection_id"]) if extra.get("connection_id") else None,
+            metric_name=str(extra["metric_name"]) if extra.get("metric_name") else None,
+            test_key=test_key,
+            timeout=resolved_timeout,
+            max_attempts=number("max_attempts", int),
+            max_wait=number("max_wait", float),
+            max_retry_time=number("max_retry_time", float),
+            verify=extra.get("verify", True),
+            proxies=dict(extra.get("proxies") or {}),
+        )
+
+    @property
+    def connection_id(self) -> str:
+        """The AnyCost Stream connection id from the connection's extra ``connection_id``."""
+        value = self.settings.connection_id
+        if not value:
+            raise AirflowFailException(
+                f"Airflow connection {self.cloudzero_conn_id!r} has no AnyCost connection id: set its extra "
+                '"connection_id" (LiteLLM\'s CLOUDZERO_CONNECTION_ID).'
+            )
+        return value
+
+    @property
+    def metric_name(self) -> str | None:
+        return self.settings.metric_name
+
+    @property
+    def max_attempts(self) -> int:
+        return self.settings.max_attempts
+
+    def get_conn(
+        self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
+    ) -> requests.Session:
+        """A session that sends the bare key; the connection's other extras never become headers."""
+        settings = self.settings
+        self.base_url = settings.base_url
+        session = requests.Session()
+        session.verify = settings.verify
+        if settings.proxies:
+            session.proxies.update(settings.proxies)
+        session.headers["Authorization"] = settings.api_key
+        session.headers["Accept"] = "application/json"
+        if settings.test_key:
+            session.headers[TEST_KEY_HEADER] = settings.test_key
+        if headers:
+            session.headers.update(headers)
         return session
 
     @staticmethod
@@ -219,25 +277,27 @@ class CloudZeroHook(HttpHook):
         return self.get_conn()
 
     def _scrub(self, text: str) -> str:
-        key = self._connection.password
-        return text.replace(key, "***") if key else text
+        """The text without the API key or test key, in any form they might appear (raw, stripped, repr'd)."""
+        try:
+            secrets = {(self.connection.password or ""), (self.connection.password or "").strip()}
+            extra = dict(self.connection.extra_dejson or {})
+            if extra.get("test_key"):
+                secrets |= {str(extra["test_key"]), str(extra["test_key"]).strip()}
+        except Exception:
+            return text
+        for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
+            text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+        return text
 
     # -- requests ---------------------------------------------------------------------------------------
-
-    def _timeout(self) -> Any:
-        configured = self._extra.get("timeout")
-        if configured is None:
-            return self.timeout
-        if isinstance(configured, (list, tuple)):
-            return tuple(float(v) for v in configured)
-        return float(configured)
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome else None
+        max_wait = self.settings.max_wait
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, self.max_wait)
-        backoff = min(self.max_wait, 0.5 * 2 ** (retry_state.attempt_number - 1))
+            return min(exc.retry_after, max_wait)
+        backoff = min(max_wait, 0.5 * 2 ** (retry_state.attempt_number - 1))
         return backoff * random.uniform(0.5, 1.0)
 
     def _attempt(
@@ -248,13 +308,20 @@ class CloudZeroHook(HttpHook):
         body: bytes | None,
         headers: Mapping[str, str],
     ) -> requests.Response:
-        url = self.base_url + path
+        url = self.settings.base_url + path
         try:
-            response = session.request(method, url, data=body, headers=dict(headers), timeout=self._timeout())
+            response = session.request(
+                method, url, data=body, headers=dict(headers), timeout=self.settings.timeout
+            )
         except requests.exceptions.Timeout as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
         except requests.exceptions.ConnectionError as exc:
             raise _Retryable(f"connection failed: {self._scrub(str(exc))[:300]}") from None
+        except requests.exceptions.RequestException as exc:
+            # e.g. InvalidHeader, whose text carries the header value: never let the key reach a log
+            raise AirflowFailException(
+                f"CloudZero {method} {path} could not be sent ({type(exc).__name__}): {self._scrub(str(exc))[:300]}"
+            ) from None
         if response.status_code in TRANSIENT_STATUSES:
             raise _Retryable(
                 f"HTTP {response.status_code}: {self._scrub(_error_message(response))}",
@@ -282,7 +349,7 @@ class CloudZeroHook(HttpHook):
         :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
         :param expect: Status codes returned to the caller rather than raised.
         """
-        session = self.session  # built first: it resolves the base URL and the connection's retry settings
+        session = self.session  # built first: it resolves the connection's settings once
         headers: dict[str, str] = {}
         if body is None and json_body is not None:
             body = json.dumps(json_body, separators=(",", ":"), ensure_ascii=False).encode()
@@ -300,13 +367,13 @@ class CloudZeroHook(HttpHook):
                 getattr(exc, "description", exc),
                 state.next_action.sleep if state.next_action else 0.0,
                 state.attempt_number + 1,
-                self.max_attempts,
+                self.settings.max_attempts,
             )
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=tenacity.stop_after_attempt(self.max_attempts)
-            | tenacity.stop_after_delay(self.max_retry_time),
+            stop=tenacity.stop_after_attempt(self.settings.max_attempts)
+            | tenacity.stop_after_delay(self.settings.max_retry_time),
             wait=self._wait,
             before_sleep=before_sleep,
             reraise=True,
@@ -315,7 +382,8 @@ class CloudZeroHook(HttpHook):
             response = retrying(self._attempt, session, method, path, body, headers)
         except _Retryable as exc:
             raise CloudZeroTransientError(
-                f"CloudZero {method} {path} still failing after {self.max_attempts} attempts: {exc.description}. "
+                f"CloudZero {method} {path} still failing after {self.settings.max_attempts} attempts: "
+                f"{exc.description}. "
                 "The task will be retried by Airflow; check CloudZero's status if this persists."
             ) from None
         if response.status_code in expect:
@@ -415,12 +483,9 @@ class CloudZeroHook(HttpHook):
         """List the drops of the configured AnyCost connection and say plainly what is wrong, if anything."""
         try:
             connection_id = self.connection_id
-            original = (self.max_attempts, self.max_retry_time)
-            self.max_attempts, self.max_retry_time = 2, 20.0
-            try:
-                drops = self.list_billing_drops(connection_id=connection_id)
-            finally:
-                self.max_attempts, self.max_retry_time = original
+            # A connection test should answer in seconds, not ride out a long outage.
+            self.settings = replace(self.settings, max_attempts=2, max_retry_time=20.0)
+            drops = self.list_billing_drops(connection_id=connection_id)
         except CloudZeroAPIError as exc:
             if exc.status == 403:
                 return False, f"CloudZero rejected the API key (403 Forbidden): {exc.api_message}"
@@ -430,12 +495,14 @@ class CloudZeroHook(HttpHook):
                 )
             return False, str(exc)
         except CloudZeroTransientError as exc:
-            return False, f"CloudZero at {self.base_url} is unreachable or unavailable: {exc}"
+            return False, f"CloudZero at {self.settings.base_url} is unreachable or unavailable: {exc}"
         except AirflowException as exc:
             return False, str(exc)
         except Exception as exc:
             return False, self._scrub(f"{type(exc).__name__}: {exc}")
+        finally:
+            self.__dict__.pop("settings", None)  # the next call resolves the connection's own settings again
         return True, (
-            f"CloudZero at {self.base_url} accepted the key; AnyCost connection {connection_id!r} "
+            f"CloudZero at {self.settings.base_url} accepted the key; AnyCost connection {connection_id!r} "
             f"has {len(drops)} billing drop(s)."
         )

@@ -15,7 +15,7 @@ from cloudzero_provider.hooks.cloudzero import (
     CloudZeroRequestTooLarge,
     CloudZeroTransientError,
 )
-from tests.conftest import API_KEY, CONNECTION_ID, cloudzero_conn_json
+from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID, cloudzero_conn_json
 
 H13 = "2026-11-01T13:00:00Z"
 BODY = {
@@ -194,3 +194,59 @@ def test_host_defaults_and_scheme(monkeypatch):
     assert hook.base_url == "https://proxy.internal"
     assert "connection_id" not in session.headers, "connection extras must not become HTTP headers"
     assert session.headers["Authorization"] == "k" * 12
+
+
+def test_key_surrounding_whitespace_is_stripped(double, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=f"  {API_KEY}\n")
+    )
+    assert fast_hook().post_billing_drop(BODY)["row_count"] == 1
+
+
+@pytest.mark.parametrize("key", ["cz-key-with\nnewline-inside-9981", "cz-key with-space-9981", "cz-kéy-9981"])
+def test_key_a_header_cannot_carry_is_refused_without_showing_it(double, monkeypatch, caplog, key):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=key))
+    hook = fast_hook()
+    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException) as info:
+        hook.post_billing_drop(BODY)
+    assert "holds a character an HTTP header cannot carry" in str(info.value)
+    for part in key.split():
+        assert part not in str(info.value) and part not in caplog.text
+    assert double.double.requests == [], "nothing was sent"
+    ok, message = hook.test_connection()
+    assert not ok and "cannot carry" in message and key.split()[0] not in message
+
+
+def test_request_exceptions_are_scrubbed_of_the_key(double, monkeypatch):
+    """requests' InvalidHeader carries the header's value in its text; the hook never lets it through."""
+    import requests
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url))
+    hook = fast_hook()
+
+    def explode(*args, **kwargs):
+        raise requests.exceptions.InvalidHeader(f"Invalid leading whitespace in header value: {API_KEY!r}")
+
+    monkeypatch.setattr(hook.session, "request", explode)
+    with pytest.raises(AirflowFailException) as info:
+        hook.post_billing_drop(BODY)
+    assert "InvalidHeader" in str(info.value) and API_KEY not in str(info.value) and "***" in str(info.value)
+
+
+def test_test_key_is_masked_and_sent_only_as_its_header(double, monkeypatch):
+    masked = []
+    monkeypatch.setattr("airflow.sdk.log.mask_secret", lambda value, *a, **k: masked.append(value))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        cloudzero_conn_json(double.url, test_key="cz-test-namespace-key-7731"),
+    )
+    hook = fast_hook()
+    hook.post_billing_drop(BODY)
+    assert API_KEY in masked and "cz-test-namespace-key-7731" in masked
+    assert "cz-test-namespace-key-7731" not in repr(hook.settings) and API_KEY not in repr(hook.settings)
+    assert double.double.cost_by_hour(CONNECTION_ID, namespace="cz-test-namespace-key-7731") == {
+        H13: Decimal("0.25")
+    }
