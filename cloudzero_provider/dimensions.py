@@ -33,14 +33,12 @@ class Dimension:
 
     :param name: What users write in ``dimensions=[...]``.
     :param tag: The CBF tag key that carries the value (``resource/tag:<tag>``).
-    :param column: The ``LiteLLM_SpendLogs`` column it needs, when that column is optional across versions.
     :param description: One line for docs and the DAG's ``doc_md``.
     """
 
     name: str
     tag: str
     description: str
-    column: str | None = None
 
 
 BUILTIN: dict[str, Dimension] = {
@@ -48,7 +46,7 @@ BUILTIN: dict[str, Dimension] = {
     for d in (
         Dimension("team_id", "team_id", "LiteLLM team id"),
         Dimension("team_alias", "team_alias", "team alias, from the request's metadata"),
-        Dimension("organization_id", "organization_id", "organization id", column="organization_id"),
+        Dimension("organization_id", "organization_id", "organization id"),
         Dimension("user", "user", "internal user id (LiteLLM_UserTable)"),
         Dimension("end_user", "end_user", "end user / customer: the `user` field of the OpenAI request"),
         Dimension("api_key", "api_key", "virtual key: the first 16 hex digits of its hash"),

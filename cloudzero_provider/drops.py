@@ -1,6 +1,6 @@
 """CBF rows -> AnyCost Stream requests. Pure: no Airflow imports.
 
-Rules (CloudZero "Send AnyCost Stream data"; see ``reference/cloudzero-api.md``):
+Rules (CloudZero's "Send AnyCost Stream data" page and its AnyCost OpenAPI spec):
 
 - one request carries the rows of one month; ``month`` is sent as the first instant of that month in the
   OpenAPI spec's ISO-8601 form, ``YYYY-MM-01T00:00:00Z`` (CloudZero's docs also show ``YYYY-MM``);
