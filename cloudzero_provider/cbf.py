@@ -28,6 +28,11 @@ USAGE_FAMILY = "llm-usage"
 NO_TEAM = "no-team"
 _CZRN_UNSAFE = re.compile(r"[^a-z0-9-]+")
 _LOCAL_UNSAFE = re.compile(r"[^a-z0-9._-]+")
+# C0 and C1 control characters (newline, tab, NUL, DEL ...): never part of a name a person reads.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_VALUE_CHARS = 256
+MAX_SEGMENT_CHARS = 64
+OTHER = "(other)"
 
 
 # Decimal arithmetic rounds to 28 digits by default; money sums here must never round, so any rounding raises.
@@ -65,10 +70,26 @@ def exact_decimal(value: str | int | Decimal, *, what: str = "value") -> str:
     return text or "0"
 
 
+def safe_value(value: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """
+    A caller-controlled name (team, user, customer, tag, alias) made safe to send and show: control characters
+    stripped, and anything over ``limit`` characters cut. A value that had to change ends in ``~`` and 8 hex
+    digits of the original's hash, so two distinct originals never become one value.
+    """
+    cleaned = _CONTROL.sub("", value)
+    if cleaned == value and len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{cleaned[: limit - 9]}~{digest}"
+
+
 def czrn_segment(value: str | None) -> str:
-    """CloudZero's own LiteLLM tools' rule: lower-case, anything outside [a-z0-9-] becomes '-', empty -> unknown."""
-    cleaned = _CZRN_UNSAFE.sub("-", (value or "").lower()).strip("-")
-    return cleaned or "unknown"
+    """CloudZero's own LiteLLM tools' rule: lower-case, anything outside [a-z0-9-] becomes '-', empty -> unknown.
+
+    Cut to 64 characters: the digest at the end of the resource id keeps long values apart.
+    """
+    cleaned = _CZRN_UNSAFE.sub("-", (value or "").lower()[: MAX_SEGMENT_CHARS * 4]).strip("-")
+    return cleaned[:MAX_SEGMENT_CHARS].strip("-") or "unknown"
 
 
 def resource_digest(dims: Mapping[str, str | None]) -> str:
@@ -79,7 +100,9 @@ def resource_digest(dims: Mapping[str, str | None]) -> str:
 
 def resource_id(dims: Mapping[str, str | None]) -> str:
     """``czrn:litellm:<provider>:cross-region:<team>:llm-usage:<model>-<digest of all dimension values>``."""
-    model = _LOCAL_UNSAFE.sub("-", (dims.get("model") or "unknown").lower()).strip("-")[:64] or "unknown"
+    model = (
+        _LOCAL_UNSAFE.sub("-", (dims.get("model") or "unknown").lower()[:256]).strip("-")[:64] or "unknown"
+    )
     return ":".join(
         (
             "czrn",
@@ -125,13 +148,13 @@ def to_cbf(
         "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
         "resource/id": resource_id(dims),
         "resource/service": SERVICE,
-        "resource/account": (dims.get("team_id") or NO_TEAM) if "team_id" in dims else SERVICE,
+        "resource/account": safe_value(dims.get("team_id") or NO_TEAM) if "team_id" in dims else SERVICE,
         "resource/region": REGION,
         "resource/usage_family": USAGE_FAMILY,
     }
     for name, value in dims.items():
         if value is not None:
-            row[f"resource/tag:{tag_keys[name]}"] = value
+            row[f"resource/tag:{tag_keys[name]}"] = safe_value(value)
     return row
 
 
@@ -159,3 +182,55 @@ def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> I
         if errors:
             raise CBFError(f"{where}: " + "; ".join(errors))
         yield cbf
+
+
+def is_caller_controlled(name: str) -> bool:
+    """Dimensions whose values an LLM caller chooses freely (its ``user`` field, its request tags)."""
+    return name == "end_user" or name.startswith("tag:")
+
+
+def fold_rare_values(
+    rows: Sequence[Mapping[str, Any]], capped: Sequence[str], cap: int
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """
+    One hour's aggregated rows with at most ``cap`` distinct values per dimension in ``capped``: the values with
+    the most spend are kept, the rest become ``(other)``, and rows that then share every dimension value are
+    merged -- spend summed exactly, counters added -- so the hour's totals do not move by a digit.
+
+    :return: The rows, and per capped dimension how many distinct values were folded.
+    """
+    folded: dict[str, int] = {}
+    keep: dict[str, set[Any]] = {}
+    for name in capped:
+        spend_by_value: dict[Any, Decimal] = {}
+        for row in rows:
+            value = row["dims"].get(name)
+            spend_by_value[value] = EXACT.add(
+                spend_by_value.get(value, Decimal(0)), Decimal(str(row["spend"]))
+            )
+        if len(spend_by_value) > cap:
+            ranked = sorted(spend_by_value.items(), key=lambda kv: (-kv[1], str(kv[0])))
+            keep[name] = {value for value, _ in ranked[:cap]}
+            folded[name] = len(spend_by_value) - cap
+    if not keep:
+        return [dict(r) for r in rows], folded
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        dims = {k: (v if k not in keep or v in keep[k] else OTHER) for k, v in row["dims"].items()}
+        key = tuple(sorted(dims.items(), key=lambda kv: kv[0]))
+        current = merged.get(key)
+        if current is None:
+            merged[key] = {**row, "dims": dims, "spend": str(row["spend"])}
+            continue
+        current["spend"] = str(EXACT.add(Decimal(current["spend"]), Decimal(str(row["spend"]))))
+        for counter in (
+            "requests",
+            "prompt_tokens",
+            "completion_tokens",
+            "total_tokens",
+            "successes",
+            "failures",
+        ):
+            if current.get(counter) is not None or row.get(counter) is not None:
+                current[counter] = int(current.get(counter) or 0) + int(row.get(counter) or 0)
+    return list(merged.values()), folded

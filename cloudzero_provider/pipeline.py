@@ -13,11 +13,21 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from decimal import Decimal
+from itertools import groupby
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import EXACT, CBFError, exact_decimal, exact_sum, transform
+from cloudzero_provider.cbf import (
+    EXACT,
+    OTHER,
+    CBFError,
+    exact_decimal,
+    exact_sum,
+    fold_rare_values,
+    is_caller_controlled,
+    transform,
+)
 from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.drops import DropRequest, content_digest, group_by_hour, plan, serialize_row
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTooLarge
@@ -31,6 +41,8 @@ log = logging.getLogger(__name__)
 INVALID_POLICIES = ("fail", "quarantine")
 SOURCES = ("spend_logs", "daily_team", "daily_user", "daily_tag")
 MIN_REQUEST_BYTES = 16_384
+DEFAULT_MAX_VALUES_PER_HOUR = 1000
+MONTH_ROW_LIMIT = 1_000_000  # CloudZero: rows per stream and month
 
 
 def _now() -> str:
@@ -197,21 +209,43 @@ def _spend_logs_look_off(hook: LiteLLMSpendHook, window: Window) -> str | None:
 # -- transform --------------------------------------------------------------------------------------------
 
 
-def transform_window(window: Window, stage: WindowStage) -> dict[str, Any]:
+def transform_window(
+    window: Window, stage: WindowStage, *, max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR
+) -> dict[str, Any]:
     """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals.
 
     ``transform.json`` records each hour's rows, cost and tokens; the upload checks ``cbf.jsonl`` against them
-    and writes them into the hour's manifest.
+    and writes them into the hour's manifest. Values LLM callers choose (``end_user``, request tags) are capped
+    at ``max_values_per_hour`` distinct values per hour, the rest folded into ``(other)`` with their cost; rows
+    of exactly zero cost are not sent (both counted in the result).
     """
     extract = stage.read_json("extract.json")
     dims = resolve(extract["dimensions"])
     cost: dict[str, Decimal] = {}
     tokens: dict[str, int] = {}
     rows: dict[str, int] = {}
+    folded: dict[str, dict[str, int]] = {}
+    zero_cost = 0
+
+    def capped_rows() -> Iterator[dict[str, Any]]:
+        staged = stage.read_jsonl("extract.jsonl")
+        capped = [d.name for d in dims if is_caller_controlled(d.name)]
+        if not capped or max_values_per_hour is None:
+            yield from staged
+            return
+        for hour, group in groupby(staged, key=lambda r: r["hour"]):  # the extract streams hour by hour
+            hour_rows, hour_folded = fold_rare_values(list(group), capped, max_values_per_hour)
+            if hour_folded:
+                folded[hour] = hour_folded
+            yield from hour_rows
 
     def cbf_rows() -> Iterator[dict[str, str]]:
-        for row in transform(stage.read_jsonl("extract.jsonl"), dims):
+        nonlocal zero_cost
+        for row in transform(capped_rows(), dims):
             hour = row["time/usage_start"]
+            if row["cost/cost"] == "0":
+                zero_cost += 1  # adds nothing to CloudZero: not sent, counted
+                continue
             cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), Decimal(row["cost/cost"]))
             tokens[hour] = tokens.get(hour, 0) + int(row["usage/amount"])
             rows[hour] = rows.get(hour, 0) + 1
@@ -238,9 +272,29 @@ def transform_window(window: Window, stage: WindowStage) -> dict[str, Any]:
         )
     total = exact_decimal(exact_sum(cost.values()))
     hours = {h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)}
+    if folded:
+        log.warning(
+            "Window %s: more than %d distinct caller-chosen values in an hour; the rest were folded into %s with "
+            "their cost: %s",
+            window,
+            max_values_per_hour,
+            OTHER,
+            "; ".join(
+                f"{h}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())
+            ),
+        )
+    projection = _month_projection(hours)
     stage.write_json(
         "transform.json",
-        {"rows": written, "cost": total, "hours": hours, "extracted_at": extract["extracted_at"]},
+        {
+            "rows": written,
+            "cost": total,
+            "hours": hours,
+            "extracted_at": extract["extracted_at"],
+            "folded": folded,
+            "zero_cost_rows": zero_cost,
+            "month_projection": projection,
+        },
     )
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
@@ -257,7 +311,32 @@ def transform_window(window: Window, stage: WindowStage) -> dict[str, Any]:
         "cost": total,
         "tokens": sum(tokens.values()),
         "hours": len(hours),
+        "max_values_per_hour": max_values_per_hour,
+        "folded_values": sum(n for f in folded.values() for n in f.values()),
+        "zero_cost_rows": zero_cost,
+        **({"month_projection": projection} if projection else {}),
     }
+
+
+def _month_projection(hours: Mapping[str, Mapping[str, Any]]) -> int | None:
+    """Rows a month would reach at the busiest hour's rate, when that crosses CloudZero's per-stream limit."""
+    if not hours:
+        return None
+    busiest = max(int(fig["rows"]) for fig in hours.values())
+    first = parse_hour(min(hours))
+    days = (first.replace(month=first.month % 12 + 1, year=first.year + first.month // 12, day=1)
+            - first.replace(day=1)).days  # fmt: skip
+    projected = busiest * 24 * days
+    if projected <= MONTH_ROW_LIMIT:
+        return None
+    log.warning(
+        "At this window's busiest hour (%d CBF rows) a month would reach %d rows, over CloudZero's %d rows per "
+        "stream and month: drop a high-cardinality dimension or lower max_values_per_hour",
+        busiest,
+        projected,
+        MONTH_ROW_LIMIT,
+    )
+    return projected
 
 
 # -- upload -----------------------------------------------------------------------------------------------
@@ -322,7 +401,7 @@ def dry_run_window(
             for old in folder.iterdir():
                 old.unlink()
         folder.mkdir(parents=True, exist_ok=True)
-        for index, req in enumerate(plan(group_by_hour(by_hour[hour]), max_request_bytes)):
+        for index, req in enumerate(_plan(group_by_hour(by_hour[hour]), max_request_bytes)):
             name = f"{index:04d}-{hour_window.label}-chunk{req.chunk + 1}of{req.chunks}.json"
             (folder / name).write_bytes(req.body)
             requests += 1
@@ -359,6 +438,17 @@ def dry_run_window(
     return summary
 
 
+def _plan(rows_by_hour: Mapping[str, Sequence[bytes]], max_request_bytes: int) -> list[DropRequest]:
+    """The requests to send; a row too large for any request fails the task naming the hour and the row."""
+    try:
+        return plan(rows_by_hour, max_request_bytes)
+    except ValueError as exc:
+        raise AirflowFailException(
+            f"Cannot upload: {exc}. Names are cut to 256 characters, so a row this large means an unusual "
+            "dimension value or a request limit set too low (max_request_bytes); nothing of that hour was sent."
+        ) from None
+
+
 def _send_all(
     hook: CloudZeroHook,
     rows_by_hour: Mapping[str, Sequence[bytes]],
@@ -375,7 +465,7 @@ def _send_all(
     when its last one lands. A 413 plans every unsent hour again at half the size, each from its first chunk.
     """
     connection_id = hook.connection_id
-    queue: deque[DropRequest] = deque(plan(rows_by_hour, max_request_bytes))
+    queue: deque[DropRequest] = deque(_plan(rows_by_hour, max_request_bytes))
     drop_ids: dict[str, list[str]] = {h: [] for h in rows_by_hour}
     sent = 0
     while queue:
@@ -404,7 +494,7 @@ def _send_all(
             )
             for h in hours:
                 drop_ids[h] = []
-            queue = deque(plan({h: rows_by_hour[h] for h in hours}, smaller))
+            queue = deque(_plan({h: rows_by_hour[h] for h in hours}, smaller))
             continue
         except Exception:
             for h in req.hours:
@@ -528,6 +618,34 @@ def _apply_ownership(
     return clear
 
 
+def _emptied_hours(
+    window: Window,
+    rows_by_hour: Mapping[str, Sequence[bytes]],
+    extract: Mapping[str, Any],
+    manifests: ManifestStore,
+    *,
+    origin: str,
+) -> list[str]:
+    """Hours of the window this source exported with a cost that now have nothing to send: without an explicit
+    clearing row, CloudZero would keep their old cost forever (an empty hour sends no request)."""
+    failed = set(extract.get("failed_hours") or {})
+    out = []
+    for start in window.hour_starts():
+        hour = iso_hour(start)
+        if hour in rows_by_hour or hour in failed:
+            continue
+        m = manifests.get(start)
+        if (
+            m
+            and m.get("status") == "exported"
+            and m.get("origin", "spend_logs") == origin
+            and not m.get("cleared")
+            and Decimal(str(m.get("cost", "0"))) != 0
+        ):
+            out.append(hour)
+    return out
+
+
 def upload_window(
     hook: CloudZeroHook,
     window: Window,
@@ -559,8 +677,15 @@ def upload_window(
     rows_by_hour, recorded = _staged_cbf(window, stage)
     extract = stage.read_json("extract.json")
     owned_elsewhere: list[str] = []
+    emptied = _emptied_hours(window, rows_by_hour, extract, manifests, origin=origin)
     cleared = _apply_ownership(rows_by_hour, window, manifests, origin=origin, take_over=take_over,
                                dropped=owned_elsewhere)  # fmt: skip
+    for hour in emptied:
+        rows_by_hour[hour] = [serialize_row(clearing_row(hour))]
+        cleared.add(hour)
+    if emptied:
+        log.warning("Clearing %d hour(s) to 0 in CloudZero: exported before, they hold no spend now: %s",
+                    len(emptied), emptied)  # fmt: skip
     failed: dict[str, str] = dict(extract.get("failed_hours") or {})
     for hour, reason in failed.items():
         rows_by_hour.pop(hour, None)

@@ -162,7 +162,9 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
         extract = LiteLLMSpendExtractOperator(
             task_id="extract", dimensions=DIMENSIONS_PARAM, on_invalid=ON_INVALID_PARAM
         )
-        transform = CBFTransformOperator(task_id="transform")
+        transform = CBFTransformOperator(
+            task_id="transform", max_values_per_hour=settings.max_values_per_hour
+        )
         upload = AnyCostUploadOperator(
             task_id="upload",
             max_request_bytes=settings.max_request_bytes,
@@ -177,6 +179,7 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
             on_invalid=ON_INVALID_PARAM,
             max_request_bytes=settings.max_request_bytes,
             not_before=settings.start_date.isoformat(),
+            max_values_per_hour=settings.max_values_per_hour,
             pool=settings.pool,
             outlets=[hours_alias(settings)],
             hour_asset=hours_asset(settings),
@@ -439,12 +442,20 @@ def alert_notifiers(settings: ExportSettings) -> list[Any]:
     """Airflow notifiers for breaches: SmtpNotifier and, when its provider is installed, SlackNotifier."""
     notifiers: list[Any] = []
     day = "{{ data_interval_start.strftime('%Y-%m-%d') }}"  # ds would be the interval's end in Airflow 3
-    message = f"LiteLLM spend limits crossed on {day}: {{{{ exception }}}}"
+    # Breach names come from LLM callers: each channel gets the list escaped for its own markup (see
+    # SpendLimitsBreached); any other failure of the task shows as plain, escaped text.
+    html_list = "{{ exception.html if exception.html is defined else (exception | string | e) }}"
+    slack_list = "{{ exception.slack if exception.slack is defined else (exception | string | e) }}"
     if settings.alert_email:
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
-        notifiers.append(SmtpNotifier(to=settings.alert_email, subject=f"LiteLLM spend limit crossed ({day})",
-                                      html_content=message))  # fmt: skip
+        notifiers.append(
+            SmtpNotifier(
+                to=settings.alert_email,
+                subject=f"LiteLLM spend limit crossed ({day})",
+                html_content=f"<p>LiteLLM spend limits crossed on {day}:</p>{html_list}",
+            )
+        )
     if settings.alert_slack_conn_id:
         try:
             from airflow.providers.slack.notifications.slack import SlackNotifier
@@ -452,8 +463,13 @@ def alert_notifiers(settings: ExportSettings) -> list[Any]:
             raise ImportError(
                 "CLOUDZERO_ALERT_SLACK_CONN_ID is set but apache-airflow-providers-slack is not installed"
             ) from exc
-        notifiers.append(SlackNotifier(slack_conn_id=settings.alert_slack_conn_id, channel=settings.alert_slack_channel,
-                                       text=message))  # fmt: skip
+        notifiers.append(
+            SlackNotifier(
+                slack_conn_id=settings.alert_slack_conn_id,
+                channel=settings.alert_slack_channel,
+                text=f"LiteLLM spend limits crossed on {day}:\n{slack_list}",
+            )
+        )
     return notifiers
 
 

@@ -102,10 +102,38 @@ def build_report(rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[st
     }
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """OWASP's CSV-injection rule: a text cell a spreadsheet would run as a formula gets a leading ``'``.
+
+    Names come from LLM callers (``=HYPERLINK(...)`` as a ``user``); numbers such as ``-1.5`` stay numbers.
+    """
+    if not isinstance(value, str) or not value.startswith(_FORMULA_START):
+        return value
+    try:
+        if Decimal(value).is_finite():
+            return value
+    except ArithmeticError:
+        pass
+    return "'" + value
+
+
+class _SafeWriter:
+    """A csv writer whose every cell passes :func:`csv_cell`."""
+
+    def __init__(self, buf: io.StringIO) -> None:
+        self._writer = csv.writer(buf)
+
+    def writerow(self, row: Sequence[Any]) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+
 def report_csv(report: Mapping[str, Any], grouping: str) -> str:
-    """One grouping as CSV: a total line per group, then its per-model lines."""
+    """One grouping as CSV: a total line per group, then its per-model lines. No cell starts a formula."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = _SafeWriter(buf)
     writer.writerow([grouping, "label", "model", "spend_usd", "requests", "tokens"])
     for group in report["groups"][grouping]:
         writer.writerow(

@@ -48,6 +48,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "CLOUDZERO_ON_INVALID",
         "`fail` (default) or `quarantine` for spend-log rows with NULL/NaN/infinite/negative spend or negative tokens.",
     ),
+    "max_values_per_hour": (
+        "CLOUDZERO_MAX_VALUES_PER_HOUR",
+        "Distinct values per hour of a dimension LLM callers choose (end_user, tag:*) before the rest are folded into `(other)`, cost and all (default 1000; 0: no cap).",
+    ),
     "staging_uri": (
         "CLOUDZERO_STAGING_URI",
         "Where window files and manifests live: a local folder or s3://, gs:// ... (default `$AIRFLOW_HOME/cloudzero-staging`). Prefer the provider option `[cloudzero] staging_uri` (`AIRFLOW__CLOUDZERO__STAGING_URI`), which the API server's ledger page reads too; this variable is its older spelling. Use object storage with several workers.",
@@ -151,6 +155,7 @@ class ExportSettings:
     late_lookback_hours: int = 3
     dimensions: list[str] | None = None
     on_invalid: str = "fail"
+    max_values_per_hour: int = 1000
     staging_uri: str | None = None
     pool: str = "cloudzero_anycost"
     max_active_runs: int = 4

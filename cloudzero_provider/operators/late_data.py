@@ -11,7 +11,12 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
 from cloudzero_provider.operators.extract import dimension_list
-from cloudzero_provider.pipeline import extract_window, transform_window, upload_window
+from cloudzero_provider.pipeline import (
+    DEFAULT_MAX_VALUES_PER_HOUR,
+    extract_window,
+    transform_window,
+    upload_window,
+)
 from cloudzero_provider.windows import Window, iso_hour, parse_instant
 
 if TYPE_CHECKING:
@@ -32,6 +37,7 @@ class LateDataOperator(CloudZeroBaseOperator):
     :param on_invalid: As given to the extract. (templated)
     :param max_request_bytes: As given to the upload.
     :param hour_asset: Asset that gets one event per re-exported hour, through the AssetAlias in ``outlets``.
+    :param max_values_per_hour: As given to the transform.
     :param not_before: No hour before this instant is exported for never having been (the DAG's start: an hour
         before it was not asked for). (templated)
     """
@@ -54,9 +60,11 @@ class LateDataOperator(CloudZeroBaseOperator):
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         hour_asset: Asset | None = None,
         not_before: Any = None,
+        max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.max_values_per_hour = max_values_per_hour
         self.not_before = not_before
         self.lookback_hours = lookback_hours
         self.dimensions = dimensions
@@ -126,7 +134,7 @@ class LateDataOperator(CloudZeroBaseOperator):
             try:
                 extract_window(self.litellm_hook, hour_window, stage, dimensions=dimension_list(self.dimensions),
                                on_invalid=self.on_invalid)  # fmt: skip
-                transform_window(hour_window, stage)
+                transform_window(hour_window, stage, max_values_per_hour=self.max_values_per_hour or None)
                 result = upload_window(self.cloudzero_hook, hour_window, stage, self.target.manifests,
                                        max_request_bytes=self.max_request_bytes, salt=salt,
                                        late_correction=True)  # fmt: skip

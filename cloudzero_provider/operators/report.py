@@ -77,6 +77,22 @@ class SpendReportOperator(CloudZeroBaseOperator):
         return sorted(points.items())[-TREND_DAYS:]
 
 
+class SpendLimitsBreached(AirflowFailException):
+    """Limits were crossed. Carries the breach list rendered for each alert channel (``html``, ``slack``), names
+    escaped for that channel and the list capped, for notifier templates: ``{{ exception.html }}``."""
+
+    def __init__(self, breaches: list[Any]) -> None:
+        from cloudzero_provider import alerts
+
+        self.breaches = breaches
+        self.html = alerts.as_html(breaches)
+        self.slack = alerts.as_slack(breaches)
+        super().__init__(
+            f"{len(breaches)} spend limit breach(es): "
+            + alerts.as_text(breaches, cap=None).replace("\n", "; ")
+        )
+
+
 class SpendThresholdCheckOperator(CloudZeroBaseOperator):
     """
     Fail, listing every breach, when a day's spend is over a limit: ``daily_total`` and per ``team``, ``user``,
@@ -105,8 +121,6 @@ class SpendThresholdCheckOperator(CloudZeroBaseOperator):
         except ValueError as exc:
             raise AirflowFailException(f"Spend limits: {exc}") from None
         if breaches:
-            raise AirflowFailException(
-                f"{len(breaches)} spend limit breach(es): " + "; ".join(str(b) for b in breaches)
-            )
+            raise SpendLimitsBreached(breaches)
         self.log.info("No spend limit crossed in %s (limits %s)", window, self.limits)
         return {"breaches": 0, "limits": self.limits}

@@ -326,3 +326,22 @@ def test_late_pass_never_exports_hours_before_the_dag_start(env, monkeypatch):
     assert run.state == "success"
     assert xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]["corrected"] == []
     assert set(env["double"].double.cost_by_hour(CONNECTION_ID)) == {"2026-11-01T11:00:00Z"}
+
+
+def test_an_hour_whose_rows_all_vanish_is_cleared_to_zero_by_the_late_pass(env):
+    seed_hours(env["db"], rows=50)
+    for hour in HOURS[:2]:
+        assert run_hourly(hour).state == "success"
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute("""DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" >= %s AND "startTime" < %s""",
+                    (HOURS[0].replace(tzinfo=None), HOURS[1].replace(tzinfo=None)))  # fmt: skip
+    run = run_hourly(HOURS[2])
+    assert run.state == "success"
+    assert xcom("litellm_cloudzero_hourly", run.run_id, "late_data")[-1]["corrected"] == ["2026-11-01T10Z"]
+    held = env["double"].double.cost_by_hour(CONNECTION_ID)
+    assert held["2026-11-01T10:00:00Z"] == 0, "CloudZero no longer holds the vanished cost"
+    assert {h: v for h, v in held.items() if v} == spend_by_hour(env["db"])
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
+    assert manifest["cleared"] is True and manifest["cost"] == "0"
+    again = run_hourly(HOURS[2])
+    assert xcom("litellm_cloudzero_hourly", again.run_id, "late_data")[-1]["corrected"] == [], "cleared once"

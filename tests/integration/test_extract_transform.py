@@ -29,10 +29,12 @@ def db(litellm_db, monkeypatch, tmp_path):
     return litellm_db
 
 
-def run_window(start=H13, end=None, **extract_kw):
+def run_window(start=H13, end=None, max_values_per_hour=1000, **extract_kw):
     ex = LiteLLMSpendExtractOperator(task_id="extract", window_start=start, window_end=end, **extract_kw)
     extracted = ex.execute({})
-    tr = CBFTransformOperator(task_id="transform", window_start=start, window_end=end)
+    tr = CBFTransformOperator(
+        task_id="transform", window_start=start, window_end=end, max_values_per_hour=max_values_per_hour
+    )
     transformed = tr.execute({})
     cbf = [
         json.loads(line)
@@ -171,10 +173,16 @@ def test_ten_thousand_distinct_tag_values(db):
     rows = [spend_log(f"r{i}", "2026-11-01T13:00:00", 0.000001 * (i + 1), request_tags=[f"taskName:job-{i}"])
             for i in range(10_000)]  # fmt: skip
     insert_spend_logs(db, rows)
-    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"])
+    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"], max_values_per_hour=0)
     assert extracted["rows"] == transformed["rows"] == len(cbf) == 10_000
     assert len({r["resource/id"] for r in cbf}) == 10_000
     assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db)
+    # by default the caller-chosen tag values are capped per hour: the 1,000 costliest kept, the rest folded
+    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"])
+    assert transformed["rows"] == len(cbf) == 1_001 and transformed["folded_values"] == 9_000
+    kept = {r["resource/tag:tag.taskName"] for r in cbf}
+    assert "(other)" in kept and "job-9999" in kept and "job-0" not in kept
+    assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db), "folding moves no cost"
 
 
 def test_both_schema_ages_and_missing_columns(db, schema_age, capsys):
