@@ -152,6 +152,8 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.double = double
         self.faults: deque[Fault] = deque()
+        self.periodic: list[tuple[int, Fault]] = []
+        self.matched: dict[int, int] = {}
         self.fault_lock = threading.Lock()
 
     def take_fault(self, method: str, path: str) -> Fault | None:
@@ -163,7 +165,13 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
                         return None
                     del self.faults[index]
                     return fault
-        return None
+            chosen = None
+            for index, (every, fault) in enumerate(self.periodic):
+                if fault.matches(method, path):
+                    self.matched[index] = self.matched.get(index, 0) + 1
+                    if chosen is None and self.matched[index] % every == 0:
+                        chosen = fault
+            return chosen
 
     def control(self, method: str, path: str, body: bytes) -> Reply:
         if path == "/_double/state" and method == "GET":
@@ -172,6 +180,8 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
             self.double.reset()
             with self.fault_lock:
                 self.faults.clear()
+                self.periodic.clear()
+                self.matched.clear()
             return Reply(200, {"reset": True})
         if path == "/_double/faults" and method == "POST":
             spec = json.loads(body or b"{}")
@@ -225,6 +235,12 @@ class CloudZeroDoubleServer:
     def drop_next(self, count: int = 1, **match: Any) -> None:
         """The next ``count`` matching requests see the connection closed before anything is applied."""
         self._queue(count, Fault("drop", **match))
+
+    def fail_every(self, every: int, fault: Fault) -> None:
+        """Every ``every``-th matching request meets ``fault``, for as long as the server runs (the first of
+        several periodic faults due on one request wins)."""
+        with self.httpd.fault_lock:
+            self.httpd.periodic.append((every, fault))
 
     def _queue(self, count: int, fault: Fault) -> None:
         with self.httpd.fault_lock:

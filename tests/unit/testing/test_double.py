@@ -219,3 +219,17 @@ def test_fault_after_lets_requests_through_first(srv):
     srv.fail_next(2, 500, method="POST", after=1)
     codes = [post(srv, {"operation": "sum", "data": [row(H13, "1")]}).status_code for _ in range(4)]
     assert codes == [200, 500, 500, 200]
+
+
+def test_periodic_faults_hit_every_nth_request():
+    from cloudzero_provider.testing.server import Fault
+
+    with CloudZeroDoubleServer(CloudZeroDouble("k", connections={"c"})) as srv:
+        srv.fail_every(3, Fault("status", status=503, method="GET"))
+        srv.fail_every(2, Fault("status", status=429, retry_after="1", method="GET"))
+        got = [
+            requests.get(f"{srv.url}/v2/connections/billing/anycost/c/billing_drops", headers={"Authorization": "k"},
+                         timeout=5).status_code
+            for _ in range(7)
+        ]  # fmt: skip
+    assert got == [200, 429, 503, 429, 200, 503, 200]

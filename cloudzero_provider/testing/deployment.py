@@ -1,0 +1,327 @@
+"""A real, distributed Airflow on loopback ports, the topology of docker-compose.yaml without Docker.
+
+For this repository's deployment tests and backfill benchmark (it reads the repository's compose file).
+
+PostgreSQL (metadata and LiteLLM's database: the project's throwaway server), Redis, ``airflow api-server``,
+``scheduler``, ``dag-processor``, ``triggerer`` and two ``celery worker`` processes, each started in its own
+session so that stopping its process group stops its children too. Readiness is read from the api-server's health
+endpoint and the REST API, never from sleeps. Every component logs to ``<home>/proc-<name>.log``; a failed wait
+prints their tails.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from cloudzero_provider.testing.double import CloudZeroDouble
+from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
+from cloudzero_provider.testing.postgres import ThrowawayPostgres, airflow_conn_uri
+from cloudzero_provider.testing.server import CloudZeroDoubleServer
+
+REPO = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+# compose service -> the airflow command the harness runs for it (the worker twice, as two processes)
+AIRFLOW_SERVICES = {
+    "airflow-apiserver": "api-server",
+    "airflow-scheduler": "scheduler",
+    "airflow-dag-processor": "dag-processor",
+    "airflow-triggerer": "triggerer",
+    "airflow-worker": "celery worker",
+}
+# compose settings that name compose hosts or files: the harness gives its own loopback values
+HOST_SPECIFIC = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CELERY__RESULT_BACKEND",
+    "AIRFLOW__CELERY__BROKER_URL",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__CLOUDZERO__STAGING_URI",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+}
+
+
+def compose() -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load((REPO / "docker-compose.yaml").read_text()))
+
+
+def compose_airflow_env() -> dict[str, str]:
+    """The environment every Airflow container of the compose stack gets (x-airflow-common)."""
+    return {k: str(v) for k, v in compose()["x-airflow-common"]["environment"].items()}
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of the harness: each worker reports its own name, though all share a host."""
+    return os.environ.get("CZ_WORKER_NAME") or socket.getfqdn()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Deployment:
+    """
+    Start with :meth:`start` (or as a context manager), stop with :meth:`stop`.
+
+    :param settings: Extra environment for every Airflow process (``CLOUDZERO_*`` settings, connections).
+    :param workers: How many Celery workers.
+    """
+
+    def __init__(self, settings: dict[str, str] | None = None, *, workers: int = 2) -> None:
+        self.settings = settings or {}
+        self.workers = workers
+        self.home = Path(tempfile.mkdtemp(prefix="cz-deploy-"))
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.pg: ThrowawayPostgres | None = None
+        self.double: CloudZeroDoubleServer | None = None
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.api_port = free_port()
+        self.env: dict[str, str] = {}
+        self.litellm_url = ""
+        self._token: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    def start(self) -> Deployment:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.pg = ThrowawayPostgres().start()
+        meta_url = self.pg.create_database(None)
+        self.litellm_url = self.pg.create_database("2026-10")
+        self.double = CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={CONNECTION_ID})).start()
+        redis_port = free_port()
+        self.redis = self._spawn(
+            "redis",
+            [
+                shutil.which("redis-server") or "redis-server",
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            env=dict(os.environ),
+        )
+        parts = urlsplit(meta_url)
+        sqlalchemy = f"postgresql+psycopg2://{parts.netloc}{parts.path}"
+        env = {k: v for k, v in compose_airflow_env().items() if k not in HOST_SPECIFIC}
+        env.update(
+            {
+                "AIRFLOW_HOME": str(self.home),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sqlalchemy,
+                "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql://{parts.netloc}{parts.path}",
+                "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+                "AIRFLOW__CORE__PARALLELISM": "4",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+                "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
+                "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
+                "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+                "AIRFLOW__CLOUDZERO__STAGING_URI": str(self.home / "staging"),
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+                "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cloudzero_provider.testing.deployment.worker_hostname",
+                "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
+                "AIRFLOW_CONN_LITELLM_DB": airflow_conn_uri(self.litellm_url),
+                "AIRFLOW_CONN_CLOUDZERO_DEFAULT": json.dumps(
+                    {
+                        "conn_type": "cloudzero",
+                        "host": self.double.url,
+                        "password": API_KEY,
+                        "extra": {"connection_id": CONNECTION_ID, "max_attempts": 3, "max_wait": 2},
+                    }
+                ),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.settings)
+        base = {
+            k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CLOUDZERO_", "LITELLM_"))
+        }
+        self.env = {**base, **env}
+        self.cli("db", "migrate", timeout=300)
+        self.cli("pools", "set", "cloudzero_anycost", "1", "AnyCost uploads, one at a time")
+        self.wait_for(lambda: self._redis_up(redis_port), 30, "redis")
+        self.procs["api-server"] = self._airflow("api-server", "api-server", "--port", str(self.api_port),
+                                                 "--host", "127.0.0.1")  # fmt: skip
+        for name in ("scheduler", "dag-processor", "triggerer"):
+            self.procs[name] = self._airflow(name, name)
+        for i in range(1, self.workers + 1):
+            self.start_worker(i)
+        self.wait_for(
+            self._healthy, 240, "api-server health: metadatabase, scheduler, triggerer, dag-processor"
+        )
+
+    def start_worker(self, index: int) -> None:
+        self.procs[f"worker{index}"] = self._spawn(
+            f"worker{index}",
+            [AIRFLOW, "celery", "worker", "--celery-hostname", f"worker{index}@%h", "--concurrency", "2",
+             "--without-gossip", "--without-mingle"],
+            {**self.env, "CZ_WORKER_NAME": f"worker{index}"},
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        for name in list(self.procs):
+            self.stop_process(name)
+        if self.redis is not None:
+            self._killpg(self.redis)
+            self.redis = None
+        if self.double is not None:
+            self.double.stop()
+            self.double = None
+        if self.pg is not None:
+            self.pg.stop()
+            self.pg = None
+
+    def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is not None:
+            self._killpg(proc, sig)
+
+    @staticmethod
+    def _killpg(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def __enter__(self) -> Deployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- processes --------------------------------------------------------------------------------------
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"proc-{name}.log", "ab")  # noqa: SIM115 -- handed to the child, closed with it
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                cwd=self.home)  # fmt: skip
+
+    def _airflow(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        return self._spawn(name, [AIRFLOW, *args], self.env)
+
+    def cli(self, *args: str, timeout: float = 180, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([AIRFLOW, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise RuntimeError(
+                f"airflow {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+            )
+        return proc
+
+    def logs(self, lines: int = 40) -> str:
+        out = []
+        for path in sorted(self.home.glob("proc-*.log")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            out.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(out)
+
+    def wait_for(self, predicate: Callable[[], Any], timeout: float, what: str, every: float = 1.0) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = predicate()
+            except (requests.RequestException, OSError, ValueError, KeyError) as exc:
+                last = exc
+            if last and not isinstance(last, Exception):
+                return last
+            dead = [n for n, p in self.procs.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{dead} exited while waiting for {what}\n{self.logs()}")
+            time.sleep(every)
+        raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what} (last: {last!r})\n{self.logs()}")
+
+    def _redis_up(self, port: int) -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def _healthy(self) -> bool:
+        health = requests.get(f"{self.url}/api/v2/monitor/health", timeout=5).json()
+        parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+        return all((health.get(p) or {}).get("status") == "healthy" for p in parts)
+
+    # -- REST -------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def password(self, user: str = "admin") -> str:
+        path = self.home / "simple_auth_manager_passwords.json.generated"
+        return str(json.loads(path.read_text())[user])
+
+    def token(self, user: str = "admin") -> str:
+        response = requests.post(f"{self.url}/auth/token",
+                                 json={"username": user, "password": self.password(user)}, timeout=10)  # fmt: skip
+        response.raise_for_status()
+        return str(response.json()["access_token"])
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        if self._token is None:
+            self._token = self.token()
+        response = requests.request(method, f"{self.url}/api/v2{path}", timeout=30,
+                                    headers={"Authorization": f"Bearer {self._token}"}, **kw)  # fmt: skip
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 500})["dag_runs"])
+
+    def task_instances(self, dag_id: str, run_id: str = "~") -> list[dict[str, Any]]:
+        return list(
+            self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})[
+                "task_instances"
+            ]
+        )
+
+    def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
+        self.wait_for(
+            lambda: self.api("GET", f"/dags/{dag_id}"), timeout, f"the DAG processor to parse {dag_id}"
+        )
+
+    def unpause(self, dag_id: str) -> None:
+        self.wait_for_dag(dag_id)
+        self.api("PATCH", f"/dags/{dag_id}", json={"is_paused": False})
+
+
+@contextlib.contextmanager
+def deployment(settings: dict[str, str] | None = None, workers: int = 2) -> Iterator[Deployment]:
+    with Deployment(settings, workers=workers) as d:
+        yield d
