@@ -36,6 +36,7 @@ def get_provider_info() -> dict[str, Any]:
                     "cloudzero_provider.operators.late_data",
                     "cloudzero_provider.operators.report",
                     "cloudzero_provider.operators.telemetry",
+                    "cloudzero_provider.operators.reconcile",
                 ],
             }
         ],

@@ -62,6 +62,12 @@ class ManifestStore:
         manifest = {"hour": iso_hour(hour), **fields, "status": "exported", "late_corrections": corrections}
         self._put(hour, manifest)
 
+    def note(self, hour: datetime, key: str, value: Any) -> None:
+        """Add one field to an hour's manifest (e.g. the last reconciliation's verdict), keeping the rest."""
+        manifest = self.get(hour) or {"hour": iso_hour(hour)}
+        manifest[key] = value
+        self._put(hour, manifest)
+
     def hours(self) -> list[datetime]:
         """Every hour with a manifest, oldest first."""
         from cloudzero_provider.windows import parse_hour

@@ -29,7 +29,14 @@ from cloudzero_provider.cbf import (
     transform,
 )
 from cloudzero_provider.dimensions import Dimension, names, resolve
-from cloudzero_provider.drops import DropRequest, content_digest, group_by_hour, plan, serialize_row
+from cloudzero_provider.drops import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DropRequest,
+    content_digest,
+    group_by_hour,
+    plan,
+    serialize_row,
+)
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTooLarge
 from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.manifests import ManifestStore
@@ -350,7 +357,12 @@ def _staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[str, list[byte
     """
     for attempt in (1, 2):
         recorded = stage.read_json("transform.json")
-        cbf = list(stage.read_jsonl("cbf.jsonl"))
+        try:
+            cbf = list(stage.read_jsonl("cbf.jsonl"))
+        except ValueError as exc:  # a line cut in the middle
+            cbf, torn = [], f"cbf.jsonl cannot be read ({exc})"
+        else:
+            torn = ""
         by_hour = group_by_hour(cbf)
         cost: dict[str, Decimal] = {}
         for row in cbf:
@@ -366,6 +378,8 @@ def _staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[str, list[byte
         problems += [
             f"hour {h}: in cbf.jsonl but not in transform.json" for h in by_hour if h not in recorded["hours"]
         ]
+        if torn:
+            problems.append(torn)
         if not problems:
             return by_hour, recorded
         if attempt == 1:
@@ -616,6 +630,44 @@ def _apply_ownership(
     for cleared_hour in clear:
         rows_by_hour[cleared_hour] = [serialize_row(clearing_row(cleared_hour))]
     return clear
+
+
+def clear_hours(
+    hook: CloudZeroHook,
+    hours: Sequence[datetime],
+    manifests: ManifestStore,
+    *,
+    salt: str,
+    origin: str = "spend_logs",
+) -> int:
+    """Leave each hour at exactly 0 in CloudZero (one zero-cost row with ``replace_hourly``); returns requests."""
+    rows_by_hour = {iso_hour(h): [serialize_row(clearing_row(iso_hour(h)))] for h in hours}
+    connection_id = hook.connection_id
+    stamp = _now()
+
+    def record(hour: str, drop_ids: list[str]) -> None:
+        manifests.write_exported(
+            parse_hour(hour),
+            {
+                "connection_id": connection_id,
+                "window": hour_label(parse_hour(hour)),
+                "rows": 0,
+                "cost": "0",
+                "tokens": 0,
+                "content_sha256": content_digest(rows_by_hour[hour]),
+                "drop_ids": drop_ids,
+                "sent_at": stamp,
+                "extracted_at": stamp,
+                "source": {"requests": 0, "spend": "0"},
+                "origin": origin,
+                "cleared": True,
+                "run": salt,
+            },
+            late_correction=True,
+        )
+
+    return _send_all(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, salt=salt,
+                     manifests=manifests, on_hour_sent=record)  # fmt: skip
 
 
 def _emptied_hours(

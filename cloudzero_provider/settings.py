@@ -97,6 +97,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "CLOUDZERO_ALERT_SLACK_CHANNEL",
         "Slack channel for breaches (default `#finops`).",
     ),
+    "reconcile_retention_days": (
+        "CLOUDZERO_RECONCILE_RETENTION_DAYS",
+        "Set to LiteLLM's `maximum_spend_logs_retention_period` (in days): the reconciliation never lowers an hour older than this whose source rows are gone, it reports it as purged at source (default 0: off).",
+    ),
     "daily_source": (
         "CLOUDZERO_DAILY_SOURCE",
         "Rollup table of the daily-rollup DAG: `team` (LiteLLM_DailyTeamSpend, default) or `user` (LiteLLM_DailyUserSpend); never both, they count the same requests.",
@@ -168,6 +172,7 @@ class ExportSettings:
     alert_email: list[str] | None = None
     alert_slack_conn_id: str | None = None
     alert_slack_channel: str = "#finops"
+    reconcile_retention_days: int = 0
     daily_source: str = "team"
     daily_dimensions: list[str] | None = None
     daily_tag_conn_id: str | None = None

@@ -86,6 +86,7 @@ def ledger_rows(target: ExportTarget, start: datetime, end: datetime) -> list[di
             "sent_cost": m.get("cost", ""),
             "drops": len(m.get("drop_ids") or []) if isinstance(m.get("drop_ids"), list) else 0,
             "sent_at": m.get("sent_at", ""),
+            "reconciled": (m.get("reconcile") or {}).get("status", "") if isinstance(m.get("reconcile"), dict) else "",
         })  # fmt: skip
         hour += timedelta(hours=1)
     return rows
@@ -155,7 +156,7 @@ def ledger(
     body = "".join(
         f'<tr class="st-{e(r["status"].replace(" ", "-"))}"><td>{e(r["hour"])}</td><td>{e(r["status"])}</td>'
         f"<td>{e(str(r['rows']))}</td><td>{e(str(r['source_cost']))}</td><td>{e(str(r['sent_cost']))}</td>"
-        f"<td>{e(str(r['drops']))}</td><td>{e(str(r['sent_at']))}</td></tr>"
+        f"<td>{e(str(r['drops']))}</td><td>{e(str(r['sent_at']))}</td><td>{e(str(r['reconciled']))}</td></tr>"
         for r in reversed(rows)
     )
     summary = " &middot; ".join(
@@ -170,7 +171,7 @@ td,th{{border:1px solid #d5d8dc;padding:4px 8px}} th{{background:#eaf2f8}} .st-e
 <p>{start_h:%Y-%m-%d %H:00} to {end_h:%Y-%m-%d %H:00} UTC: {summary}</p>
 <h2>Latest reports</h2><ul id="reports">{links}</ul>
 <table id="ledger"><thead><tr><th>hour (UTC)</th><th>status</th><th>CBF rows</th><th>cost at source (USD)</th>
-<th>cost sent (USD)</th><th>drops</th><th>sent at</th></tr></thead><tbody>{body}</tbody></table>
+<th>cost sent (USD)</th><th>drops</th><th>sent at</th><th>last reconciliation</th></tr></thead><tbody>{body}</tbody></table>
 </body></html>""")  # fmt: skip
 
 

@@ -132,6 +132,15 @@ class CloudZeroDouble:
             months = [month] if month else sorted(stream.months)
             return [dict(r) for m in months for r in stream.months.get(m, [])]
 
+    def lose_hour(self, connection_id: str, hour: str, namespace: str = "") -> int:
+        """Forget an hour's rows, as if CloudZero had lost or rejected a drop after answering 200."""
+        with self.lock:
+            stream = self.streams[(namespace, connection_id)]
+            month = month_key(hour)
+            before = len(stream.months.get(month, []))
+            stream.months[month] = [r for r in stream.months.get(month, []) if hour_key(r) != hour]
+            return before - len(stream.months[month])
+
     def cost_by_hour(self, connection_id: str, namespace: str = "") -> dict[str, Decimal]:
         by_hour: dict[str, list[str]] = defaultdict(list)
         for row in self.rows(connection_id, namespace=namespace):

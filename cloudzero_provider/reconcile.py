@@ -1,0 +1,96 @@
+"""What to do with an hour, given the source, the manifest and CloudZero's own state. Pure: no Airflow imports.
+
+Statuses, as the ledger and the run's summary show them:
+
+- ``matches``: CloudZero holds exactly the source's cost (nothing sent);
+- ``repaired``: CloudZero differed (lost, rejected or stale data, rows later than every late pass) and the hour was
+  exported again from the source;
+- ``cleared``: the source holds nothing any more for an hour this exporter sent; the hour was set to exactly 0;
+- ``foreign data removed``: CloudZero held cost this exporter never sent for an hour without source spend (another
+  writer to the stream); the hour was set to exactly 0 -- or re-exported when the source has spend;
+- ``purged at source``: the source lost an hour older than the retention guard; CloudZero keeps its history;
+- ``daily-owned``: the day belongs to the daily-rollup export; this reconciliation leaves it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+MATCHES = "matches"
+REPAIRED = "repaired"
+CLEARED = "cleared"
+FOREIGN = "foreign data removed"
+PURGED = "purged at source"
+DAILY_OWNED = "daily-owned"
+
+
+@dataclass(frozen=True)
+class HourCheck:
+    """One hour's three views and the verdict."""
+
+    hour: datetime
+    source: Decimal  # SUM(spend::numeric) of the valid rows now
+    requests: int
+    held: Decimal  # what CloudZero holds (or, where it cannot be read, what the manifest says was sent)
+    sent: Decimal | None  # what the manifest says this exporter sent (None: never sent)
+    action: str  # "none" | "export" | "clear"
+    status: str
+
+    @property
+    def moved(self) -> Decimal:
+        """USD by which the action moves CloudZero."""
+        return abs(self.source - self.held) if self.action != "none" else Decimal(0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "source": str(self.source),
+            "requests": self.requests,
+            "held": str(self.held),
+            "sent": None if self.sent is None else str(self.sent),
+            "action": self.action,
+            "status": self.status,
+        }
+
+
+def decide(
+    hour: datetime,
+    *,
+    source: Decimal,
+    requests: int,
+    held: Decimal,
+    manifest: dict[str, Any] | None,
+    owner: str | None,
+    retention_floor: datetime | None,
+) -> HourCheck:
+    """
+    The verdict for one hour.
+
+    :param owner: Who owns the hour's day in this stream (``spend_logs``, a daily origin, or None).
+    :param retention_floor: Hours before it may have lost their source rows to LiteLLM's retention: they are
+        never lowered for having none.
+    """
+    sent = None
+    if manifest and manifest.get("status") == "exported":
+        sent = Decimal(str(manifest.get("cost", "0")))
+    ours = bool(manifest) and str((manifest or {}).get("origin", "spend_logs")) == "spend_logs"
+
+    def check(action: str, status: str) -> HourCheck:
+        return HourCheck(hour, source, requests, held, sent, action, status)
+
+    if owner is not None and owner != "spend_logs":
+        return check("none", DAILY_OWNED)
+    if manifest and manifest.get("unreadable") and (source != 0 or requests):
+        return check("export", REPAIRED)  # a torn record: export again, which writes a sound one
+    if held == source:
+        return check("none", MATCHES)
+    if source != 0 or requests:
+        # CloudZero lost, missed or changed the hour, or someone else wrote into it: the source wins.
+        return check("export", REPAIRED if ours or sent is not None or held == 0 else FOREIGN)
+    if retention_floor is not None and hour < retention_floor:
+        return check("none", PURGED)
+    if ours and sent is not None:
+        return check("clear", CLEARED)
+    return check("clear", FOREIGN)
