@@ -56,6 +56,11 @@ class _Retryable(Exception):
 
 
 def _retry_after_seconds(value: str | None) -> float | None:
+    """
+    Seconds to wait from a ``Retry-After`` header, or ``None`` when there is none or it cannot be read.
+
+    :param value: The header: delta-seconds or an HTTP date (RFC 9110 allows both).
+    """
     if not value:
         return None
     try:
@@ -91,7 +96,21 @@ def _error_message(response: requests.Response) -> str:
 
 @dataclass(frozen=True)
 class CloudZeroSettings:
-    """What a ``cloudzero`` connection configures, resolved once per hook. The key never shows in its repr."""
+    """
+    What a ``cloudzero`` connection configures, resolved once per hook. The keys never show in its repr.
+
+    :param base_url: API base URL without a trailing slash.
+    :param api_key: The key, stripped, sent bare in ``Authorization``.
+    :param connection_id: The AnyCost Stream connection, if the connection names one.
+    :param metric_name: The unit-cost telemetry metric, if any.
+    :param test_key: Sent as ``cloudzero-test-key``: requests run in CloudZero's one-hour test namespace.
+    :param timeout: Timeout of one attempt: seconds, or ``(connect, read)``.
+    :param max_attempts: Attempts per request, the first one included.
+    :param max_wait: Longest single wait between attempts, in seconds.
+    :param max_retry_time: Seconds after which retrying one request stops.
+    :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
+    :param proxies: requests' proxies mapping.
+    """
 
     base_url: str
     api_key: str = field(repr=False)
@@ -106,11 +125,24 @@ class CloudZeroSettings:
     proxies: dict[str, str]
 
 
-_HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")  # visible ASCII: what an HTTP header value can carry as a key
+# An API key is visible ASCII: a space, line break, control or non-ASCII character inside one is a paste error,
+# and some of them (CR/LF) would let the key split the request's headers.
+_KEY_SAFE = re.compile(r"[\x21-\x7e]+")  # fullmatch: "$" would let a final "\n" through
+# The test key is a namespace label chosen by the user: allow what an HTTP header value can carry (printable
+# latin-1, inner spaces included), refuse control characters and anything http.client cannot encode.
+_HEADER_VALUE_SAFE = re.compile(r"[\x20-\x7e\xa0-\xff]+")
 
 
-def _base_url(host: str | None, schema: str | None, port: int | None) -> str:
-    url = (host or "").strip() or DEFAULT_API_BASE
+def _base_url(host: str | None, schema: str | None, port: int | None, default: str = DEFAULT_API_BASE) -> str:
+    """
+    The API base URL of a connection, without a trailing slash.
+
+    :param host: The connection's host: a full URL, a bare host name, or empty for ``default``.
+    :param schema: The scheme to use when ``host`` has none; ``https`` when empty.
+    :param port: Appended when ``host`` carries no port of its own.
+    :param default: The URL used when ``host`` is empty.
+    """
+    url = (host or "").strip() or default
     if "://" not in url:
         # An API key must not travel in clear text by accident: without a scheme, https.
         url = f"{schema or 'https'}://{url}"
@@ -148,6 +180,7 @@ class CloudZeroHook(HttpHook):
     default_conn_name = "cloudzero_default"
     conn_type = "cloudzero"
     hook_name = "CloudZero"
+    default_host = DEFAULT_API_BASE
 
     def __init__(
         self,
@@ -180,25 +213,40 @@ class CloudZeroHook(HttpHook):
 
     @cached_property
     def settings(self) -> CloudZeroSettings:
-        """The connection resolved once: base URL, key, AnyCost connection, retry and transport settings."""
+        """
+        The connection resolved once: base URL, key, AnyCost connection, retry and transport settings.
+
+        Constructor arguments are the defaults; the connection's extras override them.
+
+        :raises AirflowFailException: The connection has no API key, or a key or test key that an HTTP header
+            cannot carry. The message never contains either key.
+        """
         conn = self.connection
         extra = dict(conn.extra_dejson or {})
+        # Pasted keys often carry a trailing newline or spaces: they are not part of the key.
         key = (conn.password or "").strip()
         if not key:
             raise AirflowFailException(
                 f"Airflow connection {self.cloudzero_conn_id!r} has no API key: put the CloudZero API key "
                 "in its password field (LiteLLM's CLOUDZERO_API_KEY)."
             )
-        if not _HEADER_SAFE.match(key):
+        # Masked before it is checked, so that even a key refused here never shows in a task log.
+        self._mask(key)
+        if not _KEY_SAFE.fullmatch(key):
             raise AirflowFailException(
                 f"The API key of Airflow connection {self.cloudzero_conn_id!r} holds a character an HTTP header "
                 "cannot carry (a space, line break, control or non-ASCII character inside the key): paste the "
                 "key again exactly as CloudZero shows it."
             )
-        self._mask(key)
         test_key = str(extra["test_key"]).strip() if extra.get("test_key") else None
         if test_key:
             self._mask(test_key)
+            if not _HEADER_VALUE_SAFE.fullmatch(test_key):
+                raise AirflowFailException(
+                    f'The extra "test_key" of Airflow connection {self.cloudzero_conn_id!r} holds a character '
+                    "an HTTP header cannot carry (a line break, control character or a character outside "
+                    "latin-1): set it again."
+                )
 
         def number(name: str, kind: type) -> Any:
             value = extra.get(name)
@@ -212,7 +260,7 @@ class CloudZeroHook(HttpHook):
         else:
             resolved_timeout = float(timeout)
         return CloudZeroSettings(
-            base_url=_base_url(conn.host, conn.schema, conn.port),
+            base_url=_base_url(conn.host, conn.schema, conn.port, self.default_host),
             api_key=key,
             connection_id=str(extra["connection_id"]) if extra.get("connection_id") else None,
             metric_name=str(extra["metric_name"]) if extra.get("metric_name") else None,
@@ -238,19 +286,50 @@ class CloudZeroHook(HttpHook):
 
     @property
     def metric_name(self) -> str | None:
+        """The unit-cost telemetry metric from the connection's extra ``metric_name``, if any."""
         return self.settings.metric_name
 
     @property
     def max_attempts(self) -> int:
+        """Attempts per request, the first one included (the connection's extra overrides the argument)."""
         return self.settings.max_attempts
+
+    @property
+    def max_wait(self) -> float:
+        """Longest single wait between attempts, in seconds."""
+        return self.settings.max_wait
+
+    @property
+    def max_retry_time(self) -> float:
+        """Seconds after which retrying one request stops."""
+        return self.settings.max_retry_time
+
+    @property
+    def timeout(self) -> float | tuple[float, float]:
+        """The timeout of one attempt: seconds, or ``(connect, read)``."""
+        return self.settings.timeout
 
     def get_conn(
         self, headers: dict[Any, Any] | None = None, extra_options: dict[str, Any] | None = None
     ) -> requests.Session:
-        """A session that sends the bare key; the connection's other extras never become headers."""
+        """
+        A session that sends the bare key; the connection's other extras never become headers.
+
+        Sets :attr:`base_url`, as HttpHook's ``get_conn`` does, so that HttpHook's own ``run`` works too.
+
+        :param headers: Extra headers for every request of the session.
+        :param extra_options: Accepted for HttpHook's signature; the connection's settings already apply.
+        """
         settings = self.settings
         self.base_url = settings.base_url
         session = requests.Session()
+        # HttpHook's TCP keep-alive adapter (or the one given to the constructor): a read waiting minutes for
+        # CloudZero's answer must not be cut by a NAT or load balancer dropping an idle connection.
+        if self.adapter:
+            session.mount(f"{urlparse(settings.base_url).scheme}://", self.adapter)
+        elif self.keep_alive_adapter:
+            session.mount("http://", self.keep_alive_adapter)
+            session.mount("https://", self.keep_alive_adapter)
         session.verify = settings.verify
         if settings.proxies:
             session.proxies.update(settings.proxies)
@@ -264,6 +343,7 @@ class CloudZeroHook(HttpHook):
 
     @staticmethod
     def _mask(secret: str) -> None:
+        """Register ``secret`` with Airflow's log masker."""
         try:
             from airflow.sdk.log import mask_secret
 
@@ -276,22 +356,43 @@ class CloudZeroHook(HttpHook):
         """One keep-alive session per hook: a window's requests reuse the TCP/TLS connection."""
         return self.get_conn()
 
+    @cached_property
+    def _secrets(self) -> tuple[str, ...]:
+        """
+        The key and test key in every form a message might carry them: raw, stripped and ``repr``-escaped.
+
+        Read from the connection itself rather than :attr:`settings`, which refuses a key it cannot send:
+        the raw value must be scrubbed all the same. Longest first, so no fragment of a secret survives.
+        """
+        extra = dict(self.connection.extra_dejson or {})
+        raw = {self.connection.password or ""}
+        if extra.get("test_key"):
+            raw.add(str(extra["test_key"]))
+        forms = set()
+        for value in raw:
+            for form in (value, value.strip()):
+                forms |= {form, repr(form)[1:-1]}
+        return tuple(sorted((f for f in forms if len(f) >= 4), key=len, reverse=True))
+
     def _scrub(self, text: str) -> str:
-        """The text without the API key or test key, in any form they might appear (raw, stripped, repr'd)."""
+        """
+        The text without the API key or test key, in any form they might appear.
+
+        :param text: A message about to reach an exception or a log: requests' and CloudZero's texts may
+            quote a header value.
+        """
         try:
-            secrets = {(self.connection.password or ""), (self.connection.password or "").strip()}
-            extra = dict(self.connection.extra_dejson or {})
-            if extra.get("test_key"):
-                secrets |= {str(extra["test_key"]), str(extra["test_key"]).strip()}
-        except Exception:
+            secrets = self._secrets
+        except Exception:  # no connection to read: nothing of it can be in the text either
             return text
-        for secret in sorted((s for s in secrets if len(s) >= 4), key=len, reverse=True):
-            text = text.replace(secret, "***").replace(repr(secret)[1:-1], "***")
+        for secret in secrets:
+            text = text.replace(secret, "***")
         return text
 
     # -- requests ---------------------------------------------------------------------------------------
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
+        """Seconds before the next attempt: CloudZero's ``Retry-After`` or jittered exponential backoff."""
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome else None
         max_wait = self.settings.max_wait
@@ -308,6 +409,7 @@ class CloudZeroHook(HttpHook):
         body: bytes | None,
         headers: Mapping[str, str],
     ) -> requests.Response:
+        """One attempt: a transient failure raises :class:`_Retryable`, any other requests failure fails."""
         url = self.settings.base_url + path
         try:
             response = session.request(
@@ -398,9 +500,11 @@ class CloudZeroHook(HttpHook):
 
     @staticmethod
     def _body(body: bytes | Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword :meth:`request` takes for ``body``: exact bytes are sent as they are, never re-encoded."""
         return {"body": body} if isinstance(body, bytes) else {"json_body": dict(body)}
 
     def _drops_path(self, connection_id: str | None) -> str:
+        """The billing-drops path of ``connection_id``, or of the Airflow connection's AnyCost connection."""
         return f"{ANYCOST_PATH}/{quote(connection_id or self.connection_id, safe='')}/billing_drops"
 
     def post_billing_drop(
@@ -424,7 +528,11 @@ class CloudZeroHook(HttpHook):
         return dict(response.json().get("connection") or {})
 
     def list_billing_drops(self, *, connection_id: str | None = None) -> list[dict[str, Any]]:
-        """All billing drops of the AnyCost connection: ``drop_id``, ``month``, ``row_count``."""
+        """
+        All billing drops of the AnyCost connection: ``drop_id``, ``month``, ``row_count``.
+
+        :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
+        """
         response = self.request("GET", self._drops_path(connection_id))
         return list(response.json().get("billing_drops") or [])
 
@@ -435,6 +543,7 @@ class CloudZeroHook(HttpHook):
         The CBF rows CloudZero holds for one month, or ``None`` when it holds none (404).
 
         :param month: ``YYYY-MM``.
+        :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
         """
         path = f"{self._drops_path(connection_id)}/{quote(month, safe='')}"
         response = self.request("GET", path, expect=(200, 404))
@@ -443,7 +552,11 @@ class CloudZeroHook(HttpHook):
         return list(response.json().get("billing_drop") or [])
 
     def validate_billing_drop(self, body: bytes | Mapping[str, Any]) -> dict[str, Any]:
-        """Ask CloudZero to validate a billing drop without storing it: ``{"is_valid", "errors"}``."""
+        """
+        Ask CloudZero to validate a billing drop without storing it: ``{"is_valid", "errors"}``.
+
+        :param body: The request body, as a mapping or as the exact serialized bytes to send.
+        """
         response = self.request("POST", f"{ANYCOST_PATH}/validate_billing_drop", **self._body(body))
         return dict(response.json().get("connection") or {})
 
@@ -480,11 +593,17 @@ class CloudZeroHook(HttpHook):
     # -- connection test --------------------------------------------------------------------------------
 
     def test_connection(self) -> tuple[bool, str]:
-        """List the drops of the configured AnyCost connection and say plainly what is wrong, if anything."""
+        """
+        List the drops of the configured AnyCost connection and say plainly what is wrong, if anything.
+
+        :return: ``(ok, message)``, as Airflow's connection test expects; the message never holds the key.
+        """
+        resolved: CloudZeroSettings | None = None
         try:
             connection_id = self.connection_id
+            resolved = self.settings
             # A connection test should answer in seconds, not ride out a long outage.
-            self.settings = replace(self.settings, max_attempts=2, max_retry_time=20.0)
+            self.settings = replace(resolved, max_attempts=2, max_retry_time=20.0)
             drops = self.list_billing_drops(connection_id=connection_id)
         except CloudZeroAPIError as exc:
             if exc.status == 403:
@@ -501,7 +620,8 @@ class CloudZeroHook(HttpHook):
         except Exception as exc:
             return False, self._scrub(f"{type(exc).__name__}: {exc}")
         finally:
-            self.__dict__.pop("settings", None)  # the next call resolves the connection's own settings again
+            if resolved is not None:  # later requests of this hook get the connection's own retry budget back
+                self.settings = resolved
         return True, (
             f"CloudZero at {self.settings.base_url} accepted the key; AnyCost connection {connection_id!r} "
             f"has {len(drops)} billing drop(s)."

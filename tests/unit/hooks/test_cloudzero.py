@@ -8,8 +8,10 @@ import time
 from decimal import Decimal
 
 import pytest
+import requests
 
 from cloudzero_provider.hooks.cloudzero import (
+    TEST_KEY_HEADER,
     CloudZeroAPIError,
     CloudZeroHook,
     CloudZeroRequestTooLarge,
@@ -203,7 +205,19 @@ def test_key_surrounding_whitespace_is_stripped(double, monkeypatch):
     assert fast_hook().post_billing_drop(BODY)["row_count"] == 1
 
 
-@pytest.mark.parametrize("key", ["cz-key-with\nnewline-inside-9981", "cz-key with-space-9981", "cz-kéy-9981"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "cz-key-with\nnewline-inside-9981",
+        "cz-key with-space-9981",
+        "cz-kéy-9981",
+        "cz-key-with\r\ncrlf-inside-9981",
+        "cz-key-with\x07bell-inside-9981",
+        "cz-key-with\x00nul-inside-9981",
+        "cz-key-with\ttab-inside-9981",
+        "cz-key-ключ-9981",
+    ],
+)
 def test_key_a_header_cannot_carry_is_refused_without_showing_it(double, monkeypatch, caplog, key):
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -250,3 +264,130 @@ def test_test_key_is_masked_and_sent_only_as_its_header(double, monkeypatch):
     assert double.double.cost_by_hour(CONNECTION_ID, namespace="cz-test-namespace-key-7731") == {
         H13: Decimal("0.25")
     }
+
+
+@pytest.mark.parametrize("key", [f"{API_KEY}\n", f"{API_KEY}\r\n", f"\t{API_KEY} "])
+def test_key_pasted_with_a_line_break_works_and_is_sent_stripped(double, monkeypatch, key):
+    """The double accepts only the exact key: a 200 proves the stripped key went out, and nothing else."""
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=key))
+    hook = fast_hook()
+    assert hook.settings.api_key == API_KEY
+    assert hook.get_conn().headers["Authorization"] == API_KEY
+    assert hook.test_connection()[0] is True
+    assert hook.list_billing_drops() == []
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        # InvalidHeader quotes the header value with repr(): the escaped form of the raw key must go too.
+        (requests.exceptions.InvalidHeader(f"bad header value: {API_KEY + chr(10)!r}"), "InvalidHeader"),
+        (requests.exceptions.InvalidURL(f"Invalid URL 'x/{API_KEY}'"), "InvalidURL"),
+        (requests.exceptions.RequestException(f"key={API_KEY}"), "RequestException"),
+        (
+            requests.exceptions.ConnectionError(f"reset while sending {API_KEY}"),
+            "still failing after 2 attempts: connection failed: reset while sending ***",
+        ),
+    ],
+)
+def test_every_requests_exception_is_scrubbed_of_the_key(
+    double, monkeypatch, caplog, capsys, error, expected
+):
+    from airflow.sdk.exceptions import AirflowException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=f"{API_KEY}\n"))
+    hook = fast_hook(max_attempts=2)
+
+    def explode(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(hook.session, "request", explode)
+    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowException) as info:
+        hook.post_billing_drop(BODY)
+    text = str(info.value)
+    assert expected in text and "***" in text
+    assert API_KEY not in text and API_KEY not in caplog.text and API_KEY not in capsys.readouterr().out
+    assert info.value.__cause__ is None and info.value.__suppress_context__, "the original text stays out"
+
+
+@pytest.mark.parametrize("test_key", ["cz-test\nnamespace-7731", "cz-test-ключ-7731", "cz-test\x00nul-7731"])
+def test_test_key_a_header_cannot_carry_is_refused_without_showing_it(double, monkeypatch, caplog, test_key):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, test_key=test_key))
+    hook = fast_hook()
+    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException) as info:
+        hook.post_billing_drop(BODY)
+    assert '"test_key"' in str(info.value) and "cannot carry" in str(info.value)
+    for part in (*test_key.split(), test_key):
+        assert part not in str(info.value) and part not in caplog.text
+    assert double.double.requests == [], "nothing was sent"
+
+
+def test_test_key_is_never_logged(double, monkeypatch, caplog, capsys):
+    """With Airflow's masker out of the way, the test key still shows in no log line: the hook never logs it."""
+    masked = []
+    monkeypatch.setattr("airflow.sdk.log.mask_secret", lambda value, *a, **k: masked.append(value))
+    test_key = "cz-test-namespace-key-4410"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, test_key=f" {test_key}\n")
+    )
+    double.fail_next(1, 503)
+    hook = fast_hook()
+    with caplog.at_level(logging.DEBUG):
+        hook.post_billing_drop(BODY)
+        assert hook.test_connection()[0] is True
+    assert hook.get_conn().headers[TEST_KEY_HEADER] == test_key
+    assert statuses(double)[0] == 503, "a retry was logged"
+    assert test_key in masked, "masked all the same, for what others might log"
+    assert test_key not in caplog.text and test_key not in capsys.readouterr().out
+    assert test_key not in repr(hook.settings) and test_key not in str(hook.settings)
+
+
+def test_settings_resolved_once_extras_override_arguments(double, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        cloudzero_conn_json(
+            double.url, max_attempts="4", timeout=[1, 2], max_wait=0.1, metric_name="llm-cost"
+        ),
+    )
+    hook = CloudZeroHook(max_attempts=9, max_wait=7.0, max_retry_time=42.0)
+    assert (hook.max_attempts, hook.max_wait, hook.max_retry_time, hook.timeout) == (4, 0.1, 42.0, (1.0, 2.0))
+    assert (hook.connection_id, hook.metric_name) == (CONNECTION_ID, "llm-cost")
+    assert hook.settings is hook.settings and hook.connection is hook.connection
+
+    # Counting reads of the connection's extra: resolving the settings and the scrubber read it once each,
+    # however many attempts fail.
+    connection, reads = hook.connection, []
+
+    class Counting:
+        def __getattr__(self, name):
+            reads.append(name)
+            return getattr(connection, name)
+
+    hook.__dict__["connection"] = Counting()
+    del hook.__dict__["settings"]
+    double.fail_next(3, 503)
+    hook.post_billing_drop(BODY)
+    assert statuses(double) == [503, 503, 503, 200]
+    assert reads.count("extra_dejson") == 2
+
+
+def test_test_connection_keeps_the_hooks_own_settings(double, cloudzero_conn):
+    hook = fast_hook(max_attempts=5)
+    settings = hook.settings
+    assert hook.test_connection()[0] is True
+    assert hook.settings is settings and hook.max_attempts == 5
+
+
+def test_session_keeps_httphooks_keep_alive_adapter(monkeypatch):
+    from requests.adapters import HTTPAdapter
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps({"conn_type": "cloudzero", "password": "k" * 12})
+    )
+    hook = CloudZeroHook()
+    assert hook.keep_alive_adapter is not None
+    assert hook.get_conn().get_adapter("https://api.cloudzero.com/x") is hook.keep_alive_adapter
+    adapter = HTTPAdapter()
+    assert CloudZeroHook(adapter=adapter).get_conn().get_adapter("https://api.cloudzero.com/x") is adapter
