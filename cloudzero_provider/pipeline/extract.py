@@ -1,0 +1,159 @@
+"""Extract: one window of LiteLLM spend aggregated in PostgreSQL into the window's stage."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from decimal import Decimal
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.cbf import (
+    exact_decimal,
+    exact_sum,
+)
+from cloudzero_provider.dimensions import Dimension, names, resolve
+from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
+from cloudzero_provider.pipeline.common import INVALID_POLICIES, SOURCES, _now, describe_invalid
+from cloudzero_provider.staging import WindowStage
+from cloudzero_provider.windows import Window, day_label
+
+log = logging.getLogger(__name__)
+
+# -- extract ----------------------------------------------------------------------------------------------
+
+
+def extract_window(
+    hook: LiteLLMSpendHook,
+    window: Window,
+    stage: WindowStage,
+    *,
+    dimensions: Sequence[str] | None,
+    source: str = "spend_logs",
+    on_invalid: str = "fail",
+    isolate_hours: bool = False,
+) -> dict[str, Any]:
+    """
+    Aggregate the window in PostgreSQL into ``extract.jsonl`` + ``extract.json``; returns the XCom summary.
+
+    Invalid source rows under ``on_invalid="fail"`` fail the whole window, unless ``isolate_hours``: then each
+    hour holding them is recorded in ``failed_hours`` (with the reason), the upload sends every other hour and
+    fails at the end naming them.
+    """
+    try:
+        dims: list[Dimension] = resolve(dimensions)
+    except ValueError as exc:
+        raise AirflowFailException(f"Invalid dimensions: {exc}") from None
+    if on_invalid not in INVALID_POLICIES:
+        raise AirflowFailException(f"on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+    if source not in SOURCES:
+        raise AirflowFailException(f"source must be one of {SOURCES}, got {source!r}")
+    src: Source = source  # type: ignore[assignment]
+    stage.remove("extract.json")  # a failed re-run must not leave the previous run's summary behind
+    extracted_at = _now()
+    hours: dict[str, HourTotal] = {}
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for item in hook.aggregate(window, dims, src):
+            if isinstance(item, AggregateRow):
+                yield item.as_dict()
+            else:
+                hours[item.hour] = item
+
+    try:
+        row_count = stage.write_jsonl("extract.jsonl", rows())
+    except ValueError as exc:
+        raise AirflowFailException(str(exc)) from None
+    table = "LiteLLM_SpendLogs" if source == "spend_logs" else source
+    bad_hours = {h: ht for h, ht in hours.items() if ht.invalid}
+    invalid_rows = sum(sum(ht.invalid.values()) for ht in bad_hours.values())
+    quarantine = None
+    failed_hours: dict[str, str] = {}
+    if bad_hours and on_invalid == "fail" and isolate_hours:
+        failed_hours = {h: describe_invalid({h: ht}, table) for h, ht in sorted(bad_hours.items())}
+        log.error("Window %s: %d hour(s) hold invalid rows and will not be exported: %s", window,
+                  len(failed_hours), "; ".join(failed_hours.values()))  # fmt: skip
+    elif bad_hours and on_invalid == "fail":
+        raise AirflowFailException(
+            f"Window {window}: {describe_invalid(bad_hours, table)}. Nothing was exported. Fix these rows in "
+            "the LiteLLM database, or set on_invalid='quarantine' to export the valid rows and keep the "
+            "invalid ones in quarantine.jsonl."
+        )
+    if bad_hours and on_invalid == "quarantine":
+        written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
+        quarantine = str(stage.path("quarantine.jsonl"))
+        log.warning(
+            "Window %s: quarantined %d row(s) in %s -- %s",
+            window,
+            written,
+            quarantine,
+            describe_invalid(bad_hours, table),
+        )
+    else:
+        stage.remove("quarantine.jsonl")
+    requests = sum(ht.totals.requests for ht in hours.values())
+    tokens = sum(ht.totals.total_tokens for ht in hours.values())
+    spend = exact_decimal(exact_sum(ht.totals.spend for ht in hours.values()))
+    stage.write_json(
+        "extract.json",
+        {
+            "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
+            "extracted_at": extracted_at,
+            "source": source,
+            "dimensions": names(dims),
+            "rows": row_count,
+            "hours": {
+                h: {**ht.totals.as_dict(), "invalid": ht.invalid, "invalid_samples": ht.invalid_samples}
+                for h, ht in sorted(hours.items())
+            },
+            "invalid_rows": invalid_rows,
+            "quarantine": quarantine,
+            "failed_hours": failed_hours,
+        },
+    )
+    hint = None
+    if source == "spend_logs" and not hours:
+        hint = _spend_logs_look_off(hook, window)
+    log.info(
+        "Extracted %s from %s: %d rows over %d hour(s), %d requests, %d tokens, spend %s USD, %d invalid row(s)%s",
+        window,
+        table,
+        row_count,
+        len(hours),
+        requests,
+        tokens,
+        spend,
+        invalid_rows,
+        f" quarantined in {quarantine}" if quarantine else "",
+    )
+    return {
+        "window": window.label,
+        "path": str(stage.path("extract.jsonl")),
+        "rows": row_count,
+        "requests": requests,
+        "tokens": tokens,
+        "spend": spend,
+        "invalid_rows": invalid_rows,
+        "quarantine": quarantine,
+        "failed_hours": sorted(failed_hours),
+        **({"hint": hint} if hint else {}),
+    }
+
+
+def _spend_logs_look_off(hook: LiteLLMSpendHook, window: Window) -> str | None:
+    """A hint when spend logs hold nothing for the window while the daily rollup has spend for its days."""
+    days = list(window.each_day())
+    try:
+        spend = Decimal(hook.daily_spend(Window(days[0].start, days[-1].end)))
+    except AirflowFailException:  # no rollup table (a very old LiteLLM): nothing to compare with
+        return None
+    if spend <= 0:
+        return None
+    text = (
+        f"spend logs look disabled or purged for {', '.join(day_label(d.start) for d in days)}: "
+        f"LiteLLM_SpendLogs holds nothing for {window} while LiteLLM_DailyTeamSpend holds {exact_decimal(spend)} "
+        "USD for the day -- use litellm_cloudzero_daily_rollup"
+    )
+    log.warning("%s", text)
+    return text

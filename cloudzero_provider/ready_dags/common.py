@@ -1,0 +1,94 @@
+"""What the ready DAGs share: ids, the hour Asset and its alias, default arguments, per-run params, docs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from airflow.sdk import Asset, AssetAlias, Param
+
+from cloudzero_provider.settings import ExportSettings
+from cloudzero_provider.windows import Window
+
+HOURLY_DAG_ID = "litellm_cloudzero_hourly"
+RANGE_DAG_ID = "litellm_cloudzero_range"
+TELEMETRY_DAG_ID = "litellm_cloudzero_telemetry"
+REPORT_DAG_ID = "litellm_cloudzero_daily_report"
+DAILY_ROLLUP_DAG_ID = "litellm_cloudzero_daily_rollup"
+RECONCILE_DAG_ID = "litellm_cloudzero_reconcile"
+MAX_RANGE_HOURS = 24 * 366
+
+
+def hours_asset(settings: ExportSettings) -> Asset:
+    """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13:00:00Z``): schedule other DAGs on it."""
+    return Asset(name=f"litellm_cloudzero_hours__{settings.cloudzero_conn_id}",
+                 uri=f"cloudzero://anycost/{settings.cloudzero_conn_id}/litellm-hours")  # fmt: skip
+
+
+def hours_alias(settings: ExportSettings) -> AssetAlias:
+    """The outlet through which upload tasks emit several events (one per hour) on :func:`hours_asset`."""
+    return AssetAlias(name=f"litellm_cloudzero_hours_alias__{settings.cloudzero_conn_id}")
+
+
+def default_args(settings: ExportSettings) -> dict[str, Any]:
+    return {
+        "owner": "finops",
+        "litellm_conn_id": settings.litellm_conn_id,
+        "cloudzero_conn_id": settings.cloudzero_conn_id,
+        "db_schema": settings.db_schema,
+        "retries": settings.retries,
+        "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+        "execution_timeout": timedelta(hours=1),
+    }
+
+
+# Per-run choices: trigger-form params whose defaults are the settings; rendered into the operators' fields.
+DIMENSIONS_PARAM = "{{ params.dimensions }}"
+ON_INVALID_PARAM = "{{ params.on_invalid }}"
+
+
+def choice_params(settings: ExportSettings) -> dict[str, Param]:
+    from cloudzero_provider.dimensions import DEFAULT_DIMENSIONS
+
+    return {
+        "dimensions": Param(
+            ",".join(settings.dimensions if settings.dimensions is not None else DEFAULT_DIMENSIONS),
+            type="string",
+            title="Dimensions",
+            description="Comma-separated grouping dimensions for this run (tag:<prefix> for request tags).",
+        ),
+        "on_invalid": Param(
+            settings.on_invalid,
+            type="string",
+            enum=["fail", "quarantine"],
+            title="Invalid rows",
+            description="fail: stop the window; quarantine: export the valid rows, keep the invalid ones aside.",
+        ),
+    }
+
+
+COMMON_DOC = """
+**Before the first run** create the upload pool, once: `airflow pools set cloudzero_anycost 1 "AnyCost uploads, one
+at a time"` (or Admin -> Pools; the name is the `CLOUDZERO_POOL` setting). Without it Airflow never schedules the
+upload tasks: they stay "scheduled" with no log, and the scheduler's log says the pool does not exist.
+
+**What each run does.** `extract` aggregates the window's `LiteLLM_SpendLogs` inside PostgreSQL (one statement,
+spend summed as `numeric`); `transform` turns it into CloudZero Billing Format rows and reconciles every hour to
+the source's `SUM(spend::numeric)` exactly; `upload` sends whole hours with `replace_hourly` (re-runs replace,
+never double-count) through the one-slot pool, and writes a manifest per hour. XComs are small summaries;
+data stays in the staging folder.
+
+**Per-run choices** (trigger form): `dimensions` (comma-separated) and `on_invalid` (`fail` or `quarantine`);
+their defaults are the settings below.
+
+**When a task fails**, its log's last line says why and what to do. Errors a retry cannot fix (bad API key,
+invalid rows under `on_invalid=fail`, a window that does not reconcile) fail without retrying; CloudZero
+outages are retried in the task (429/5xx/timeouts) and then by Airflow with exponential backoff.
+"""
+
+
+def window_display(start: Any, end: Any) -> str:
+    """The ``cz_window`` template filter: a mapped chunk's label in the grid (``2026-11-01`` for a whole day)."""
+    return Window.of(start, end).display

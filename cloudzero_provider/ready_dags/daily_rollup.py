@@ -1,0 +1,185 @@
+"""``litellm_cloudzero_daily_rollup``: LiteLLM's daily rollups for proxies without spend logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+from cloudzero_provider.operators.transform import CBFTransformOperator
+from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.ready_dags.common import (
+    COMMON_DOC,
+    DAILY_ROLLUP_DAG_ID,
+    MAX_RANGE_HOURS,
+    RANGE_DAG_ID,
+    default_args,
+    hours_alias,
+    hours_asset,
+    window_display,
+)
+from cloudzero_provider.settings import ExportSettings
+from cloudzero_provider.windows import Window, iso_hour
+
+DAILY_DIMENSIONS = {
+    "team": ("team_id", "api_key_alias", "model", "model_group", "provider"),
+    "user": ("user", "api_key_alias", "model", "model_group", "provider"),
+}
+
+
+def rollup_days(params: dict[str, Any], interval_start: Any, interval_end: Any) -> list[dict[str, str]]:
+    """The UTC days a daily-rollup run exports: ``start``/``end`` params, else the run's data interval."""
+    start, end = params.get("start"), params.get("end")
+    if bool(start) != bool(end):
+        raise AirflowFailException("Give both params start and end (whole UTC days), or neither.")
+    try:
+        window = Window.of(start, end) if start else Window.of(interval_start, interval_end)  # type: ignore[arg-type]
+    except (ValueError, TypeError) as exc:
+        raise AirflowFailException(f"Invalid days: {exc}. Give start and end at 00:00 UTC.") from None
+    if not window.is_day_aligned:
+        raise AirflowFailException(
+            f"The daily rollup exports whole UTC days; {window} is not (use 00:00 UTC)."
+        )
+    if window.hours > MAX_RANGE_HOURS:
+        raise AirflowFailException(
+            f"At most {MAX_RANGE_HOURS // 24} days per run; {window} has {window.hours // 24}."
+        )
+    return [{"window_start": iso_hour(d.start), "window_end": iso_hour(d.end)} for d in window.each_day()]
+
+
+def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    if settings.daily_source not in DAILY_DIMENSIONS:
+        raise ValueError(f"CLOUDZERO_DAILY_SOURCE must be team or user, got {settings.daily_source!r}")
+    source = f"daily_{settings.daily_source}"
+    dimensions = settings.daily_dimensions or list(DAILY_DIMENSIONS[settings.daily_source])
+    doc = f"""
+# LiteLLM daily rollups -> CloudZero, one row set per UTC day
+
+For proxies that run with `disable_spend_logs: true` or a short `maximum_spend_logs_retention_period`: their
+`LiteLLM_SpendLogs` is empty or truncated, and only LiteLLM's daily rollups hold the spend. Each run exports the
+UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup) from
+`{ {"team": "LiteLLM_DailyTeamSpend", "user": "LiteLLM_DailyUserSpend"}[settings.daily_source] }` (setting
+`CLOUDZERO_DAILY_SOURCE`; the team and user tables count the same requests, so never both): one aggregate
+statement, CBF rows stamped at the day's 00:00 UTC, reconciled exactly against the table's
+`SUM(spend::numeric)` for the day, sent with `replace_hourly` through the one-slot pool `{settings.pool}`, a
+manifest per day, an Asset event per day. Manual runs: `start`/`end` (whole UTC days), `dry_run`.
+
+**One owner per day and stream.** A day that the hourly export (spend logs) already sent to this CloudZero stream is
+refused here, naming the day; the hourly export likewise skips days this DAG owns. To switch a day from hourly to
+daily data, trigger this DAG for it with `take_over` (its hourly rows are cleared to 0 as the daily rows land);
+to switch back, trigger `{RANGE_DAG_ID}` for it with `take_over`.
+
+Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
+{"" if not settings.daily_tag_conn_id else f"Request tags `{settings.daily_tag_prefix}:<value>` go from LiteLLM_DailyTagSpend to their own stream, connection `{settings.daily_tag_conn_id}` (group `tag_day`)."}
+{COMMON_DOC}
+**Settings**:
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=DAILY_ROLLUP_DAG_ID,
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        start_date=settings.start_date,
+        catchup=True,
+        max_active_runs=2,
+        default_args=default_args(settings),
+        user_defined_filters={"cz_window": window_display},
+        params={
+            "start": Param(
+                None, type=["null", "string"], format="date-time", title="First day (manual runs)"
+            ),
+            "end": Param(None, type=["null", "string"], format="date-time", title="Day after the last one"),
+            "dry_run": Param(
+                False, type="boolean", title="Dry run", description="Write the bodies; send nothing."
+            ),
+            "take_over": Param(
+                False,
+                type="boolean",
+                title="Take the days over from the hourly export",
+                description="Clear the hourly data these days hold in the stream, and send the daily rollup.",
+            ),
+        },
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops", "daily"],
+    ) as dag:
+
+        @task(retries=0)
+        def plan_days(
+            params: dict[str, Any] | None = None,
+            data_interval_start: Any = None,
+            data_interval_end: Any = None,
+        ) -> list[dict[str, str]]:
+            return rollup_days(params or {}, data_interval_start, data_interval_end)
+
+        label = "{{ task.window_start | cz_window(task.window_end) }}"
+
+        @task_group(group_id="day")
+        def export_day(window_start: str, window_end: str) -> None:
+            extract = LiteLLMSpendExtractOperator(
+                task_id="extract",
+                window_start=window_start,
+                window_end=window_end,
+                source=source,
+                dimensions=dimensions,
+                on_invalid=settings.on_invalid,
+                map_index_template=label,
+            )
+            transform = CBFTransformOperator(
+                task_id="transform",
+                window_start=window_start,
+                window_end=window_end,
+                map_index_template=label,
+            )
+            upload = AnyCostUploadOperator(
+                task_id="upload",
+                window_start=window_start,
+                window_end=window_end,
+                dry_run="{{ params.dry_run }}",
+                origin=source,
+                take_over="{{ params.take_over }}",
+                skip_unchanged=True,
+                max_request_bytes=settings.max_request_bytes,
+                pool=settings.pool,
+                outlets=[hours_alias(settings)],
+                hour_asset=hours_asset(settings),
+                map_index_template=label,
+            )
+            extract >> transform >> upload
+
+        days = plan_days()
+        export_day.expand_kwargs(days)
+        if settings.daily_tag_conn_id:
+
+            @task_group(group_id="tag_day")
+            def export_tag_day(window_start: str, window_end: str) -> None:
+                kw: dict[str, Any] = {
+                    "window_start": window_start,
+                    "window_end": window_end,
+                    "cloudzero_conn_id": settings.daily_tag_conn_id,
+                    "map_index_template": label,
+                }
+                extract = LiteLLMSpendExtractOperator(
+                    task_id="extract",
+                    source="daily_tag",
+                    dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"],
+                    on_invalid=settings.on_invalid,
+                    **kw,
+                )
+                transform = CBFTransformOperator(task_id="transform", **kw)
+                upload = AnyCostUploadOperator(
+                    task_id="upload",
+                    dry_run="{{ params.dry_run }}",
+                    origin="daily_tag",
+                    skip_unchanged=True,
+                    max_request_bytes=settings.max_request_bytes,
+                    pool=settings.pool,
+                    **kw,
+                )
+                extract >> transform >> upload
+
+            export_tag_day.expand_kwargs(days)
+    return dag

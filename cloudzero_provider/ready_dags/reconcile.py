@@ -1,0 +1,83 @@
+"""``litellm_cloudzero_reconcile``: CloudZero proved equal to the source, hour by hour."""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param
+from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
+
+from cloudzero_provider.ready_dags.common import (
+    COMMON_DOC,
+    DIMENSIONS_PARAM,
+    ON_INVALID_PARAM,
+    RANGE_DAG_ID,
+    RECONCILE_DAG_ID,
+    choice_params,
+    default_args,
+    hours_alias,
+    hours_asset,
+)
+from cloudzero_provider.sensors.settle import SettledSensor
+from cloudzero_provider.settings import ExportSettings
+
+
+def build_reconcile_dag(settings: ExportSettings | None = None) -> DAG:
+    from cloudzero_provider.operators.reconcile import ReconcileOperator
+
+    settings = settings or ExportSettings.from_env()
+    doc = f"""
+# Reconcile CloudZero with the source, hour by hour
+
+Each run checks the UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup), two hours after the day
+ends so the day's hourly runs are done (`settle`: deferred for the live day, at once for days long past); manual
+runs take `start` / `end` like `{RANGE_DAG_ID}` (`airflow dags test {RECONCILE_DAG_ID} --conf '{{"start": ...,
+"end": ...}}'`). For every hour it compares the source now (`SUM(spend::numeric)`, requests), the manifest and
+CloudZero's own state read back (`GET .../billing_drops/{{month}}`, summed per hour; the manifests stand in where
+CloudZero answers 404), and repairs each hour that differs through the same extract -> transform -> upload steps
+and the same pool `{settings.pool}`: hours CloudZero lost or never got (rows later than every late pass),
+hours whose source became empty (cleared to exactly 0), hours another writer touched. A second run with nothing
+to repair sends nothing. Days the daily-rollup export owns are left alone; with
+`CLOUDZERO_RECONCILE_RETENTION_DAYS` set to LiteLLM's retention, an hour older than that whose rows are gone is
+reported as "purged at source", never lowered. Each hour's verdict (matches / repaired / cleared / purged at
+source / foreign data removed) goes into its manifest and the ledger; the XCom and log summarise the day (hours
+checked, repaired, USD moved); a repaired hour emits the export's Asset event.
+{COMMON_DOC}
+**Settings**:
+
+{settings.table()}
+"""
+    with DAG(
+        dag_id=RECONCILE_DAG_ID,
+        schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+        start_date=settings.start_date,
+        catchup=True,
+        max_active_runs=1,
+        default_args=default_args(settings),
+        params={
+            "start": Param(None, type=["null", "string"], format="date-time", title="Start (manual runs)"),
+            "end": Param(
+                None, type=["null", "string"], format="date-time", title="End, exclusive (manual runs)"
+            ),
+            **choice_params(settings),
+        },
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "finops", "reconcile"],
+    ) as dag:
+        settle = SettledSensor(
+            task_id="settle",
+            target_time="{{ (params.end or data_interval_end) if params.start else data_interval_end.add(hours=2) }}",
+        )
+        reconcile = ReconcileOperator(
+            task_id="reconcile",
+            window_start="{{ params.start or data_interval_start }}",
+            window_end="{{ params.end or data_interval_end }}",
+            retention_days=settings.reconcile_retention_days,
+            dimensions=DIMENSIONS_PARAM,
+            on_invalid=ON_INVALID_PARAM,
+            max_request_bytes=settings.max_request_bytes,
+            max_values_per_hour=settings.max_values_per_hour,
+            pool=settings.pool,
+            outlets=[hours_alias(settings)],
+            hour_asset=hours_asset(settings),
+        )
+        settle >> reconcile
+    return dag
