@@ -9,7 +9,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
-from cloudzero_provider.pipeline import check_dry_run_limit, dry_run_window, upload_window
+from cloudzero_provider.pipeline import (
+    check_dry_run_limit,
+    dry_run_window,
+    extract_window,
+    transform_window,
+    upload_window,
+)
+from cloudzero_provider.windows import Window
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -96,6 +103,9 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
             origin=self.origin,
             take_over=as_bool(self.take_over),
         )
+        ti = context.get("ti")
+        if result["failed_hours"] and getattr(ti, "try_number", 1) > 1:
+            result = self._retry_failed_hours(window, result, attempt_salt(context))
         emit_hour_events(self.outlets, context, result["hours"], {"window": window.label}, self.hour_asset)
         if result["failed_hours"]:
             failed = result["failed_hours"]
@@ -103,7 +113,32 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
                 f"{window}: exported {len(result['hours'])} hour(s), {len(result['unchanged'])} already held; "
                 f"{len(failed)} hour(s) failed and were not sent: "
                 + "; ".join(f"{hour}: {why}" for hour, why in failed.items())
-                + ". Fix the rows (or use on_invalid=quarantine), then clear this chunk's extract task: only "
-                "the hours CloudZero does not hold yet are sent."
+                + ". Fix the rows (or use on_invalid=quarantine), then clear this task: it reads those hours "
+                "again from the source and sends only what CloudZero does not hold yet."
             )
         return result
+
+    def _retry_failed_hours(self, window: Window, result: dict[str, Any], salt: str) -> dict[str, Any]:
+        """A retry or a clear of this task: read the hours the extract isolated again from the source, one by
+        one, and send those that are sound now (the rest of the window is already in CloudZero)."""
+        extract = self.target.stage(window).read_json("extract.json")
+        recorded = self.target.stage(window).read_json("transform.json")
+        still: dict[str, str] = {}
+        for label in result["failed_hours"]:
+            hour_window = Window.hour(label)
+            stage = self.target.stage(hour_window, area="retry")
+            try:
+                extract_window(self.litellm_hook, hour_window, stage, dimensions=extract["dimensions"],
+                               source=extract["source"], on_invalid="fail")  # fmt: skip
+                transform_window(hour_window, stage, max_values_per_hour=recorded.get("max_values_per_hour"))
+                sent = upload_window(
+                    self.cloudzero_hook, hour_window, stage, self.target.manifests,
+                    max_request_bytes=self.max_request_bytes, salt=salt + "/retry", origin=self.origin,
+                )  # fmt: skip
+            except AirflowFailException as exc:
+                self.log.warning("%s still cannot be exported: %s", label, exc)
+                still[label] = str(exc)
+                continue
+            self.log.info("%s is sound now and was exported (%s USD)", label, sent["cost"])
+            result["hours"] = sorted({*result["hours"], *sent["hours"]})
+        return {**result, "failed_hours": still, "retried": sorted(set(result["failed_hours"]) - set(still))}

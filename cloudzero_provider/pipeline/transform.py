@@ -115,6 +115,7 @@ def transform_window(
             "folded": folded,
             "zero_cost_rows": zero_cost,
             "month_projection": projection,
+            "max_values_per_hour": max_values_per_hour,
         },
     )
     log.info(

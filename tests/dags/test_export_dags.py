@@ -345,3 +345,27 @@ def test_an_hour_whose_rows_all_vanish_is_cleared_to_zero_by_the_late_pass(env):
     assert manifest["cleared"] is True and manifest["cost"] == "0"
     again = run_hourly(HOURS[2])
     assert xcom("litellm_cloudzero_hourly", again.run_id, "late_data")[-1]["corrected"] == [], "cleared once"
+
+
+def test_clearing_the_failed_chunk_upload_after_fixing_the_row_sends_only_that_hour(env):
+    """What a clear of the failed upload does (its next try): the isolated hour is read again from the source and,
+    sound now, sent alone; the hours CloudZero already holds are not sent again."""
+    from types import SimpleNamespace
+
+    from cloudzero_provider.operators.upload import AnyCostUploadOperator
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=80)
+    insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[1] + timedelta(minutes=1), float("nan"))])
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "failed"
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.125 WHERE request_id = 'nan-row'""")
+    double = env["double"].double
+    before = len(double.requests)
+    upload = AnyCostUploadOperator(task_id="chunk.upload", window_start=conf["start"], window_end=conf["end"],
+                                   skip_unchanged=True)  # fmt: skip
+    result = upload.execute({"ti": SimpleNamespace(try_number=2, map_index=0), "run_id": "cleared"})
+    assert result["failed_hours"] == {} and result["retried"] == ["2026-11-01T11Z"]
+    assert [r["hours"] for r in double.requests[before:]] == [["2026-11-01T11:00:00Z"]]
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
