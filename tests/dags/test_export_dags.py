@@ -369,3 +369,29 @@ def test_clearing_the_failed_chunk_upload_after_fixing_the_row_sends_only_that_h
     assert result["failed_hours"] == {} and result["retried"] == ["2026-11-01T11Z"]
     assert [r["hours"] for r in double.requests[before:]] == [["2026-11-01T11:00:00Z"]]
     assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
+
+
+def test_the_late_pass_tries_every_hour_and_names_the_ones_it_could_not_correct(env, capfd):
+    seed_hours(env["db"], rows=40)
+    for hour in HOURS[:2]:
+        assert run_hourly(hour).state == "success"
+    insert_spend_logs(env["db"], [
+        spend_log("late-bad", HOURS[0] + timedelta(minutes=58), float("nan")),  # hour 10 changed and cannot be
+        spend_log("late-10", HOURS[0] + timedelta(minutes=59), 0.25, team_id="t-late"),  # exported any more
+        spend_log("late-ok", HOURS[1] + timedelta(minutes=58), 0.75, team_id="t-late"),  # hour 11 just moved
+    ])  # fmt: skip
+    run = run_hourly(HOURS[2])
+    states = task_instances("litellm_cloudzero_hourly", run.run_id)
+    assert states[("late_data", -1)][0] == "failed" and states[("upload", -1)][0] == "success"
+    out = capfd.readouterr()
+    assert (
+        "Late-data pass corrected 1 hour(s) ['2026-11-01T11Z'] but could not correct 1: 2026-11-01T10Z:"
+        in (out.out + out.err)
+    )
+    held = env["double"].double.cost_by_hour(CONNECTION_ID)
+    source = spend_by_hour(env["db"])
+    assert held["2026-11-01T11:00:00Z"] == source["2026-11-01T11:00:00Z"], (
+        "the hour after the bad one was corrected"
+    )
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
+    assert manifest["status"] == "exported", "the bad hour keeps its last good export"

@@ -204,6 +204,49 @@ def test_a_worker_killed_mid_upload_is_retried_and_the_hour_ends_exact(deployed,
     assert held_by_hour(deployed)[key] == spend_by_hour(deployed.litellm_url)[key], "no duplicate, no loss"
 
 
+def test_a_poisoned_hour_fails_alone_and_clearing_its_task_after_the_fix_sends_only_it(
+    deployed, catchup_start
+):
+    import psycopg2
+
+    from cloudzero_provider.testing.seed import insert_spend_logs, spend_log
+
+    day = (catchup_start - timedelta(days=5)).replace(hour=0)
+    for i, hour in enumerate((2, 3, 4)):
+        seed_synthetic(deployed.litellm_url, day + timedelta(hours=hour), 90 + i, id_prefix=f"poison{i}")
+    insert_spend_logs(
+        deployed.litellm_url, [spend_log("poison-nan", day + timedelta(hours=3, minutes=7), float("nan"))]
+    )
+    run = deployed.api("POST", f"/dags/{RANGE}/dagRuns", json={
+        "logical_date": None, "conf": {"start": iso(day), "end": iso(day + timedelta(days=1))},
+    })  # fmt: skip
+    run_id = run["dag_run_id"]
+
+    def run_state():
+        state = deployed.api("GET", f"/dags/{RANGE}/dagRuns/{run_id}")["state"]
+        return state if state in ("success", "failed") else None
+
+    assert deployed.wait_for(run_state, 300, "the poisoned range run", every=3) == "failed"
+    held = held_by_hour(deployed)
+    source = spend_by_hour(deployed.litellm_url)
+    good = [(day + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z") for h in (2, 4)]
+    bad = (day + timedelta(hours=3)).strftime("%Y-%m-%dT%H:00:00Z")
+    assert {h: held.get(h) for h in good} == {h: source[h] for h in good} and bad not in held
+    with psycopg2.connect(deployed.litellm_url) as conn, conn.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.5 WHERE request_id = 'poison-nan'""")
+    before = len(deployed.double.double.requests)
+    deployed.api("POST", f"/dags/{RANGE}/clearTaskInstances", json={
+        "dry_run": False, "dag_run_id": run_id, "task_ids": ["chunk.upload"], "only_failed": True,
+        "reset_dag_runs": True,
+    })  # fmt: skip
+    deployed.wait_for(lambda: deployed.api("GET", f"/dags/{RANGE}/dagRuns/{run_id}")["state"] != "failed", 60,
+                      "the cleared run to start again")  # fmt: skip
+    assert deployed.wait_for(run_state, 300, "the cleared upload", every=3) == "success"
+    sent = [r.get("hours") for r in deployed.double.double.requests[before:] if r.get("applied")]
+    assert sent == [[bad]], "only the fixed hour is sent"
+    assert held_by_hour(deployed)[bad] == spend_by_hour(deployed.litellm_url)[bad]
+
+
 def test_a_missing_pool_is_named_in_the_dag_docs_and_the_scheduler_log(deployed, catchup_start):
     details = deployed.api("GET", f"/dags/{RANGE}/details")
     assert "airflow pools set cloudzero_anycost 1" in details["doc_md"]
