@@ -6,6 +6,7 @@ template fields here, the export target and hooks are built from them in ``execu
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.target import ExportTarget
 from cloudzero_provider.windows import Window
 
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LITELLM_CONN_ID = "litellm_db"
 DEFAULT_CLOUDZERO_CONN_ID = "cloudzero_default"
+AREA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def resolve_window(start: Any, end: Any, context: Context | dict[str, Any]) -> Window:
@@ -62,6 +65,9 @@ class CloudZeroBaseOperator(BaseOperator):
     :param db_schema: PostgreSQL schema of LiteLLM's tables. (templated)
     :param window_start: Start of the window (ISO-8601, hour-aligned); default: the data interval. (templated)
     :param window_end: End of the window (exclusive); default: one hour after ``window_start``. (templated)
+    :param staging_area: A sub-folder of the export target for this DAG's stages (``range``, ``dry-run``), so
+        that two DAGs working on the same hour at the same moment never read each other's files; manifests stay
+        shared. Default: none, the scheduled hourly stages. (templated)
     """
 
     template_fields: Sequence[str] = (
@@ -71,6 +77,7 @@ class CloudZeroBaseOperator(BaseOperator):
         "db_schema",
         "window_start",
         "window_end",
+        "staging_area",
     )
 
     def __init__(
@@ -82,6 +89,7 @@ class CloudZeroBaseOperator(BaseOperator):
         db_schema: str = "public",
         window_start: Any = None,
         window_end: Any = None,
+        staging_area: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -91,6 +99,7 @@ class CloudZeroBaseOperator(BaseOperator):
         self.db_schema = db_schema
         self.window_start = window_start
         self.window_end = window_end
+        self.staging_area = staging_area
 
     def on_kill(self) -> None:
         """A stopped task stops its statement on the LiteLLM database too, instead of leaving it running."""
@@ -107,6 +116,16 @@ class CloudZeroBaseOperator(BaseOperator):
             return ExportTarget(self.cloudzero_conn_id, self.staging_uri or None)
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
+
+    def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
+        """The window's stage in this operator's staging area; ``area`` nests a pass of its own inside it."""
+        parts = [part for part in (self.staging_area, area) if part]
+        for part in parts:
+            if not AREA_RE.match(part):
+                raise AirflowFailException(
+                    f"staging area {part!r} is not a folder name: use letters, digits, _ -"
+                )
+        return self.target.stage(window, area="/".join(parts) or None)
 
     @cached_property
     def litellm_hook(self) -> LiteLLMSpendHook:

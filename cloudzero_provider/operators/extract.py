@@ -68,7 +68,7 @@ class LiteLLMSpendExtractOperator(CloudZeroBaseOperator):
         return extract_window(
             self.litellm_hook,
             window,
-            self.target.stage(window),
+            self.stage(window),
             dimensions=dimension_list(self.dimensions),
             source=self.source,
             on_invalid=self.on_invalid,

@@ -130,7 +130,7 @@ class LateDataOperator(CloudZeroBaseOperator):
         salt = attempt_salt(context) + "/late"
         for hour_window, why in changed:
             self.log.warning("Late data in %s: %s -- re-exporting the hour", hour_window.label, why)
-            stage = self.target.stage(hour_window, area="late")
+            stage = self.stage(hour_window, area="late")
             try:
                 extract_window(self.litellm_hook, hour_window, stage, dimensions=dimension_list(self.dimensions),
                                on_invalid=self.on_invalid)  # fmt: skip

@@ -141,7 +141,7 @@ class ReconcileOperator(CloudZeroBaseOperator):
                 if check.action == "clear":
                     clear_hours(self.cloudzero_hook, [check.hour], manifests, salt=salt)
                 else:
-                    stage = self.target.stage(hour_window, area="reconcile")
+                    stage = self.stage(hour_window, area="reconcile")
                     extract_window(self.litellm_hook, hour_window, stage,
                                    dimensions=dimension_list(self.dimensions), on_invalid=self.on_invalid)  # fmt: skip
                     transform_window(hour_window, stage, max_values_per_hour=self.max_values_per_hour or None)

@@ -35,5 +35,5 @@ class CBFTransformOperator(CloudZeroBaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
         return transform_window(
-            window, self.target.stage(window), max_values_per_hour=self.max_values_per_hour or None
+            window, self.stage(window), max_values_per_hour=self.max_values_per_hour or None
         )

@@ -89,13 +89,11 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
         dry_run, limit = as_bool(self.dry_run_only), as_limit(self.limit)
         check_dry_run_limit(dry_run, limit)
         if dry_run:
-            return dry_run_window(
-                window, self.target.stage, limit=limit, max_request_bytes=self.max_request_bytes
-            )
+            return dry_run_window(window, self.stage, limit=limit, max_request_bytes=self.max_request_bytes)
         result = upload_window(
             self.cloudzero_hook,
             window,
-            self.target.stage(window),
+            self.stage(window),
             self.target.manifests,
             max_request_bytes=self.max_request_bytes,
             salt=attempt_salt(context),
@@ -121,12 +119,12 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     def _retry_failed_hours(self, window: Window, result: dict[str, Any], salt: str) -> dict[str, Any]:
         """A retry or a clear of this task: read the hours the extract isolated again from the source, one by
         one, and send those that are sound now (the rest of the window is already in CloudZero)."""
-        extract = self.target.stage(window).read_json("extract.json")
-        recorded = self.target.stage(window).read_json("transform.json")
+        extract = self.stage(window).read_json("extract.json")
+        recorded = self.stage(window).read_json("transform.json")
         still: dict[str, str] = {}
         for label in result["failed_hours"]:
             hour_window = Window.hour(label)
-            stage = self.target.stage(hour_window, area="retry")
+            stage = self.stage(hour_window, area="retry")
             try:
                 extract_window(self.litellm_hook, hour_window, stage, dimensions=extract["dimensions"],
                                source=extract["source"], on_invalid="fail")  # fmt: skip

@@ -49,6 +49,12 @@ DIMENSIONS_PARAM = "{{ params.dimensions }}"
 ON_INVALID_PARAM = "{{ params.on_invalid }}"
 
 
+def staging_area(name: str) -> str:
+    """The staging area of a manual DAG's run (``range``, ``range-dry-run``): its stages never share a folder
+    with the scheduled hourly run, or with a dry run, working on the same hours at the same moment."""
+    return f"{{{{ '{name}-dry-run' if params.dry_run else '{name}' }}}}"
+
+
 def choice_params(settings: ExportSettings) -> dict[str, Param]:
     from cloudzero_provider.dimensions import DEFAULT_DIMENSIONS
 

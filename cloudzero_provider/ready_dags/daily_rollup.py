@@ -19,6 +19,7 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
+    staging_area,
     window_display,
 )
 from cloudzero_provider.settings import ExportSettings
@@ -126,12 +127,14 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                 source=source,
                 dimensions=dimensions,
                 on_invalid=settings.on_invalid,
+                staging_area=staging_area("daily"),
                 map_index_template=label,
             )
             transform = CBFTransformOperator(
                 task_id="transform",
                 window_start=window_start,
                 window_end=window_end,
+                staging_area=staging_area("daily"),
                 map_index_template=label,
             )
             upload = AnyCostUploadOperator(
@@ -146,6 +149,7 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                 pool=settings.pool,
                 outlets=[hours_alias(settings)],
                 hour_asset=hours_asset(settings),
+                staging_area=staging_area("daily"),
                 map_index_template=label,
             )
             extract >> transform >> upload
@@ -161,6 +165,7 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                     "window_end": window_end,
                     "cloudzero_conn_id": settings.daily_tag_conn_id,
                     "map_index_template": label,
+                    "staging_area": staging_area("daily-tag"),
                 }
                 extract = LiteLLMSpendExtractOperator(
                     task_id="extract",

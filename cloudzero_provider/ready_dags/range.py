@@ -23,6 +23,7 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
+    staging_area,
     window_display,
 )
 from cloudzero_provider.settings import ExportSettings
@@ -194,6 +195,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 ti.xcom_push(key="summary", value=summary)
             return chunks
 
+        area = staging_area("range")
         label = "{{ task.window_start | cz_window(task.window_end) }}"  # e.g. 2026-11-01 for a whole day
 
         @task_group(group_id="chunk")
@@ -205,12 +207,14 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 dimensions=DIMENSIONS_PARAM,
                 on_invalid=ON_INVALID_PARAM,
                 isolate_hours=True,
+                staging_area=area,
                 map_index_template=label,
             )
             transform = CBFTransformOperator(
                 task_id="transform",
                 window_start=window_start,
                 window_end=window_end,
+                staging_area=area,
                 map_index_template=label,
             )
             upload = AnyCostUploadOperator(
@@ -225,6 +229,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 pool=settings.pool,
                 outlets=[hours_alias(settings)],
                 hour_asset=hours_asset(settings),
+                staging_area=area,
                 map_index_template=label,
             )
             extract >> transform >> upload

@@ -207,7 +207,8 @@ def test_range_dag_dry_run_from_the_cli(env):
                           capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert env["double"].double.requests == [], "a dry run sent something"
-    bodies = sorted((env["staging"]).glob("*/requests/*.json"))
+    bodies = sorted((env["staging"] / "range-dry-run").glob("*/requests/*.json"))
+    assert not list(env["staging"].glob("*/requests")), "a dry run staged outside its own area"
     assert [b.parent.parent.name for b in bodies] == ["2026-11-01T10Z", "2026-11-01T11Z"]
     body = json.loads(bodies[0].read_text())
     assert body["operation"] == "replace_hourly" and len(body["data"]) == 5
@@ -364,7 +365,7 @@ def test_clearing_the_failed_chunk_upload_after_fixing_the_row_sends_only_that_h
     double = env["double"].double
     before = len(double.requests)
     upload = AnyCostUploadOperator(task_id="chunk.upload", window_start=conf["start"], window_end=conf["end"],
-                                   skip_unchanged=True)  # fmt: skip
+                                   skip_unchanged=True, staging_area="range")  # fmt: skip
     result = upload.execute({"ti": SimpleNamespace(try_number=2, map_index=0), "run_id": "cleared"})
     assert result["failed_hours"] == {} and result["retried"] == ["2026-11-01T11Z"]
     assert [r["hours"] for r in double.requests[before:]] == [["2026-11-01T11:00:00Z"]]

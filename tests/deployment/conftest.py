@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-CATCHUP_HOURS = int(os.environ.get("CZ_DEPLOY_CATCHUP_HOURS", "24"))
+CATCHUP_HOURS = int(os.environ.get("CZ_DEPLOY_CATCHUP_HOURS", "48"))
 SPEND_HOURS = (2, 5, 9, 14, 18, 21)  # hours after the catchup start that hold spend
 
 
