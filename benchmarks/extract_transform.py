@@ -115,6 +115,9 @@ def measure(url: str, dims: list[str] | None) -> dict:
             plan = cur.fetchone()[0][0]
         pg_seconds = plan["Execution Time"] / 1000
         groups = plan["Plan"]["Actual Rows"]
+    from airflow.sdk.lineage import get_hook_lineage_collector
+
+    get_hook_lineage_collector()  # once per process, in every task: Airflow scans the installed plugins
     started = time.perf_counter()
     extracted = LiteLLMSpendExtractOperator(task_id="extract", window_start=HOUR, dimensions=dims).execute({})
     extract_seconds = time.perf_counter() - started

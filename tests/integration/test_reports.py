@@ -137,7 +137,7 @@ def chromium(url: str, tmp_path: Path, png: Path) -> str:
 def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, monkeypatch):
     import uvicorn
 
-    from cloudzero_provider.plugins.ledger import LEDGER_ACCESS, app
+    from cloudzero_provider.plugins.ledger_app import LEDGER_ACCESS, app
 
     # This test is about what the pages show; who may see them is proven against a real api-server.
     monkeypatch.setitem(app.dependency_overrides, LEDGER_ACCESS, lambda: None)

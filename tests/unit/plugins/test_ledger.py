@@ -21,7 +21,7 @@ def target(tmp_path, monkeypatch) -> ExportTarget:
 
 
 def client(authenticated: bool) -> TestClient:
-    from cloudzero_provider.plugins.ledger import LEDGER_ACCESS, app
+    from cloudzero_provider.plugins.ledger_app import LEDGER_ACCESS, app
 
     app.dependency_overrides.clear()
     if authenticated:
@@ -68,3 +68,20 @@ def test_an_unreadable_manifest_shows_failed(target):
     response = client(authenticated=True).get(URL)
     assert response.status_code == 200 and '<span id="count-failed">1 failed</span>' in response.text
     assert json.loads(json.dumps(target.manifests.get(H)))["status"] == "failed"
+
+
+def test_the_plugin_builds_its_app_only_when_the_api_server_asks():
+    """Every task process loads the installed plugins: loading ours must not import FastAPI and the page."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from cloudzero_provider.plugins.ledger import CloudZeroLedgerPlugin\n"
+        "print('=>', 'fastapi' in sys.modules)\n"
+        "apps = CloudZeroLedgerPlugin().fastapi_apps\n"
+        "print('=>', 'fastapi' in sys.modules, apps[0]['url_prefix'], type(apps[0]['app']).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    said = [line for line in out.splitlines() if line.startswith("=> ")]  # Airflow may log to stdout too
+    assert said == ["=> False", "=> True /cloudzero FastAPI"]
