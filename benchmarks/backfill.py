@@ -3,6 +3,7 @@ Celery workers, PostgreSQL metadata DB; see cloudzero_provider.testing.deploymen
 
     ./dev bench --backfill                  # 30 days x 10,000 requests/hour through the range DAG
     ./dev bench --backfill --days 7 --rows 2000
+    ./dev bench --backfill --chunk-hours 168 # the range in week-sized chunks (the trigger form's chunk_hours)
     ./dev bench --backfill --compare        # also: 168-hour range holding 6 hours of spend vs the hourly
                                             # DAG's catchup of those 6 hours
 
@@ -30,11 +31,15 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def trigger_range(d, start: datetime, end: datetime) -> tuple[float, int, str]:
+def trigger_range(
+    d, start: datetime, end: datetime, chunk_hours: int | None = None
+) -> tuple[float, int, str]:
     """Trigger the range DAG as the UI form does; wait; return wall seconds, task instances and state."""
     began = time.monotonic()
-    run = d.api("POST", f"/dags/{RANGE}/dagRuns", json={"logical_date": None,
-                                                        "conf": {"start": iso(start), "end": iso(end)}})  # fmt: skip
+    conf: dict[str, object] = {"start": iso(start), "end": iso(end)}
+    if chunk_hours:
+        conf["chunk_hours"] = chunk_hours
+    run = d.api("POST", f"/dags/{RANGE}/dagRuns", json={"logical_date": None, "conf": conf})
     state = d.wait_for(
         lambda: (lambda s: s if s in ("success", "failed") else None)(
             d.api("GET", f"/dags/{RANGE}/dagRuns/{run['dag_run_id']}")["state"]
@@ -70,6 +75,7 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rows", type=int, default=10_000, help="requests per hour")
     parser.add_argument("--compare", action="store_true", help="also the 168-hour range vs hourly catchup")
+    parser.add_argument("--chunk-hours", type=int, help="the range's chunk size (default: the DAG's, a day)")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is needed (apt-get install redis-server)")
@@ -107,7 +113,7 @@ def main() -> None:
             seed_synthetic(d.litellm_url, start + timedelta(hours=hour), args.rows, id_prefix=f"b{hour}")
         seeded = time.monotonic() - began
         pg = pg_aggregate_seconds(d.litellm_url, start, end)
-        wall, tis, state = trigger_range(d, start, end)
+        wall, tis, state = trigger_range(d, start, end, args.chunk_hours)
         hours = args.days * 24
         rows = hours * args.rows
         held = {
@@ -120,7 +126,7 @@ def main() -> None:
             for h, v in spend_by_hour(d.litellm_url).items()
             if h in held or start <= datetime.fromisoformat(h.replace("Z", "+00:00")) < end
         }
-        print(f"range of {args.days} days x {args.rows:,} requests/hour ({rows:,} rows, seeded in {seeded:.0f}s): "
+        print(f"range of {args.days} days x {args.rows:,} requests/hour in chunks of {args.chunk_hours or 24} hours ({rows:,} rows, seeded in {seeded:.0f}s): "
               f"{wall:.0f}s wall, {state}, {tis} task instances, {hours / wall * 60:.0f} hours/min, "
               f"{rows / wall:,.0f} rows/s; PostgreSQL's own aggregate of the range {pg:.1f}s "
               f"({wall / pg:.1f}x); exact: {held == source}", flush=True)  # fmt: skip
