@@ -106,6 +106,9 @@ def measure(url: str, dims: list[str] | None) -> dict:
 
     window = Window.hour(HOUR)
     sql, params = LiteLLMSpendHook().aggregate_sql(window, resolve(dims))
+    from airflow.sdk.lineage import get_hook_lineage_collector
+
+    get_hook_lineage_collector()  # once per process, in every task: Airflow scans the installed plugins
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # PostgreSQL alone: the identical statement, executed in full on the server with its default settings
     # (parallel workers, JIT), result discarded there. Run twice; the second, warm run counts.
@@ -115,9 +118,6 @@ def measure(url: str, dims: list[str] | None) -> dict:
             plan = cur.fetchone()[0][0]
         pg_seconds = plan["Execution Time"] / 1000
         groups = plan["Plan"]["Actual Rows"]
-    from airflow.sdk.lineage import get_hook_lineage_collector
-
-    get_hook_lineage_collector()  # once per process, in every task: Airflow scans the installed plugins
     started = time.perf_counter()
     extracted = LiteLLMSpendExtractOperator(task_id="extract", window_start=HOUR, dimensions=dims).execute({})
     extract_seconds = time.perf_counter() - started

@@ -65,7 +65,7 @@ class CloudZeroBaseOperator(BaseOperator):
     :param db_schema: PostgreSQL schema of LiteLLM's tables. (templated)
     :param window_start: Start of the window (ISO-8601, hour-aligned); default: the data interval. (templated)
     :param window_end: End of the window (exclusive); default: one hour after ``window_start``. (templated)
-    :param staging_area: A sub-folder of the export target for this DAG's stages (``range``, ``dry-run``), so
+    :param staging_area: A sub-folder of the export target for this DAG's stages (``range``, ``range-dry-run``), so
         that two DAGs working on the same hour at the same moment never read each other's files; manifests stay
         shared. Default: none, the scheduled hourly stages. (templated)
     """

@@ -18,7 +18,7 @@ class CBFTransformOperator(CloudZeroBaseOperator):
     Every row is validated against CloudZero's OpenAPI patterns. The task then reconciles: for every hour, the
     sum of ``cost/cost`` must equal PostgreSQL's ``SUM(spend::numeric)`` of that hour's source rows exactly, or
     it fails naming the hour and both figures. It reads the stage of the same export target and window as the
-    extract (same ``cloudzero_conn_id``, ``staging_uri`` and window arguments).
+    extract (same ``cloudzero_conn_id``, ``staging_uri``, ``staging_area`` and window arguments).
 
     :param max_values_per_hour: Distinct values per hour of a dimension an LLM caller chooses (``end_user``,
         request tags) before the rest are folded into ``(other)``, cost and all; 0 or ``None``: no cap.

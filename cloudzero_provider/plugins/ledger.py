@@ -3,7 +3,8 @@
 Registered through the ``airflow.plugins`` entry point: the page is served by the API server at
 ``/cloudzero/ledger`` and linked from the UI's Browse menu as "CloudZero ledger".
 
-Airflow mounts a plugin's FastAPI app without any authentication, so every route here depends on Airflow's own
+The routes live in :mod:`.ledger_app`, imported only when the API server asks for the plugin's app. Airflow
+mounts a plugin's FastAPI app without any authentication, so every route there depends on Airflow's own
 security dependency: the caller must be logged in (the UI's ``_token`` cookie or an ``Authorization: Bearer``
 token from ``POST /auth/token``) and allowed to read the export DAG ``litellm_cloudzero_hourly`` -- the same
 permission that shows its runs, logs and XComs, which hold the same figures. Anyone else gets 401/403 and no
