@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import timedelta
 from typing import Any
 
@@ -50,9 +51,15 @@ ON_INVALID_PARAM = "{{ params.on_invalid }}"
 
 
 def staging_area(name: str) -> str:
-    """The staging area of a manual DAG's run (``range``, ``range-dry-run``): its stages never share a folder
-    with the scheduled hourly run, or with a dry run, working on the same hours at the same moment."""
-    return f"{{{{ '{name}-dry-run' if params.dry_run else '{name}' }}}}"
+    """The staging area of one run of a DAG that re-exports hours (``range-<run>``, ``range-dry-run-<run>``): its
+    stages never share a folder with the hourly runs, another DAG, a dry run, or another run of the same DAG
+    working on the same hours at the same moment. A retry or a clear is the same run, so it finds its files."""
+    return f"{{{{ ('{name}-dry-run' if params.dry_run else '{name}') ~ '-' ~ (run_id | cz_run) }}}}"
+
+
+def run_digest(run_id: Any) -> str:
+    """The ``cz_run`` template filter: a short, folder-safe name for a DAG run id (which holds ``:`` and ``+``)."""
+    return hashlib.sha256(str(run_id).encode("utf-8")).hexdigest()[:12]
 
 
 def choice_params(settings: ExportSettings) -> dict[str, Param]:

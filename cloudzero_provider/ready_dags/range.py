@@ -23,6 +23,7 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
+    run_digest,
     staging_area,
     window_display,
 )
@@ -106,7 +107,8 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
 - `take_over`: switch days the daily-rollup export owns in this stream back to hourly data (their 00:00 daily
   rows are replaced or cleared to 0). Without it such days are skipped with a warning.
 - `dry_run`: send nothing; write the exact request bodies of each hour beside its staging data
-  (`range-dry-run/<hour>/requests/`) and return what would be sent: records, total cost, total tokens, accounts, services.
+  (`range-dry-run-<run>/<hour>/requests/`) and return what would be sent: records, total cost, total tokens,
+  accounts, services.
 - `limit`: dry run only -- preview the first N records of each hour. A real export always sends whole hours,
   because `replace_hourly` with part of an hour would erase the rest of that hour in CloudZero.
 {COMMON_DOC}
@@ -121,7 +123,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
         catchup=False,
         max_active_runs=2,
         default_args=default_args(settings),
-        user_defined_filters={"cz_window": window_display},
+        user_defined_filters={"cz_window": window_display, "cz_run": run_digest},
         params={
             "start": Param(
                 None,

@@ -207,7 +207,8 @@ def test_range_dag_dry_run_from_the_cli(env):
                           capture_output=True, text=True, timeout=300, env=os.environ.copy())  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert env["double"].double.requests == [], "a dry run sent something"
-    bodies = sorted((env["staging"] / "range-dry-run").glob("*/requests/*.json"))
+    (area,) = env["staging"].glob("range-dry-run-*")  # the run's own area
+    bodies = sorted(area.glob("*/requests/*.json"))
     assert not list(env["staging"].glob("*/requests")), "a dry run staged outside its own area"
     assert [b.parent.parent.name for b in bodies] == ["2026-11-01T10Z", "2026-11-01T11Z"]
     body = json.loads(bodies[0].read_text())
@@ -355,18 +356,20 @@ def test_clearing_the_failed_chunk_upload_after_fixing_the_row_sends_only_that_h
 
     from cloudzero_provider.operators.upload import AnyCostUploadOperator
     from cloudzero_provider.ready_dags import build_range_dag
+    from cloudzero_provider.ready_dags.common import run_digest
 
     seed_hours(env["db"], rows=80)
     insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[1] + timedelta(minutes=1), float("nan"))])
     conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
-    assert build_range_dag().test(run_conf=conf).state == "failed"
+    run = build_range_dag().test(run_conf=conf)
+    assert run.state == "failed"
     with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
         cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.125 WHERE request_id = 'nan-row'""")
     double = env["double"].double
     before = len(double.requests)
     upload = AnyCostUploadOperator(task_id="chunk.upload", window_start=conf["start"], window_end=conf["end"],
-                                   skip_unchanged=True, staging_area="range")  # fmt: skip
-    result = upload.execute({"ti": SimpleNamespace(try_number=2, map_index=0), "run_id": "cleared"})
+                                   skip_unchanged=True, staging_area=f"range-{run_digest(run.run_id)}")  # fmt: skip
+    result = upload.execute({"ti": SimpleNamespace(try_number=2, map_index=0), "run_id": run.run_id})
     assert result["failed_hours"] == {} and result["retried"] == ["2026-11-01T11Z"]
     assert [r["hours"] for r in double.requests[before:]] == [["2026-11-01T11:00:00Z"]]
     assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
