@@ -9,6 +9,7 @@ manifests beside another target's.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import cached_property
 
 from airflow.sdk import ObjectStoragePath
@@ -19,6 +20,8 @@ from cloudzero_provider.windows import Window, day_label
 
 # An Airflow connection id as used in a path: no separators, never "." or "..".
 TARGET_NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,200}$")
+# One folder of a staging area (``range-<run>``, ``late``): no separators, no dots.
+AREA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class ExportTarget:
@@ -44,10 +47,17 @@ class ExportTarget:
     def dir(self) -> ObjectStoragePath:
         return staging_root(self.staging_uri) / self.conn_id
 
-    def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
-        """The window's folder; ``area`` (e.g. ``late``) keeps a pass that re-exports hours out of the folders a
-        scheduled run of the same hour may be writing at the same moment."""
-        return WindowStage(self.dir / area if area else self.dir, window)
+    def stage(self, window: Window, *, area: str | Sequence[str | None] = ()) -> WindowStage:
+        """The window's folder; ``area`` (e.g. ``["range-<run>", "retry"]``, empty parts skipped) keeps a run that
+        re-exports hours out of the folders another run of the same hour may be writing at the same moment."""
+        folder = self.dir
+        for part in (area,) if isinstance(area, str) else area:
+            if not part:
+                continue
+            if not AREA_RE.match(part):
+                raise ValueError(f"staging area {part!r} is not a folder name: use letters, digits, _ -")
+            folder = folder / part
+        return WindowStage(folder, window)
 
     @cached_property
     def manifests(self) -> ManifestStore:

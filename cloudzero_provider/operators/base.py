@@ -6,7 +6,6 @@ template fields here, the export target and hooks are built from them in ``execu
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 DEFAULT_LITELLM_CONN_ID = "litellm_db"
 DEFAULT_CLOUDZERO_CONN_ID = "cloudzero_default"
-AREA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def resolve_window(start: Any, end: Any, context: Context | dict[str, Any]) -> Window:
@@ -119,13 +117,10 @@ class CloudZeroBaseOperator(BaseOperator):
 
     def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
         """The window's stage in this operator's staging area; ``area`` nests a pass of its own inside it."""
-        parts = [part for part in (self.staging_area, area) if part]
-        for part in parts:
-            if not AREA_RE.match(part):
-                raise AirflowFailException(
-                    f"staging area {part!r} is not a folder name: use letters, digits, _ -"
-                )
-        return self.target.stage(window, area="/".join(parts) or None)
+        try:
+            return self.target.stage(window, area=(self.staging_area, area))
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
 
     @cached_property
     def litellm_hook(self) -> LiteLLMSpendHook:

@@ -12,6 +12,7 @@ from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow
 from cloudzero_provider.operators.base import CloudZeroBaseOperator
 from cloudzero_provider.reports import REPORT_DIMENSIONS, build_report, check_limits, report_csv, report_html
+from cloudzero_provider.staging import write_atomically
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -47,15 +48,19 @@ class SpendReportOperator(CloudZeroBaseOperator):
         report = build_report(rows, tag_prefixes=prefixes)
         folder = self.target.report_dir(window)
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "aggregate.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        (folder / "report.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        write_atomically(
+            folder / "aggregate.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+        )
+        write_atomically(folder / "report.json", json.dumps(report, indent=1).encode("utf-8"))
         for grouping in report["groups"]:
-            (folder / f"by_{grouping.replace(':', '_')}.csv").write_text(
-                report_csv(report, grouping), encoding="utf-8"
+            write_atomically(
+                folder / f"by_{grouping.replace(':', '_')}.csv", report_csv(report, grouping).encode("utf-8")
             )
         trend = self._trend(folder, report)
         title = f"LiteLLM spend {folder.name}"
-        (folder / "report.html").write_text(report_html(report, title=title, trend=trend), encoding="utf-8")
+        write_atomically(
+            folder / "report.html", report_html(report, title=title, trend=trend).encode("utf-8")
+        )
         totals = report["totals"]
         self.log.info(
             "Report %s: spend %s USD, %d requests, %d tokens, %d teams, %d customers -> %s",

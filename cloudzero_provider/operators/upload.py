@@ -119,8 +119,9 @@ class AnyCostUploadOperator(CloudZeroBaseOperator):
     def _retry_failed_hours(self, window: Window, result: dict[str, Any], salt: str) -> dict[str, Any]:
         """A retry or a clear of this task: read the hours the extract isolated again from the source, one by
         one, and send those that are sound now (the rest of the window is already in CloudZero)."""
-        extract = self.stage(window).read_json("extract.json")
-        recorded = self.stage(window).read_json("transform.json")
+        window_stage = self.stage(window)
+        extract = window_stage.read_json("extract.json")
+        recorded = window_stage.read_json("transform.json")
         still: dict[str, str] = {}
         for label in result["failed_hours"]:
             hour_window = Window.hour(label)

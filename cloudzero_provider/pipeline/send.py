@@ -24,7 +24,7 @@ from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTo
 from cloudzero_provider.manifests import ManifestStore
 from cloudzero_provider.pipeline.common import MIN_REQUEST_BYTES
 from cloudzero_provider.pipeline.transform import transform_window
-from cloudzero_provider.staging import WindowStage
+from cloudzero_provider.staging import WindowStage, write_atomically
 from cloudzero_provider.windows import Window, parse_hour
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ def dry_run_window(
         folder.mkdir(parents=True, exist_ok=True)
         for index, req in enumerate(_plan(group_by_hour(by_hour[hour]), max_request_bytes)):
             name = f"{index:04d}-{hour_window.label}-chunk{req.chunk + 1}of{req.chunks}.json"
-            (folder / name).write_bytes(req.body)
+            write_atomically(folder / name, req.body)
             requests += 1
         folders.append(str(folder))
     accounts = sorted({r.get("resource/account", "") for r in cbf})

@@ -20,7 +20,7 @@ from cloudzero_provider.plugins.ledger import (
     latest_reports,
     ledger_rows,
 )
-from cloudzero_provider.target import TARGET_NAME_RE, ExportTarget
+from cloudzero_provider.target import ExportTarget
 from cloudzero_provider.windows import floor_hour
 
 MAX_LEDGER_HOURS = 31 * 24
@@ -64,9 +64,10 @@ def _hour(value: str | None, default: datetime) -> datetime:
 
 
 def _target(stream: str) -> ExportTarget:
-    if not TARGET_NAME_RE.match(stream):
-        raise HTTPException(400, "invalid stream name")
-    return ExportTarget(stream)
+    try:
+        return ExportTarget(stream)
+    except ValueError:
+        raise HTTPException(400, "invalid stream name") from None
 
 
 def _page(body: str) -> HTMLResponse:

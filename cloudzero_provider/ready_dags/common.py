@@ -62,6 +62,11 @@ def run_digest(run_id: Any) -> str:
     return hashlib.sha256(str(run_id).encode("utf-8")).hexdigest()[:12]
 
 
+def template_filters() -> dict[str, Any]:
+    """The Jinja filters of the DAGs that map chunks: ``cz_window`` (grid labels) and ``cz_run`` (staging areas)."""
+    return {"cz_window": window_display, "cz_run": run_digest}
+
+
 def choice_params(settings: ExportSettings) -> dict[str, Param]:
     from cloudzero_provider.dimensions import DEFAULT_DIMENSIONS
 

@@ -19,9 +19,8 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
-    run_digest,
     staging_area,
-    window_display,
+    template_filters,
 )
 from cloudzero_provider.settings import ExportSettings
 from cloudzero_provider.windows import Window, iso_hour
@@ -89,7 +88,7 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
         catchup=True,
         max_active_runs=2,
         default_args=default_args(settings),
-        user_defined_filters={"cz_window": window_display, "cz_run": run_digest},
+        user_defined_filters=template_filters(),
         params={
             "start": Param(
                 None, type=["null", "string"], format="date-time", title="First day (manual runs)"

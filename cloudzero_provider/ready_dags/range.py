@@ -23,9 +23,8 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
-    run_digest,
     staging_area,
-    window_display,
+    template_filters,
 )
 from cloudzero_provider.settings import ExportSettings
 from cloudzero_provider.windows import Window, hour_label, iso_hour
@@ -123,7 +122,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
         catchup=False,
         max_active_runs=2,
         default_args=default_args(settings),
-        user_defined_filters={"cz_window": window_display, "cz_run": run_digest},
+        user_defined_filters=template_filters(),
         params={
             "start": Param(
                 None,
