@@ -135,7 +135,7 @@ def to_cbf(
     :param requests: Requests of the group, named in the line item's description.
     :param tag_keys: Dimension name -> CBF tag key.
     """
-    if not DATETIME_RE.match(hour) or not hour.endswith(":00:00Z"):
+    if not DATETIME_RE.fullmatch(hour) or not hour.endswith(":00:00Z"):
         raise CBFError(f"hour {hour!r} is not of the form YYYY-MM-DDTHH:00:00Z")
     if total_tokens < 0:
         raise CBFError(f"total tokens {total_tokens} are negative")

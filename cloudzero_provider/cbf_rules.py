@@ -10,11 +10,17 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-# Patterns copied from the OpenAPI spec (cloudzero-anycost-openapi.json).
-DATETIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(([+-]\d\d:\d\d)|Z)?$")
-NUMBER_RE = re.compile(r"^\d+(\.\d{1,})?$")
+# Patterns copied from the OpenAPI spec (cloudzero-anycost-openapi.json); always used with ``fullmatch``, since
+# ``$`` would let a final line break through.
+DATETIME_RE = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(([+-]\d\d:\d\d)|Z)?")
+NUMBER_RE = re.compile(r"\d+(\.\d{1,})?")
 # CloudZero docs: tag keys are case-sensitive letters, digits and _ . : / = + - @, no whitespace.
-TAG_KEY_RE = re.compile(r"^[A-Za-z0-9_.:/=+\-@]+$")
+TAG_KEY_RE = re.compile(r"[A-Za-z0-9_.:/=+\-@]+")
+
+# No number we send or read back is longer: a spend down to float8's smallest normal value (2.2e-308) written out
+# in full fits. Checked before the pattern, so a hostile answer never costs a long match or a huge Decimal.
+MAX_NUMBER_CHARS = 400
+MAX_DATETIME_CHARS = 40
 
 TAG_PREFIX = "resource/tag:"
 
@@ -58,6 +64,21 @@ KNOWN_COLUMNS = DATETIME_COLUMNS | NUMBER_COLUMNS | TEXT_COLUMNS
 REQUIRED_COLUMNS = ("time/usage_start", "cost/cost")
 
 
+def is_number(value: str) -> bool:
+    """A plain non-negative decimal as CBF carries it (``12.5``), of at most :data:`MAX_NUMBER_CHARS`."""
+    return len(value) <= MAX_NUMBER_CHARS and NUMBER_RE.fullmatch(value) is not None
+
+
+def is_datetime(value: str) -> bool:
+    """An ISO-8601 date-time as CBF carries it, of at most :data:`MAX_DATETIME_CHARS`."""
+    return len(value) <= MAX_DATETIME_CHARS and DATETIME_RE.fullmatch(value) is not None
+
+
+def cut(value: str, limit: int = 60) -> str:
+    """A value for a message: at most ``limit`` characters, and says how long it was when cut."""
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
 def row_errors(row: Any) -> list[str]:
     """Return every rule the row breaks, each naming the column; an empty list means valid."""
     if not isinstance(row, Mapping):
@@ -74,14 +95,14 @@ def row_errors(row: Any) -> list[str]:
         if column.startswith(TAG_PREFIX):
             has_tag = True
             key = column[len(TAG_PREFIX) :]
-            if not TAG_KEY_RE.match(key):
+            if not TAG_KEY_RE.fullmatch(key):
                 errors.append(f"column {column!r}: tag key may hold only letters, digits and _ . : / = + - @")
         elif column in DATETIME_COLUMNS:
-            if not DATETIME_RE.match(value):
-                errors.append(f"column {column!r}: {value!r} is not an ISO-8601 datetime")
+            if not is_datetime(value):
+                errors.append(f"column {column!r}: {cut(value)!r} is not an ISO-8601 datetime")
         elif column in NUMBER_COLUMNS:
-            if not NUMBER_RE.match(value):
-                errors.append(f"column {column!r}: {value!r} is not a plain non-negative decimal")
+            if not is_number(value):
+                errors.append(f"column {column!r}: {cut(value)!r} is not a plain non-negative decimal")
         elif column == "lineitem/type":
             if value not in LINEITEM_TYPES:
                 errors.append(f"column {column!r}: {value!r} is not one of {sorted(LINEITEM_TYPES)}")

@@ -24,7 +24,7 @@ from cloudzero_provider.cbf_rules import TAG_KEY_RE
 
 TAG_DIMENSION_PREFIX = "tag:"
 # A request-tag prefix as users write it before the colon, e.g. ``taskName`` in ``taskName:classify``.
-TAG_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-@=+/]{1,64}$")
+TAG_NAME_RE = re.compile(r"[A-Za-z0-9_.\-@=+/]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ DEFAULT_DIMENSIONS: tuple[str, ...] = (
 
 def tag_dimension(prefix: str) -> Dimension:
     """The dimension for request tags ``<prefix>:<value>``: the value of the first such tag of a request."""
-    if not TAG_NAME_RE.match(prefix):
+    if not TAG_NAME_RE.fullmatch(prefix):
         raise ValueError(
             f"request-tag prefix {prefix!r} must be 1-64 letters, digits or _ . - @ = + / (no spaces or colons)"
         )
@@ -100,7 +100,7 @@ def resolve(names: Iterable[str] | None) -> list[Dimension]:
             )
         if dim.name in seen:
             raise ValueError(f"dimension {name!r} is listed twice")
-        assert TAG_KEY_RE.match(dim.tag)
+        assert TAG_KEY_RE.fullmatch(dim.tag)
         seen.add(dim.name)
         out.append(dim)
     return out

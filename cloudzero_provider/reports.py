@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from cloudzero_provider.cbf import EXACT, exact_decimal
+from cloudzero_provider.cbf import EXACT, OTHER, exact_decimal, safe_value
 
 REPORT_DIMENSIONS = ["team_id", "team_alias", "end_user", "api_key_alias", "user", "model", "provider"]
 GROUPINGS = {
@@ -27,6 +27,9 @@ GROUPINGS = {
 }
 ALERT_KINDS = {"team": "team_id", "user": "user", "customer": "end_user", "model": "model"}
 NONE_LABEL = "(none)"
+# Groups one grouping lists (CSV, JSON) before the rest are summed into (other): names come from LLM callers,
+# and a day of a million distinct customers must not make a million-line report.
+MAX_GROUPS = 1000
 
 
 @dataclass
@@ -50,8 +53,19 @@ def _per_1k(spend: Decimal, tokens: int) -> str:
     return f"{(spend * 1000 / tokens):.6f}"
 
 
-def build_report(rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[str] = ()) -> dict[str, Any]:
-    """Aggregated rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> the report dict."""
+def _name(value: Any) -> str:
+    """A name as the report shows it: cut like a CBF value (control characters out, 256 characters plus a hash),
+    so one caller's 4 MB name cannot make a 16 MB report; distinct names stay distinct."""
+    return safe_value(str(value)) if value else NONE_LABEL
+
+
+def build_report(
+    rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[str] = (), max_groups: int = MAX_GROUPS
+) -> dict[str, Any]:
+    """Aggregated rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> the report dict.
+
+    Names are cut (see :func:`_name`); each grouping lists its ``max_groups`` groups with the most spend and sums
+    the rest into one ``(other)`` group, so every total stays exact."""
     total = _Acc()
     days: dict[str, _Acc] = {}
     hours: dict[str, _Acc] = {}
@@ -65,13 +79,15 @@ def build_report(rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[st
         total.add(*args)
         days.setdefault(str(row["hour"])[:10], _Acc()).add(*args)
         hours.setdefault(str(row["hour"]), _Acc()).add(*args)
-        model = dims.get("model") or NONE_LABEL
+        model = _name(dims.get("model"))
         for grouping, dim in groupings.items():
-            key = dims.get(dim) or NONE_LABEL
+            key = _name(dims.get(dim))
             groups[grouping].setdefault(key, _Acc()).add(*args)
             by_model[grouping].setdefault(key, {}).setdefault(model, _Acc()).add(*args)
         if dims.get("team_id") and dims.get("team_alias"):
-            labels[dims["team_id"]] = dims["team_alias"]
+            labels[_name(dims["team_id"])] = _name(dims["team_alias"])
+    for grouping in groupings:
+        _fold_groups(groups[grouping], by_model[grouping], max_groups)
 
     def ranked(grouping: str) -> list[dict[str, Any]]:
         out = []
@@ -100,6 +116,22 @@ def build_report(rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[st
             for m, a in sorted(groups["model"].items(), key=lambda kv: (-kv[1].spend, kv[0]))
         ],
     }
+
+
+def _fold_groups(groups: dict[str, _Acc], models: dict[str, dict[str, _Acc]], cap: int) -> None:
+    """Keep the ``cap`` groups with the most spend; the rest are summed into ``(other)`` (in place)."""
+    if len(groups) <= cap:
+        return
+    other, other_models = groups.pop(OTHER, None) or _Acc(), models.pop(OTHER, {})
+    ranked = sorted(groups, key=lambda k: (-groups[k].spend, k))
+    for key in ranked[cap - 1 :]:
+        acc = groups.pop(key)
+        other.add(str(acc.spend), acc.requests, acc.tokens)
+        for model, macc in models.pop(key, {}).items():
+            other_models.setdefault(model, _Acc()).add(str(macc.spend), macc.requests, macc.tokens)
+    groups[OTHER] = other
+    if models or other_models:
+        models[OTHER] = other_models
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

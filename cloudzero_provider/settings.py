@@ -132,6 +132,20 @@ SETTINGS: dict[str, tuple[str, str]] = {
 }
 
 
+# Whole-number settings and the values they may take: a value outside fails when the DAG file is parsed, naming
+# the variable, instead of stalling a schedule (a settle wait of days) or a worker (a huge request).
+BOUNDS: dict[str, tuple[int, int]] = {
+    "settle_minutes": (0, 24 * 60),
+    "late_lookback_hours": (0, 168),
+    "max_values_per_hour": (0, 100_000),
+    "max_active_runs": (1, 64),
+    "retries": (0, 20),
+    "retry_delay_seconds": (1, 24 * 3600),
+    "max_request_bytes": (16_384, 5_000_000),
+    "reconcile_retention_days": (0, 3650),
+}
+
+
 def _convert(raw: str, kind: Any, var: str) -> object:
     """One environment value as the field's type: ``int``, ``datetime``, ``list[str]``, ``dict`` or ``str``."""
     if get_origin(kind) in (Union, types.UnionType):  # ``X | None``: convert as X
@@ -180,6 +194,14 @@ class ExportSettings:
     telemetry_metric: str | None = None
     telemetry_value: str = "cost"
     telemetry_dimensions: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(self, name)
+            if not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(
+                    f"setting {name} ({SETTINGS[name][0]}) must be a whole number from {low} to {high}, got {value!r}"
+                )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ExportSettings:

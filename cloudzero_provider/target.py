@@ -19,9 +19,9 @@ from cloudzero_provider.staging import WindowStage, staging_root
 from cloudzero_provider.windows import Window, day_label
 
 # An Airflow connection id as used in a path: no separators, never "." or "..".
-TARGET_NAME_RE = re.compile(r"^(?!\.{1,2}$)[A-Za-z0-9_.:-]{1,200}$")
+TARGET_NAME_RE = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,200}")
 # One folder of a staging area (``range-<run>``, ``late``): no separators, no dots.
-AREA_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+AREA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class ExportTarget:
@@ -33,7 +33,7 @@ class ExportTarget:
     """
 
     def __init__(self, cloudzero_conn_id: str, staging_uri: str | None = None) -> None:
-        if not TARGET_NAME_RE.match(cloudzero_conn_id or ""):
+        if not TARGET_NAME_RE.fullmatch(cloudzero_conn_id or ""):
             raise ValueError(
                 f"connection id {cloudzero_conn_id!r} cannot name a staging folder: use letters, digits, _ . : -"
             )
@@ -54,7 +54,7 @@ class ExportTarget:
         for part in (area,) if isinstance(area, str) else area:
             if not part:
                 continue
-            if not AREA_RE.match(part):
+            if not AREA_RE.fullmatch(part):
                 raise ValueError(f"staging area {part!r} is not a folder name: use letters, digits, _ -")
             folder = folder / part
         return WindowStage(folder, window)

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from cloudzero_provider.cbf import EXACT, exact_decimal
+from cloudzero_provider.cbf import EXACT, OTHER, exact_decimal, safe_value
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 
 # Our dimension -> the key LiteLLM's logger uses, so existing CloudZero unit metrics keep their dimensions.
@@ -30,9 +30,11 @@ TELEMETRY_KEYS: dict[str, str] = {
 DEFAULT_TELEMETRY_DIMENSIONS: tuple[str, ...] = ("model", "user", "team_id", "organization_id", "end_user")
 VALUES = ("cost", "requests", "tokens")
 NONE_VALUE = "(none)"
-METRIC_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+METRIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
 MAX_REQUEST_BYTES = DEFAULT_MAX_REQUEST_BYTES
 MAX_RECORDS_PER_REQUEST = 500
+MAX_VALUES_PER_DAY = 1000
+CALLER_CHOSEN = frozenset({"end_user"})  # what an LLM caller sets freely: its request's ``user`` field
 
 
 def check_metric_name(name: str | None) -> str:
@@ -42,7 +44,7 @@ def check_metric_name(name: str | None) -> str:
             "no unit-cost metric name: set the cloudzero connection's extra \"metric_name\" (LiteLLM's "
             "CLOUDZERO_METRIC_NAME) or CLOUDZERO_TELEMETRY_METRIC"
         )
-    if not METRIC_RE.match(name):
+    if not METRIC_RE.fullmatch(name):
         raise ValueError(
             f"metric name {name!r} must start with a letter or digit and hold only letters, digits, '_', '.', '-' "
             "(at most 128 characters)"
@@ -73,21 +75,72 @@ class DayGroup:
     tokens: int
 
 
-def roll_up_days(rows: Iterable[Mapping[str, object]], dims: Sequence[str]) -> list[DayGroup]:
-    """Aggregated hourly rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> per-day groups."""
+def roll_up_days(
+    rows: Iterable[Mapping[str, object]],
+    dims: Sequence[str],
+    *,
+    max_values_per_day: int | None = MAX_VALUES_PER_DAY,
+) -> list[DayGroup]:
+    """
+    Aggregated hourly rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> per-day groups.
+
+    Values come from LLM callers: each is cut like a CBF value (control characters out, 256 characters plus a
+    hash), and a dimension callers choose freely (``end_user``) keeps at most ``max_values_per_day`` values a day,
+    those with the most cost; the rest become ``(other)`` with their cost, requests and tokens, so a day's totals
+    never move and one caller cannot make a day's records unsendable.
+    """
     groups: dict[tuple[str, tuple[str | None, ...]], DayGroup] = {}
     for row in rows:
         day = str(row["hour"])[:10]
         values = row["dims"]
         assert isinstance(values, Mapping)
-        key = (day, tuple(values.get(d) for d in dims))
+        key = (day, tuple(_bounded(values.get(d)) for d in dims))
         group = groups.get(key)
         if group is None:
             group = groups[key] = DayGroup(day, key[1], Decimal(0), 0, 0)
         group.cost = EXACT.add(group.cost, Decimal(str(row["spend"])))
         group.requests += int(str(row["requests"]))
         group.tokens += int(str(row["total_tokens"]))
+    capped = [i for i, d in enumerate(dims) if d in CALLER_CHOSEN]
+    if capped and max_values_per_day:
+        groups = _fold(groups, capped, max_values_per_day)
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], [v or "" for v in k[1]]))]
+
+
+def _bounded(value: object) -> str | None:
+    return None if value is None else safe_value(str(value))
+
+
+def _fold(
+    groups: dict[tuple[str, tuple[str | None, ...]], DayGroup], capped: Sequence[int], cap: int
+) -> dict[tuple[str, tuple[str | None, ...]], DayGroup]:
+    """Per day, the values of each capped dimension beyond the ``cap`` with the most cost become ``(other)``."""
+    keep: dict[tuple[str, int], set[str | None]] = {}
+    for index in capped:
+        cost: dict[tuple[str, str | None], Decimal] = {}
+        for (day, values), group in groups.items():
+            cost[(day, values[index])] = EXACT.add(cost.get((day, values[index]), Decimal(0)), group.cost)
+        for day in {day for day, _ in cost}:
+            ranked = sorted(
+                ((v, c) for (d, v), c in cost.items() if d == day), key=lambda vc: (-vc[1], vc[0] or "")
+            )
+            if len(ranked) > cap:
+                keep[(day, index)] = {v for v, _ in ranked[:cap]}
+    if not keep:
+        return groups
+    out: dict[tuple[str, tuple[str | None, ...]], DayGroup] = {}
+    for (day, values), group in groups.items():
+        folded = tuple(
+            OTHER if (day, i) in keep and v not in keep[(day, i)] else v for i, v in enumerate(values)
+        )
+        merged = out.get((day, folded))
+        if merged is None:
+            out[(day, folded)] = DayGroup(day, folded, group.cost, group.requests, group.tokens)
+        else:
+            merged.cost = EXACT.add(merged.cost, group.cost)
+            merged.requests += group.requests
+            merged.tokens += group.tokens
+    return out
 
 
 def to_records(

@@ -47,6 +47,11 @@ def day_label(day: datetime) -> str:
     return day.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
+def month_label(instant: datetime) -> str:
+    """``2026-11``: a UTC month as CloudZero's read-back path names it."""
+    return instant.astimezone(timezone.utc).strftime("%Y-%m")
+
+
 def parse_hour(value: str | datetime, *, what: str = "hour") -> datetime:
     """The hour an edge value names: an ISO instant (``2026-11-01T13:00:00Z``) or a label (``2026-11-01T13Z``).
 
@@ -59,6 +64,18 @@ def parse_hour(value: str | datetime, *, what: str = "hour") -> datetime:
     if hour.minute or hour.second or hour.microsecond:
         raise ValueError(f"{what} {value!r} is not aligned to the hour")
     return hour
+
+
+def cbf_hour(value: str) -> datetime:
+    """The hour a CBF ``time/usage_start`` falls in: an ISO-8601 date-time, read as UTC when it has no offset (as
+    CloudZero reads it). Raises ValueError for anything else."""
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO-8601 date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=timezone.utc)
+    return floor_hour(parsed)
 
 
 def floor_hour(instant: datetime) -> datetime:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -22,6 +23,10 @@ TELEMETRY_PATH = "/unit-cost/v1/telemetry/metric"
 TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
+# A wait CloudZero asks for beyond this is not believed: Airflow's retry waits at most this long.
+MAX_RETRY_AFTER = 6 * 3600.0
+# A drop id as CloudZero issues it (a UUID): anything else in its place is not a receipt.
+_DROP_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 class CloudZeroAPIError(AirflowFailException):
@@ -40,10 +45,17 @@ class CloudZeroRequestTooLarge(CloudZeroAPIError):
 
 
 class CloudZeroTransientError(AirflowException):
-    """CloudZero stayed unavailable (429, 5xx, timeouts, dropped connections) after every in-task retry.
+    """CloudZero stayed unavailable (429, 5xx, timeouts, dropped connections, answers without a receipt) after
+    every in-task retry.
 
-    Derives from ``AirflowException`` so that Airflow's own task retries take over.
+    Derives from ``AirflowException`` so that Airflow's own task retries take over. ``retry_after`` is the wait
+    CloudZero asked for when it is longer than the hook may wait inside the task: the ready DAGs'
+    :class:`~cloudzero_provider.retries.RetryAfterPolicy` makes Airflow's next try wait that long, never less.
     """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class _Retryable(Exception):
@@ -59,23 +71,84 @@ def _retry_after_seconds(value: str | None) -> float | None:
     """
     Seconds to wait from a ``Retry-After`` header, or ``None`` when there is none or it cannot be read.
 
-    :param value: The header: delta-seconds or an HTTP date (RFC 9110 allows both).
+    :param value: The header: delta-seconds or an HTTP date (RFC 9110 allows both). At most
+        :data:`MAX_RETRY_AFTER` is believed.
     """
-    if not value:
+    if not value or len(value) > 64:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        from email.utils import parsedate_to_datetime
+        try:
+            from email.utils import parsedate_to_datetime
 
-        import pendulum
+            import pendulum
 
-        when = parsedate_to_datetime(value)
-        return max(0.0, (when - pendulum.now("UTC")).total_seconds())
-    except (TypeError, ValueError):
+            seconds = (parsedate_to_datetime(value) - pendulum.now("UTC")).total_seconds()
+        except (TypeError, ValueError, OverflowError):
+            return None
+    if seconds != seconds:  # NaN
         return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+
+
+def _body_excerpt(response: requests.Response) -> str:
+    """The start of an answer's body, for a message: printable, at most 200 characters."""
+    text = re.sub(r"[\x00-\x1f\x7f]+", " ", (response.text or "")[:200]).strip()
+    return text or "(empty body)"
+
+
+def _receipt(response: requests.Response) -> dict[str, Any]:
+    """
+    CloudZero's receipt for a billing drop, as it came: ``{"drop_id", "month", "row_count"}``.
+
+    :raises _Retryable: The answer holds no receipt (a gateway, proxy or captive portal answered instead of
+        CloudZero, or the answer was cut): the drop may not have been applied, so it is sent again.
+    """
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    connection = payload.get("connection") if isinstance(payload, Mapping) else None
+    drop_id = connection.get("drop_id") if isinstance(connection, Mapping) else None
+    if not isinstance(drop_id, str) or not _DROP_ID.fullmatch(drop_id):
+        raise _Retryable(
+            f"HTTP {response.status_code} without a drop receipt (no connection.drop_id in the answer: "
+            f"{_body_excerpt(response)!r}); the drop may not have been applied"
+        )
+    assert isinstance(connection, Mapping)
+    receipt: dict[str, Any] = {"drop_id": drop_id}
+    month, rows = connection.get("month"), connection.get("row_count")
+    if isinstance(month, str) and len(month) <= 40:
+        receipt["month"] = month
+    if isinstance(rows, int) and not isinstance(rows, bool) and 0 <= rows < 10**9:
+        receipt["row_count"] = rows
+    return receipt
+
+
+def _json_field(response: requests.Response, key: str) -> list[Any]:
+    """The list under ``key`` in a JSON answer; an answer of another shape is retried, never read as empty."""
+    try:
+        payload = response.json()
+    except ValueError:
+        payload = None
+    value = payload.get(key) if isinstance(payload, Mapping) else None
+    if not isinstance(value, list):
+        raise _Retryable(
+            f"HTTP {response.status_code} without the expected {key!r} list: {_body_excerpt(response)!r}"
+        )
+    return value
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error_message(response: requests.Response) -> str:
@@ -110,6 +183,7 @@ class CloudZeroSettings:
     :param max_retry_time: Seconds after which retrying one request stops.
     :param verify: TLS verification: ``True``, ``False`` or a CA bundle path.
     :param proxies: requests' proxies mapping.
+    :param allow_plain_http: The connection's opt-in to ``http://`` on a host that is not loopback.
     """
 
     base_url: str
@@ -123,6 +197,7 @@ class CloudZeroSettings:
     max_retry_time: float
     verify: bool | str
     proxies: dict[str, str]
+    allow_plain_http: bool = False
 
 
 # An API key is visible ASCII: a space, line break, control or non-ASCII character inside one is a paste error,
@@ -168,12 +243,14 @@ class CloudZeroHook(HttpHook):
 
     :param cloudzero_conn_id: The Airflow connection of type ``cloudzero``.
     :param max_attempts: Attempts per request, the first one included.
-    :param max_wait: Longest single wait between attempts, in seconds (also caps ``Retry-After``).
+    :param max_wait: Longest backoff between attempts, in seconds. A ``Retry-After`` from CloudZero is waited in
+        full when it ends within ``max_retry_time``; a longer one hands over to Airflow's retry.
     :param max_retry_time: Give up retrying one request after this many seconds in total.
     :param timeout: ``(connect, read)`` timeout of one attempt in seconds.
 
     The connection's extra may override ``timeout``, ``max_attempts``, ``max_wait``, ``max_retry_time``,
-    ``verify`` and ``proxies``; ``test_key`` runs requests in CloudZero's one-hour test namespace.
+    ``verify`` and ``proxies``; ``test_key`` runs requests in CloudZero's one-hour test namespace. The base URL
+    must be ``https://`` (``http://`` only for loopback, or with the extra ``"allow_plain_http": true``).
     """
 
     conn_name_attr = "cloudzero_conn_id"
@@ -271,7 +348,31 @@ class CloudZeroHook(HttpHook):
             max_retry_time=number("max_retry_time", float),
             verify=extra.get("verify", True),
             proxies=dict(extra.get("proxies") or {}),
+            allow_plain_http=self._check_scheme(conn, extra),
         )
+
+    def _check_scheme(self, conn: Any, extra: Mapping[str, Any]) -> bool:
+        """
+        Refuse ``http://`` to any host but loopback: the key would travel in clear text (and a redirect to
+        https would already have sent it). A private network's double may opt in with the extra
+        ``"allow_plain_http": true``.
+
+        :return: Whether the connection opted in.
+        """
+        allowed = str(extra.get("allow_plain_http", "")).strip().lower() in ("true", "1", "yes")
+        url = urlparse(_base_url(conn.host, conn.schema, conn.port, self.default_host))
+        if url.scheme not in ("http", "https"):
+            raise AirflowFailException(
+                f"Airflow connection {self.cloudzero_conn_id!r}: the API base URL must use https://, "
+                f"got scheme {url.scheme!r}."
+            )
+        if url.scheme == "http" and not _is_loopback(url.hostname) and not allowed:
+            raise AirflowFailException(
+                f"Airflow connection {self.cloudzero_conn_id!r} points at http://{url.hostname}: the API key "
+                "would travel in clear text. Use https:// (plain http is accepted only for a loopback host such "
+                'as the local CloudZero double, or with the extra "allow_plain_http": true on a private network).'
+            )
+        return allowed
 
     @property
     def connection_id(self) -> str:
@@ -392,14 +493,30 @@ class CloudZeroHook(HttpHook):
     # -- requests ---------------------------------------------------------------------------------------
 
     def _wait(self, retry_state: tenacity.RetryCallState) -> float:
-        """Seconds before the next attempt: CloudZero's ``Retry-After`` or jittered exponential backoff."""
+        """Seconds before the next attempt: CloudZero's ``Retry-After`` in full, else jittered exponential backoff
+        up to ``max_wait``."""
         outcome = retry_state.outcome
         exc = outcome.exception() if outcome else None
-        max_wait = self.settings.max_wait
         if isinstance(exc, _Retryable) and exc.retry_after is not None:
-            return min(exc.retry_after, max_wait)
-        backoff = min(max_wait, 0.5 * 2 ** (retry_state.attempt_number - 1))
+            return exc.retry_after
+        backoff = min(self.settings.max_wait, 0.5 * 2 ** (retry_state.attempt_number - 1))
         return backoff * random.uniform(0.5, 1.0)
+
+    def _stop(self, retry_state: tenacity.RetryCallState) -> bool:
+        """Stop after ``max_attempts``, after ``max_retry_time``, or when CloudZero asks for a wait that would end
+        past ``max_retry_time``: then Airflow's retry waits it out instead of the hook retrying early."""
+        settings = self.settings
+        if retry_state.attempt_number >= settings.max_attempts:
+            return True
+        elapsed = retry_state.seconds_since_start or 0.0
+        if elapsed >= settings.max_retry_time:
+            return True
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return (
+            isinstance(exc, _Retryable)
+            and exc.retry_after is not None
+            and elapsed + exc.retry_after > settings.max_retry_time
+        )
 
     def _attempt(
         self,
@@ -408,12 +525,26 @@ class CloudZeroHook(HttpHook):
         path: str,
         body: bytes | None,
         headers: Mapping[str, str],
-    ) -> requests.Response:
-        """One attempt: a transient failure raises :class:`_Retryable`, any other requests failure fails."""
+        accept: Callable[[requests.Response], Any] | None,
+    ) -> tuple[requests.Response, Any]:
+        """
+        One attempt: a transient failure raises :class:`_Retryable`, any other requests failure fails.
+
+        Redirects are never followed: requests would turn a redirected POST into a GET without its body (and
+        send the key along), and the GET's 200 would read as success.
+
+        :param accept: Reads a 2xx answer (a receipt, a list); raises :class:`_Retryable` when the answer is not
+            what CloudZero sends, so a hollow 200 is retried like a 503, never taken as done.
+        """
         url = self.settings.base_url + path
         try:
             response = session.request(
-                method, url, data=body, headers=dict(headers), timeout=self.settings.timeout
+                method,
+                url,
+                data=body,
+                headers=dict(headers),
+                timeout=self.settings.timeout,
+                allow_redirects=False,
             )
         except requests.exceptions.Timeout as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
@@ -429,7 +560,21 @@ class CloudZeroHook(HttpHook):
                 f"HTTP {response.status_code}: {self._scrub(_error_message(response))}",
                 _retry_after_seconds(response.headers.get("Retry-After")),
             )
-        return response
+        if 300 <= response.status_code < 400:
+            # A gateway, proxy or captive portal in front of the API: nothing was applied. Retried like a 503 (it
+            # may pass), and named, since a redirect that stays means the host is not the API's own URL.
+            location = self._scrub(response.headers.get("Location") or "(no Location header)")[:300]
+            raise _Retryable(
+                f"HTTP {response.status_code}: redirected to {location!r}, not followed (a redirected POST loses its "
+                "body); if this persists, set the connection's host to the API's own https:// URL",
+                _retry_after_seconds(response.headers.get("Retry-After")),
+            )
+        if accept is not None and 200 <= response.status_code < 300:
+            try:
+                return response, accept(response)
+            except _Retryable as exc:
+                raise _Retryable(self._scrub(exc.description)) from None
+        return response, None
 
     def request(
         self,
@@ -440,7 +585,8 @@ class CloudZeroHook(HttpHook):
         body: bytes | None = None,
         idempotency_key: str | None = None,
         expect: Sequence[int] = (200,),
-    ) -> requests.Response:
+        accept: Callable[[requests.Response], Any] | None = None,
+    ) -> tuple[requests.Response, Any]:
         """
         Send one request with in-task retries of transient failures, and check the answer.
 
@@ -450,6 +596,13 @@ class CloudZeroHook(HttpHook):
         :param body: The exact bytes to send, for callers that measured the body's size themselves.
         :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
         :param expect: Status codes returned to the caller rather than raised.
+        :param accept: Reads a 2xx answer inside the retry loop (see :meth:`_attempt`).
+        :return: The response, and what ``accept`` read from it (``None`` without ``accept``).
+        :raises CloudZeroAPIError: A 4xx other than 429. Airflow does not retry it.
+        :raises CloudZeroTransientError: Still failing after the in-task retries (429, 5xx, a redirect -- never
+            followed, the message names where it pointed --, a 2xx that ``accept`` refuses, a timeout or a dropped
+            connection), or CloudZero asked for a longer wait than ``max_retry_time`` (``retry_after`` says how
+            long).
         """
         session = self.session  # built first: it resolves the connection's settings once
         headers: dict[str, str] = {}
@@ -474,27 +627,37 @@ class CloudZeroHook(HttpHook):
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Retryable),
-            stop=tenacity.stop_after_attempt(self.settings.max_attempts)
-            | tenacity.stop_after_delay(self.settings.max_retry_time),
+            stop=self._stop,
             wait=self._wait,
             before_sleep=before_sleep,
             reraise=True,
         )
         try:
-            response = retrying(self._attempt, session, method, path, body, headers)
+            response, accepted = retrying(self._attempt, session, method, path, body, headers, accept)
         except _Retryable as exc:
+            settings = self.settings
+            if exc.retry_after is not None and exc.retry_after > settings.max_retry_time:
+                raise CloudZeroTransientError(
+                    f"CloudZero {method} {path}: {exc.description}; it asked to wait {exc.retry_after:.0f} s "
+                    f"(Retry-After), longer than this task retries for (max_retry_time {settings.max_retry_time:.0f}"
+                    f" s): handing over to Airflow's retry, which waits {exc.retry_after:.0f} s.",
+                    retry_after=exc.retry_after,
+                ) from None
+            attempts = int(retrying.statistics.get("attempt_number", settings.max_attempts))
             raise CloudZeroTransientError(
-                f"CloudZero {method} {path} still failing after {self.settings.max_attempts} attempts: "
+                f"CloudZero {method} {path} still failing after {attempts} attempt{'s' if attempts != 1 else ''}: "
                 f"{exc.description}. "
-                "The task will be retried by Airflow; check CloudZero's status if this persists."
+                "The task will be retried by Airflow; check CloudZero's status if this persists.",
+                retry_after=exc.retry_after,
             ) from None
         if response.status_code in expect:
-            return response
+            return response, accepted
+        status = response.status_code
         message = self._scrub(_error_message(response))
-        error_cls = CloudZeroRequestTooLarge if response.status_code == 413 else CloudZeroAPIError
-        if response.status_code < 400:
+        error_cls = CloudZeroRequestTooLarge if status == 413 else CloudZeroAPIError
+        if status < 400:
             message = f"unexpected answer: {message}"
-        raise error_cls(response.status_code, message, method=method, path=path)
+        raise error_cls(status, message, method=method, path=path)
 
     # -- AnyCost Stream ---------------------------------------------------------------------------------
 
@@ -517,15 +680,22 @@ class CloudZeroHook(HttpHook):
         """
         Post one billing drop: ``{"month", "operation", "data": [CBF rows]}``.
 
+        Counts as done only on CloudZero's receipt: a 2xx answer without a ``drop_id`` (a gateway or captive
+        portal answering in CloudZero's place) is retried like a 503, and a redirect is an error.
+
         :param body: The request body, as a mapping or as the exact serialized bytes to send.
         :param idempotency_key: Makes a re-send of the same drop safe: CloudZero replays the first answer.
         :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
-        :return: CloudZero's ``connection`` object: ``drop_id``, ``month``, ``row_count``.
+        :return: CloudZero's receipt as it came: ``drop_id`` and, when given, ``month`` and ``row_count``.
         """
-        response = self.request(
-            "POST", self._drops_path(connection_id), **self._body(body), idempotency_key=idempotency_key
+        _, receipt = self.request(
+            "POST",
+            self._drops_path(connection_id),
+            **self._body(body),
+            idempotency_key=idempotency_key,
+            accept=_receipt,
         )
-        return dict(response.json().get("connection") or {})
+        return dict(receipt)
 
     def list_billing_drops(self, *, connection_id: str | None = None) -> list[dict[str, Any]]:
         """
@@ -533,8 +703,10 @@ class CloudZeroHook(HttpHook):
 
         :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
         """
-        response = self.request("GET", self._drops_path(connection_id))
-        return list(response.json().get("billing_drops") or [])
+        _, drops = self.request(
+            "GET", self._drops_path(connection_id), accept=lambda r: _json_field(r, "billing_drops")
+        )
+        return list(drops)
 
     def get_billing_drop(
         self, month: str, *, connection_id: str | None = None
@@ -546,10 +718,12 @@ class CloudZeroHook(HttpHook):
         :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
         """
         path = f"{self._drops_path(connection_id)}/{quote(month, safe='')}"
-        response = self.request("GET", path, expect=(200, 404))
+        response, rows = self.request(
+            "GET", path, expect=(200, 404), accept=lambda r: _json_field(r, "billing_drop")
+        )
         if response.status_code == 404:
             return None
-        return list(response.json().get("billing_drop") or [])
+        return list(rows)
 
     def validate_billing_drop(self, body: bytes | Mapping[str, Any]) -> dict[str, Any]:
         """
@@ -557,8 +731,16 @@ class CloudZeroHook(HttpHook):
 
         :param body: The request body, as a mapping or as the exact serialized bytes to send.
         """
-        response = self.request("POST", f"{ANYCOST_PATH}/validate_billing_drop", **self._body(body))
-        return dict(response.json().get("connection") or {})
+        response, _ = self.request("POST", f"{ANYCOST_PATH}/validate_billing_drop", **self._body(body))
+        try:
+            answer = response.json().get("connection")
+        except (ValueError, AttributeError):
+            answer = None
+        if not isinstance(answer, Mapping):
+            raise CloudZeroTransientError(
+                f"CloudZero answered the validation without a result: {_body_excerpt(response)!r}"
+            )
+        return dict(answer)
 
     # -- unit-cost telemetry -----------------------------------------------------------------------------
 
@@ -584,7 +766,7 @@ class CloudZeroHook(HttpHook):
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
         path = f"{TELEMETRY_PATH}/{quote(name, safe='')}/{operation}"
-        response = self.request("POST", path, **self._body(body))
+        response, _ = self.request("POST", path, **self._body(body))
         try:
             return dict(response.json())
         except ValueError:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
@@ -22,7 +24,7 @@ DAILY_TABLES = {
 }
 VERIFICATION_TOKENS = "LiteLLM_VerificationToken"
 Source = Literal["spend_logs", "daily_team", "daily_user", "daily_tag"]
-IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 SAMPLES = 5
 
 # Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
@@ -136,6 +138,11 @@ class LiteLLMSpendHook(PostgresHook):
     conn_name_attr = "postgres_conn_id"
     default_conn_name = "litellm_db"
     hook_name = "LiteLLM (PostgreSQL)"
+    # Keys of the connection's extra this hook reads (or refuses) itself: PostgresHook passes every other key into
+    # the libpq connection string, where ``statement_timeout`` is an invalid option and ``autocommit`` would turn
+    # the READ ONLY transaction and its local timeouts into no-ops.
+    ignored_extra_options = PostgresHook.ignored_extra_options | {"statement_timeout", "autocommit"}
+    MAX_STATEMENT_TIMEOUT = 24 * 3600.0
 
     def __init__(
         self,
@@ -149,7 +156,7 @@ class LiteLLMSpendHook(PostgresHook):
     ) -> None:
         kwargs.setdefault("postgres_conn_id", self.default_conn_name)
         super().__init__(*args, **kwargs)
-        if not IDENTIFIER_RE.match(db_schema):
+        if not IDENTIFIER_RE.fullmatch(db_schema):
             raise AirflowFailException(f"db_schema {db_schema!r} is not a plain PostgreSQL identifier")
         self.db_schema = db_schema
         self.fetch_size = fetch_size
@@ -159,22 +166,72 @@ class LiteLLMSpendHook(PostgresHook):
         self._columns: dict[str, set[str]] = {}
         self._active: Any = None
 
-    @property
-    def connection(self) -> Any:
-        """The Airflow connection, with ``connect_timeout`` added to its extra unless it sets one."""
-        conn = super().connection
+    @cached_property
+    def _connection_with_defaults(self) -> Any:
+        """A copy of the Airflow connection with ``connect_timeout`` in its extra unless it sets one; the fetched
+        connection itself is never changed."""
+        conn = copy.deepcopy(super().connection)
         extra = conn.extra_dejson
+        if "autocommit" in extra:
+            self.log.warning(
+                'Connection %r: its extra "autocommit" is ignored: every read of the LiteLLM database is one READ '
+                "ONLY transaction with its own timeouts, which autocommit would switch off.",
+                self.get_conn_id(),
+            )
         if "connect_timeout" not in extra:
             conn.extra = json.dumps({**extra, "connect_timeout": self.connect_timeout})
         return conn
 
+    @property
+    def connection(self) -> Any:
+        """The Airflow connection as this hook connects with it (see :attr:`_connection_with_defaults`)."""
+        return self._connection_with_defaults
+
     @connection.setter
     def connection(self, value: Any) -> None:
-        self._connection = value
+        raise AttributeError("LiteLLMSpendHook.connection is read-only: pass postgres_conn_id instead")
 
-    def _timeout_ms(self) -> int:
-        configured = super().connection.extra_dejson.get("statement_timeout")
-        return int(float(configured if configured not in (None, "") else self.statement_timeout) * 1000)
+    @cached_property
+    def timeout_ms(self) -> int:
+        """``statement_timeout`` of every read in milliseconds: the connection's extra ``statement_timeout`` (seconds)
+        if it sets one, else the hook's argument.
+
+        :raises AirflowFailException: The extra is not a number of seconds between 1 and 86400.
+        """
+        configured = self.connection.extra_dejson.get("statement_timeout")
+        if configured in (None, ""):
+            return int(self.statement_timeout * 1000)
+        try:
+            seconds = float(configured)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        if not 1 <= seconds <= self.MAX_STATEMENT_TIMEOUT:
+            raise AirflowFailException(
+                f'Connection {self.get_conn_id()!r}: extra "statement_timeout" must be a number of seconds between 1 '
+                f"and {self.MAX_STATEMENT_TIMEOUT:.0f}, got {str(configured)[:40]!r}."
+            )
+        return int(seconds * 1000)
+
+    def read_settings(self) -> dict[str, str]:
+        """What a read of this hook runs under, as PostgreSQL reports it inside the read: ``transaction_read_only``,
+        ``statement_timeout``, ``idle_in_transaction_session_timeout``."""
+        names = ("transaction_read_only", "statement_timeout", "idle_in_transaction_session_timeout")
+        rows = list(self._stream(
+            "SELECT " + ", ".join(f"current_setting('{n}')" for n in names), {}, "cloudzero_settings"
+        ))  # fmt: skip
+        return dict(zip(names, (str(v) for v in rows[0]), strict=True))
+
+    def test_connection(self) -> tuple[bool, str]:  # type: ignore[override]
+        """Read LiteLLM's spend-log columns through a READ ONLY transaction and say what the reads run under."""
+        try:
+            columns = self.table_columns(SPEND_LOGS)
+            seen = self.read_settings()
+        except Exception as exc:
+            return False, f"{type(exc).__name__}: {str(exc)[:500]}"
+        return True, (
+            f'LiteLLM database reachable: "{self.db_schema}"."{SPEND_LOGS}" has {len(columns)} columns; reads run '
+            f"READ ONLY={seen['transaction_read_only']}, statement_timeout={seen['statement_timeout']}."
+        )
 
     def cancel(self) -> None:
         """Cancel the statement this hook is running, if any (safe to call from another thread or on_kill)."""
@@ -380,12 +437,21 @@ ORDER BY 1"""
         conn = self.get_conn()
         self._active = conn
         try:
+            if getattr(conn, "autocommit", False):
+                setattr(conn, "autocommit", False)  # noqa: B010 -- one transaction per read, whatever the connection says
             with conn.cursor() as setup:
                 setup.execute("SET TRANSACTION READ ONLY")
                 # LOCAL: this transaction only. JIT costs more than it saves on a one-off aggregate.
-                setup.execute(f"SET LOCAL statement_timeout = {self._timeout_ms()}")
+                setup.execute(f"SET LOCAL statement_timeout = {self.timeout_ms}")
                 setup.execute("SET LOCAL idle_in_transaction_session_timeout = 600000")
                 setup.execute("SET LOCAL jit = off")
+                setup.execute("SELECT current_setting('transaction_read_only')")
+                row = setup.fetchone()
+                if not row or row[0] != "on":
+                    raise AirflowFailException(
+                        f"Connection {self.get_conn_id()!r}: the read did not run READ ONLY "
+                        f"(transaction_read_only={row[0] if row else None!r}); nothing was read."
+                    )
             if USE_PSYCOPG3 and not self.server_side_cursor:
                 with conn.cursor() as cur:
                     yield from cur.stream(sql, params, size=self.fetch_size)
@@ -407,7 +473,7 @@ ORDER BY 1"""
         if code == "57014":
             return AirflowFailException(
                 f"The LiteLLM database cancelled the statement ({str(exc).strip()}): it ran past statement_timeout "
-                f"({self._timeout_ms() // 1000} s) or the task was stopped. Raise the connection's extra "
+                f"({self.timeout_ms // 1000} s) or the task was stopped. Raise the connection's extra "
                 '"statement_timeout", use smaller windows, or point the connection at a read replica.'
             )
         if code in ("42P01", "42703"):

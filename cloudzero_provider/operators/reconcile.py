@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from cloudzero_provider.cbf import EXACT, exact_decimal, exact_sum
+from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
 from cloudzero_provider.operators.extract import dimension_list
@@ -21,8 +21,9 @@ from cloudzero_provider.pipeline import (
     transform_window,
     upload_window,
 )
+from cloudzero_provider.readback import ReadBackError, held_by_hour
 from cloudzero_provider.reconcile import CLEARED, FOREIGN, MATCHES, PURGED, REPAIRED, HourCheck, decide
-from cloudzero_provider.windows import Window, hour_label, iso_hour
+from cloudzero_provider.windows import Window, hour_label, iso_hour, month_label
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
@@ -77,23 +78,29 @@ class ReconcileOperator(CloudZeroBaseOperator):
         self.max_values_per_hour = max_values_per_hour
         self.hour_asset = hour_asset
 
-    def _cloudzero_state(self, window: Window) -> tuple[dict[str, Decimal] | None, str]:
-        """CloudZero's cost per hour over the window's months, or None where a month cannot be read (404)."""
-        held: dict[str, Decimal] = {}
-        months = sorted({h.strftime("%Y-%m") for h in window.hour_starts()})
-        missing = []
+    def _cloudzero_state(self, window: Window) -> tuple[dict[datetime, Decimal] | None, str, dict[str, str]]:
+        """CloudZero's cost per hour over the window's months (None where no month can be read: 404), how it was
+        read, and the months whose answer could not be read, with why."""
+        held: dict[datetime, Decimal] = {}
+        months = sorted({month_label(h) for h in window.hour_starts()})
+        missing, unreadable = [], {}
         for month in months:
             rows = self.cloudzero_hook.get_billing_drop(month)
             if rows is None:
                 missing.append(month)
                 continue
-            for row in rows:
-                hour = str(row.get("time/usage_start", ""))[:13] + ":00:00Z"
-                held[hour] = EXACT.add(held.get(hour, Decimal(0)), Decimal(str(row.get("cost/cost", "0"))))
+            try:
+                held.update(held_by_hour(rows, month))
+            except ReadBackError as exc:
+                unreadable[month] = str(exc)
         if missing and len(missing) == len(months):
-            return None, f"CloudZero answered 404 for {missing}: compared with the manifests instead"
+            return (
+                None,
+                f"CloudZero answered 404 for {missing}: compared with the manifests instead",
+                unreadable,
+            )
         note = f"; CloudZero holds no drop for {missing} (404)" if missing else ""
-        return held, "read back from CloudZero (GET billing_drops/{month})" + note
+        return held, "read back from CloudZero (GET billing_drops/{month})" + note, unreadable
 
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
@@ -101,15 +108,18 @@ class ReconcileOperator(CloudZeroBaseOperator):
         floor = datetime.now(window.start.tzinfo) - timedelta(days=days) if days > 0 else None
         manifests = self.target.manifests
         source = self.litellm_hook.hour_spend(window)
-        held, basis = self._cloudzero_state(window)
+        held, basis, unreadable = self._cloudzero_state(window)
         owners = {d.start: day_owner(manifests, d.start) for d in window.each_day()}
         checks: list[HourCheck] = []
+        failures: list[str] = list(unreadable.values())
         for hour in window.hour_starts():
+            if month_label(hour) in unreadable:
+                continue  # what CloudZero holds is unknown: nothing is decided, the task fails naming the month
             key = iso_hour(hour)
             manifest = manifests.get(hour)
             requests, spend = source.get(key, (0, "0"))
             if held is not None:
-                now_held = held.get(key, Decimal(0))
+                now_held = held.get(hour, Decimal(0))
             else:
                 now_held = (
                     Decimal(str(manifest.get("cost", "0")))
@@ -128,7 +138,6 @@ class ReconcileOperator(CloudZeroBaseOperator):
                 )
             )
         salt = attempt_salt(context) + "/reconcile"
-        failures: list[str] = []
         retryable = False
         done: list[HourCheck] = []
         for check in checks:
@@ -179,6 +188,7 @@ class ReconcileOperator(CloudZeroBaseOperator):
         )  # fmt: skip
         if failures:
             raise (AirflowException if retryable else AirflowFailException)(
-                f"Reconciled {len(done)} hour(s) but could not repair {len(failures)}: " + "; ".join(failures)
+                f"Reconciled {len(done)} hour(s) but could not repair or read {len(failures)}: "
+                + "; ".join(failures)
             )
         return summary

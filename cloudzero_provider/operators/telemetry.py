@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from airflow.sdk import timezone
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from cloudzero_provider.dimensions import resolve
@@ -14,6 +15,7 @@ from cloudzero_provider.hooks.litellm import AggregateRow
 from cloudzero_provider.operators.base import CloudZeroBaseOperator
 from cloudzero_provider.telemetry import (
     MAX_RECORDS_PER_REQUEST,
+    MAX_VALUES_PER_DAY,
     batches,
     check_dimensions,
     check_metric_name,
@@ -21,18 +23,35 @@ from cloudzero_provider.telemetry import (
     roll_up_days,
     to_records,
 )
-from cloudzero_provider.windows import DAY, Window, day_label, parse_hour, parse_instant
+from cloudzero_provider.windows import DAY, Window, day_label, floor_hour, iso_hour, parse_hour, parse_instant
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def days_of(context: Context | dict[str, Any], start: Any, end: Any) -> list[Window]:
-    """The UTC days to (re)send: from explicit bounds, the triggering Asset events' hours, or the data interval."""
+MAX_DAYS = 366
+
+
+def days_of(
+    context: Context | dict[str, Any], start: Any, end: Any, *, now: datetime | None = None
+) -> list[Window]:
+    """The UTC days to (re)send: from explicit bounds, the triggering Asset events' hours, or the data interval.
+
+    Explicit bounds may span at most :data:`MAX_DAYS` days and end no later than the end of the current hour.
+    """
     hours: list[Any] = []
     if start:
-        s = parse_instant(start, what="start")
-        e = parse_instant(end, what="end") if end else s + timedelta(hours=1)
+        try:
+            s = parse_instant(start, what="start")
+            e = parse_instant(end, what="end") if end else s + timedelta(hours=1)
+        except ValueError as exc:
+            raise AirflowFailException(f"Telemetry window: {exc}") from None
+        limit = floor_hour(now or timezone.utcnow()) + timedelta(hours=1)
+        if e <= s or e - s > timedelta(days=MAX_DAYS) or e > limit:
+            raise AirflowFailException(
+                f"Telemetry window [{iso_hour(floor_hour(s))}, {iso_hour(floor_hour(e))}) refused: it must end after "
+                f"it starts, span at most {MAX_DAYS} days and end no later than {iso_hour(limit)} (the current hour)."
+            )
         hours = [s, e - timedelta(microseconds=1)]
     else:
         events = context.get("triggering_asset_events")
@@ -76,6 +95,8 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
     :param end: Explicit end (exclusive). (templated)
     :param max_records_per_second: CloudZero's sustained limit is 100.
     :param max_records_per_request: Records per request (each request also stays within 4 MB).
+    :param max_values_per_day: Distinct ``end_user`` values a day keeps before the rest are folded into
+        ``(other)`` with their cost (values LLM callers choose); 0 or ``None``: no cap.
     """
 
     template_fields: Sequence[str] = (
@@ -98,6 +119,7 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         end: Any = None,
         max_records_per_second: float = 100.0,
         max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
+        max_values_per_day: int | None = MAX_VALUES_PER_DAY,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -108,6 +130,7 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         self.end = end
         self.max_records_per_second = max_records_per_second
         self.max_records_per_request = max_records_per_request
+        self.max_values_per_day = max_values_per_day
 
     def execute(self, context: Context) -> dict[str, Any]:
         cz = self.cloudzero_hook
@@ -134,7 +157,9 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         sent_records, started = 0, time.monotonic()
         for day in days_of(context, self.start, self.end):
             rows = [r.as_dict() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
-            records, skipped = to_records(roll_up_days(rows, dims), dims, self.value)
+            records, skipped = to_records(
+                roll_up_days(rows, dims, max_values_per_day=self.max_values_per_day or None), dims, self.value
+            )
             for body, count in batches(records, max_records=self.max_records_per_request):
                 wait = pace_delay(
                     sent_records, count, time.monotonic() - started, self.max_records_per_second

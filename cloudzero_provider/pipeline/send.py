@@ -158,12 +158,13 @@ def _send_all(
     """
     Send the hours' requests one at a time; returns how many requests were sent.
 
-    An hour is marked ``sending`` when its first request goes out and handed to ``on_hour_sent(hour, drop_ids)``
-    when its last one lands. A 413 plans every unsent hour again at half the size, each from its first chunk.
+    An hour is marked ``sending`` when its first request goes out and handed to ``on_hour_sent(hour, receipts)``
+    when CloudZero has acknowledged its last one (``receipts``: CloudZero's receipts of the hour's requests, as
+    they came). A 413 plans every unsent hour again at half the size, each from its first chunk.
     """
     connection_id = hook.connection_id
     queue: deque[DropRequest] = deque(_plan(rows_by_hour, max_request_bytes))
-    drop_ids: dict[str, list[str]] = {h: [] for h in rows_by_hour}
+    receipts: dict[str, list[dict[str, Any]]] = {h: [] for h in rows_by_hour}
     sent = 0
     while queue:
         req = queue.popleft()
@@ -190,7 +191,7 @@ def _send_all(
                 smaller,
             )
             for h in hours:
-                drop_ids[h] = []
+                receipts[h] = []
             queue = deque(_plan({h: rows_by_hour[h] for h in hours}, smaller))
             continue
         except Exception:
@@ -198,10 +199,13 @@ def _send_all(
                 manifests.mark(parse_hour(h), status="failed", run=salt)
             raise
         sent += 1
-        log.info("Sent %s: drop %s (%s rows)", req.summary(), answer.get("drop_id"), answer.get("row_count"))
+        log.info("Sent %s: drop %s (%s rows)", req.summary(), answer["drop_id"], answer.get("row_count"))
+        if answer.get("row_count") not in (None, req.rows):
+            log.warning("CloudZero's receipt %s counts %s rows; the request held %d", answer["drop_id"],
+                        answer["row_count"], req.rows)  # fmt: skip
         for h in req.hours:
-            drop_ids[h].append(str(answer.get("drop_id")))
+            receipts[h].append(answer)
         if req.chunk == req.chunks - 1:
             for h in req.hours:
-                on_hour_sent(h, drop_ids[h])
+                on_hour_sent(h, receipts[h])
     return sent

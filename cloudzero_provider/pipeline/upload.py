@@ -42,7 +42,7 @@ def clear_hours(
     connection_id = hook.connection_id
     stamp = _now()
 
-    def record(hour: str, drop_ids: list[str]) -> None:
+    def record(hour: str, receipts: list[dict[str, Any]]) -> None:
         manifests.write_exported(
             parse_hour(hour),
             {
@@ -52,7 +52,8 @@ def clear_hours(
                 "cost": "0",
                 "tokens": 0,
                 "content_sha256": content_digest(rows_by_hour[hour]),
-                "drop_ids": drop_ids,
+                "drop_ids": [r["drop_id"] for r in receipts],
+                "receipts": receipts,
                 "sent_at": stamp,
                 "extracted_at": stamp,
                 "source": {"requests": 0, "spend": "0"},
@@ -162,7 +163,7 @@ def upload_window(
     total_hours = len(rows_by_hour)
     started = time.monotonic()
 
-    def record(hour: str, drop_ids: list[str]) -> None:
+    def record(hour: str, receipts: list[dict[str, Any]]) -> None:
         src = extract["hours"].get(hour, {})
         fig = recorded["hours"].get(hour) or {"rows": 0, "cost": "0", "tokens": 0}  # a cleared hour
         manifests.write_exported(
@@ -174,7 +175,8 @@ def upload_window(
                 "cost": fig["cost"],
                 "tokens": fig["tokens"],
                 "content_sha256": content_digest(rows_by_hour[hour]),
-                "drop_ids": drop_ids,
+                "drop_ids": [r["drop_id"] for r in receipts],
+                "receipts": receipts,
                 "sent_at": _now(),
                 "extracted_at": extract["extracted_at"],
                 "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},

@@ -71,7 +71,7 @@ def latest_reports(target: ExportTarget, limit: int = 7) -> list[str]:
     folder = target.reports_dir
     if not folder.exists():
         return []
-    names = sorted((p.name for p in folder.iterdir() if REPORT_NAME_RE.match(p.name)), reverse=True)
+    names = sorted((p.name for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name)), reverse=True)
     return [name for name in names[: limit * 4] if (folder / name / "report.html").exists()][:limit]
 
 

@@ -24,8 +24,17 @@ from cloudzero_provider.target import ExportTarget
 from cloudzero_provider.windows import floor_hour
 
 MAX_LEDGER_HOURS = 31 * 24
+EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
+LATEST = datetime(2100, 1, 1, tzinfo=timezone.utc)
+# frame-ancestors, form-action and base-uri do not fall back to default-src: each is closed explicitly. Framing
+# stays allowed for Airflow's own pages (same origin), which may show the ledger in a tab.
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; form-action 'none'; "
+    "base-uri 'none'"
+)
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+    "Content-Security-Policy": PAGE_POLICY,
+    "X-Frame-Options": "SAMEORIGIN",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
@@ -48,19 +57,32 @@ def _read_access() -> Any:
 LEDGER_ACCESS = _read_access()
 
 
-app = FastAPI(title="CloudZero export ledger", dependencies=[Depends(LEDGER_ACCESS)])
+# No interactive docs or schema: they would answer anonymous requests (FastAPI serves them outside the app's
+# dependencies), and the ledger has no API to document.
+app = FastAPI(
+    title="CloudZero export ledger",
+    dependencies=[Depends(LEDGER_ACCESS)],
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
 
 
-def _hour(value: str | None, default: datetime) -> datetime:
+def _hour(name: str, value: str | None) -> datetime | None:
+    """An hour from a query parameter; 400 naming the parameter for anything that is not a date-time from 2000
+    to 2100."""
     if not value:
-        return default
+        return None
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise HTTPException(400, "start and end must be ISO-8601 date-times") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return floor_hour(parsed)
+        parsed = datetime.fromisoformat(value[:40].replace("Z", "+00:00"))
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        hour = floor_hour(parsed)
+    except (ValueError, OverflowError):
+        raise HTTPException(400, f"{name} must be an ISO-8601 date-time") from None
+    if not EARLIEST <= hour < LATEST:
+        raise HTTPException(400, f"{name} must lie between 2000 and 2100")
+    return hour
 
 
 def _target(stream: str) -> ExportTarget:
@@ -81,9 +103,8 @@ def ledger(
     end: str | None = Query(None, description="End hour, exclusive (ISO-8601); default: this hour"),
 ) -> HTMLResponse:
     target = _target(stream)
-    now = floor_hour(datetime.now(timezone.utc))
-    end_h = _hour(end, now)
-    start_h = _hour(start, end_h - timedelta(hours=48))
+    end_h = _hour("end", end) or floor_hour(datetime.now(timezone.utc))
+    start_h = _hour("start", start) or end_h - timedelta(hours=48)
     if not start_h < end_h or end_h - start_h > timedelta(hours=MAX_LEDGER_HOURS):
         raise HTTPException(400, "start must be before end, at most 31 days apart")
     rows = ledger_rows(target, start_h, end_h)
@@ -127,9 +148,18 @@ td,th{{border:1px solid #d5d8dc;padding:4px 8px}} th{{background:#eaf2f8}} .st-e
 @app.get("/reports/{stream}/{name}/report.html", response_class=HTMLResponse)
 def report(stream: str, name: str) -> HTMLResponse:
     target = _target(stream)
-    if not REPORT_NAME_RE.match(name):
+    if not REPORT_NAME_RE.fullmatch(name):
         raise HTTPException(400, "invalid report name")
     path = target.reports_dir / name / "report.html"
     if not path.exists():
         raise HTTPException(404, "no such report")
-    return _page(str(path.read_text(encoding="utf-8")))
+    # The report is a file from staging, served under Airflow's origin: sandboxed (an opaque origin, no scripts,
+    # forms or navigation of Airflow's pages), whatever it holds.
+    return HTMLResponse(
+        str(path.read_text(encoding="utf-8")),
+        headers={
+            **SECURITY_HEADERS,
+            "Content-Security-Policy": f"sandbox; {PAGE_POLICY}",
+            "Content-Disposition": f'inline; filename="cloudzero-report-{name}.html"',
+        },
+    )

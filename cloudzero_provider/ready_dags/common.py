@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, Param
 
+from cloudzero_provider.retries import retry_policy_args
 from cloudzero_provider.settings import ExportSettings
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, floor_hour, iso_hour
 
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
 RANGE_DAG_ID = "litellm_cloudzero_range"
@@ -18,6 +19,8 @@ REPORT_DAG_ID = "litellm_cloudzero_daily_report"
 DAILY_ROLLUP_DAG_ID = "litellm_cloudzero_daily_rollup"
 RECONCILE_DAG_ID = "litellm_cloudzero_reconcile"
 MAX_RANGE_HOURS = 24 * 366
+MAX_SETTLE_MINUTES = 24 * 60
+MAX_CHUNK_HOURS = 168
 
 
 def hours_asset(settings: ExportSettings) -> Asset:
@@ -42,6 +45,7 @@ def default_args(settings: ExportSettings) -> dict[str, Any]:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=1),
+        **retry_policy_args(),
     }
 
 
@@ -105,6 +109,35 @@ their defaults are the settings below.
 invalid rows under `on_invalid=fail`, a window that does not reconcile) fail without retrying; CloudZero
 outages are retried in the task (429/5xx/timeouts) and then by Airflow with exponential backoff.
 """
+
+
+def manual_window(start: Any, end: Any, *, now: datetime, what: str) -> Window:
+    """
+    The window of a manual run (``start`` / ``end`` params), refused before anything waits or reads when it is
+    not whole hours, longer than a year, or reaches past the current hour.
+
+    :param now: The moment the run checks against (the hours it may cover have ended by then).
+    :param what: The DAG's name for the window, for messages ("reconciliation", "telemetry").
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if bool(start) != bool(end):
+        raise AirflowFailException(f"Give both params start and end for a manual {what}, or neither.")
+    try:
+        window = Window.of(start, end)
+    except ValueError as exc:
+        raise AirflowFailException(f"Invalid {what} window: {exc}") from None
+    if window.hours > MAX_RANGE_HOURS:
+        raise AirflowFailException(
+            f"The {what} window {window} has {window.hours} hours; at most {MAX_RANGE_HOURS} (a year) per run."
+        )
+    current = floor_hour(now)
+    if window.end > current:
+        raise AirflowFailException(
+            f"The {what} window {window} ends after the current hour {iso_hour(current)}: only hours that have "
+            f"ended can be checked. Give an end at or before {iso_hour(current)}."
+        )
+    return window
 
 
 def window_display(start: Any, end: Any) -> str:

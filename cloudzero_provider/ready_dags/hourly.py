@@ -14,6 +14,7 @@ from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     DIMENSIONS_PARAM,
     HOURLY_DAG_ID,
+    MAX_SETTLE_MINUTES,
     ON_INVALID_PARAM,
     RANGE_DAG_ID,
     choice_params,
@@ -43,7 +44,8 @@ their manifests and re-exports any hour whose source totals changed, whose uploa
 spend but was never exported (its own run failed).
 Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (the hour in the event's extra `hour`).
 {COMMON_DOC}
-**Params.** `settle_minutes` (this run's wait), `late_lookback_hours` (this run's late-data window).
+**Params.** `settle_minutes` (this run's wait, at most 1440), `late_lookback_hours` (this run's late-data window, at
+most 168). A value outside is refused when the run is triggered.
 
 **Settings** (environment variables read when the DAG is parsed):
 
@@ -64,7 +66,8 @@ Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (th
                 settings.settle_minutes,
                 type="integer",
                 minimum=0,
-                description="Minutes after the hour ends before extracting it.",
+                maximum=MAX_SETTLE_MINUTES,
+                description="Minutes after the hour ends before extracting it (at most a day).",
             ),
             "late_lookback_hours": Param(
                 settings.late_lookback_hours,

@@ -16,6 +16,7 @@ from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     DIMENSIONS_PARAM,
     HOURLY_DAG_ID,
+    MAX_CHUNK_HOURS,
     MAX_RANGE_HOURS,
     ON_INVALID_PARAM,
     RANGE_DAG_ID,
@@ -102,7 +103,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
 **Params.**
 - `start`, `end`: ISO-8601 date-times aligned to the hour; a time zone offset is converted to UTC. `end` is
   exclusive. At most {MAX_RANGE_HOURS} hours per run.
-- `chunk_hours`: hours per mapped chunk (default 24).
+- `chunk_hours`: hours per mapped chunk (default 24, at most 168).
 - `take_over`: switch days the daily-rollup export owns in this stream back to hourly data (their 00:00 daily
   rows are replaced or cleared to 0). Without it such days are skipped with a warning.
 - `dry_run`: send nothing; write the exact request bodies of each hour beside its staging data
@@ -142,7 +143,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 24,
                 type="integer",
                 minimum=1,
-                maximum=744,
+                maximum=MAX_CHUNK_HOURS,
                 title="Hours per chunk",
                 description="Each mapped task exports this many hours (a UTC day by default).",
             ),

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from cloudzero_provider.ready_dags.common import (
@@ -15,6 +17,7 @@ from cloudzero_provider.ready_dags.common import (
     default_args,
     hours_alias,
     hours_asset,
+    manual_window,
 )
 from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
@@ -62,6 +65,18 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
         doc_md=doc,
         tags=["cloudzero", "litellm", "finops", "reconcile"],
     ) as dag:
+
+        @task(retries=0)
+        def check_window(params: dict[str, Any] | None = None) -> str | None:
+            """A manual window is checked before anything waits: whole hours, at most a year, already ended."""
+            from airflow.sdk import timezone
+
+            params = params or {}
+            if not params.get("start") and not params.get("end"):
+                return None
+            return manual_window(params.get("start"), params.get("end"), now=timezone.utcnow(),
+                                 what="reconciliation").label  # fmt: skip
+
         settle = SettledSensor(
             task_id="settle",
             target_time="{{ (params.end or data_interval_end) if params.start else data_interval_end.add(hours=2) }}",
@@ -79,5 +94,5 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
             outlets=[hours_alias(settings)],
             hour_asset=hours_asset(settings),
         )
-        settle >> reconcile
+        check_window() >> settle >> reconcile
     return dag

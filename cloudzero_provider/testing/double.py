@@ -26,7 +26,7 @@ from cloudzero_provider.cbf_rules import DATETIME_RE, drop_errors
 ANYCOST = "/v2/connections/billing/anycost/"
 TELEMETRY = "/unit-cost/v1/telemetry/metric/"
 DEFAULT_MAX_BODY = 5 * 1024 * 1024
-MONTH_RE = re.compile(r"^(\d{4})-(\d\d)$")
+MONTH_RE = re.compile(r"(\d{4})-(\d\d)")
 
 
 @dataclass
@@ -49,10 +49,10 @@ def parse_time(value: str) -> datetime:
 
 def month_key(value: str) -> str:
     """``YYYY-MM`` from ``YYYY-MM`` or a full ISO-8601 datetime; ValueError otherwise."""
-    match = MONTH_RE.match(value)
+    match = MONTH_RE.fullmatch(value)
     if match:
         return value
-    if DATETIME_RE.match(value):
+    if DATETIME_RE.fullmatch(value):
         return parse_time(value).strftime("%Y-%m")
     raise ValueError(f"month {value!r} is neither YYYY-MM nor an ISO-8601 datetime")
 

@@ -8,8 +8,10 @@ control API under ``/_double/`` (no auth; it binds to loopback by default):
 - ``POST /_double/reset``: forget everything;
 - ``POST /_double/faults``: queue faults, e.g. ``{"status": 503, "count": 2}``, ``{"status": 429,
   "retry_after": "1"}``, ``{"kind": "slow", "seconds": 5}``, ``{"kind": "lose_response"}`` (apply the request,
-  then close the connection without answering) or ``{"kind": "drop"}`` (close without applying); add
-  ``"method"``, ``"path_contains"`` to target requests and ``"after": n`` to let n of them through first.
+  then close the connection without answering), ``{"kind": "drop"}`` (close without applying),
+  ``{"kind": "redirect", "status": 301, "location": "..."}`` or ``{"kind": "hollow"}`` (a 200 page with no
+  receipt, as a gateway or captive portal answers; neither applies anything); add ``"method"``,
+  ``"path_contains"`` to target requests and ``"after": n`` to let n of them through first.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from cloudzero_provider.testing.double import DEFAULT_MAX_BODY, CloudZeroDouble,
 class Fault:
     """One injected failure, used by the next matching request."""
 
-    kind: str = "status"  # status | slow | lose_response | drop
+    kind: str = "status"  # status | slow | lose_response | drop | redirect | hollow
     status: int = 503
     retry_after: str | None = None
+    location: str | None = None
     seconds: float = 0.0
     method: str | None = None  # only requests with this method; None matches any
     path_contains: str | None = None
@@ -73,9 +76,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve("DELETE")
 
     def _send(self, reply: Reply) -> None:
-        payload = reply.encode()
+        payload = reply.body if isinstance(reply.body, bytes) else reply.encode()
         self.send_response(reply.status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", "text/html" if isinstance(reply.body, bytes) else "application/json")
         self.send_header("Content-Length", str(len(payload)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -118,8 +121,15 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if fault is not None and fault.kind == "slow":
                 time.sleep(fault.seconds)
-            if fault is not None and fault.kind == "status":
-                reply = Reply(fault.status, {"message": f"injected fault: HTTP {fault.status}"})
+            if fault is not None and fault.kind in ("status", "redirect", "hollow"):
+                if fault.kind == "redirect":
+                    reply = Reply(
+                        fault.status, b"", {"Location": fault.location or f"https://127.0.0.1:9{path}"}
+                    )
+                elif fault.kind == "hollow":
+                    reply = Reply(200, b"<html><body>Sign in to continue to the network</body></html>")
+                else:
+                    reply = Reply(fault.status, {"message": f"injected fault: HTTP {fault.status}"})
                 if fault.retry_after is not None:
                     reply.headers["Retry-After"] = fault.retry_after
                 with double.lock:
@@ -127,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
                         {
                             "method": method,
                             "path": path,
-                            "status": fault.status,
+                            "status": reply.status,
                             "injected": True,
                             "idempotency_key": headers.get("cloudzero-idempotency-key"),
                         }
@@ -223,6 +233,18 @@ class CloudZeroDoubleServer:
     ) -> None:
         """The next ``count`` matching requests get ``status`` without being applied."""
         self._queue(count, Fault("status", status=status, retry_after=retry_after, **match))
+
+    def redirect_next(
+        self, count: int = 1, *, status: int = 301, location: str | None = None, **match: Any
+    ) -> None:
+        """The next ``count`` matching requests are redirected (``Location``: ``location``, by default the same path
+        on https) without being applied, as a proxy in front of the API may answer."""
+        self._queue(count, Fault("redirect", status=status, location=location, **match))
+
+    def hollow_next(self, count: int = 1, **match: Any) -> None:
+        """The next ``count`` matching requests get a 200 HTML page without a receipt and are not applied, as a
+        gateway or captive portal answers in CloudZero's place."""
+        self._queue(count, Fault("hollow", **match))
 
     def slow_next(self, count: int, seconds: float, **match: Any) -> None:
         """The next ``count`` matching requests wait ``seconds`` before being handled."""

@@ -13,6 +13,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
+import psycopg2
 import pytest
 
 from cloudzero_provider import alerts
@@ -118,3 +119,48 @@ def test_hostile_names_report_and_alerts_carry_no_live_markup_or_formula(hostile
         "the list is capped with a count"
     )
     assert "... and 9 more" in alerts.as_slack(breaches, cap=5)
+
+
+def test_a_4_mb_end_user_leaves_telemetry_and_reports_sendable_and_exact(
+    litellm_db, double, monkeypatch, tmp_path
+):
+    """One caller sends a 4 MB ``user`` field: the day's unit-cost records still go out (the name cut to 256
+    characters plus a hash), the report's CSV stays small, and every total stays exact."""
+    from cloudzero_provider.operators.report import SpendReportOperator
+    from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
+    from cloudzero_provider.testing.fixtures import cloudzero_conn_json
+
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, metric_name="llm-cost")
+    )
+    monkeypatch.setenv("CLOUDZERO_STAGING_URI", str(tmp_path / "staging"))
+    huge = "c" * 4_000_000
+    # LiteLLM's schema indexes end_user, which caps it near 8 kB; a database without that index (an older or a
+    # trimmed deployment) holds any length. The export must not depend on the index being there.
+    with psycopg2.connect(litellm_db) as conn, conn.cursor() as cur:
+        cur.execute('DROP INDEX IF EXISTS "LiteLLM_SpendLogs_end_user_idx"')
+    insert_spend_logs(litellm_db, [
+        spend_log("big-0", HOUR, 2.5, end_user=huge, team_id="t1", model="m1"),
+        spend_log("big-1", HOUR + timedelta(minutes=1), 0.125, end_user=huge + "d", team_id="t1", model="m1"),
+        spend_log("ok-0", HOUR + timedelta(minutes=2), 1.0, end_user="alice", team_id="t2", model="m2"),
+    ])  # fmt: skip
+    summary = UnitCostTelemetryOperator(
+        task_id="tele", start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z"
+    ).execute({})
+    assert summary["records_sent"] == 3
+    values = double.double.metric_values("llm-cost")
+    assert sum(values.values()) == Decimal("3.625")
+    names = [dict(dims)["custom:end_user_id"] for _, dims in values]
+    assert max(len(n) for n in names) <= 256 and len(set(names)) == 3, "cut, and still told apart"
+
+    window = {"window_start": "2026-11-01T00:00:00Z", "window_end": "2026-11-02T00:00:00Z"}
+    report = SpendReportOperator(task_id="r", **window).execute({})
+    assert Decimal(report["spend"]) == Decimal("3.625")
+    folder = tmp_path / "staging" / "cloudzero_default" / "reports" / "2026-11-01"
+    csv_bytes = sum(p.stat().st_size for p in folder.glob("*.csv"))
+    assert csv_bytes < 20_000, f"CSVs hold {csv_bytes} bytes"
+    assert (folder / "report.html").stat().st_size < 200_000
+    customers = list(csv.reader(io.StringIO((folder / "by_customer.csv").read_text())))
+    totals = [Decimal(r[3]) for r in customers[1:] if r[2] == "(all)"]
+    assert sum(totals) == Decimal("3.625") and len(totals) == 3

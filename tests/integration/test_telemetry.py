@@ -62,6 +62,22 @@ def test_records_keep_totals_and_keys(data, value):
         assert count == len(decoded["records"])
 
 
+@given(rows, st.integers(1, 3))
+@settings(max_examples=150, deadline=None)
+def test_folding_caller_values_keeps_every_day_exact(data, cap):
+    groups = roll_up_days(data, DIMS, max_values_per_day=cap)
+    for day in {r["hour"][:10] for r in data}:
+        assert exact_sum(g.cost for g in groups if g.day == day) == exact_sum(
+            str(r["spend"]) for r in data if r["hour"][:10] == day
+        )
+        assert sum(g.requests for g in groups if g.day == day) == sum(
+            r["requests"] for r in data if r["hour"][:10] == day
+        )
+        kept = {g.dims[DIMS.index("end_user")] for g in groups if g.day == day} - {"(other)"}
+        assert len(kept) <= cap
+    assert len({(g.day, g.dims) for g in groups}) == len(groups), "no two groups share a day and values"
+
+
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="metric name 'llm cost'"):
         check_metric_name("llm cost")

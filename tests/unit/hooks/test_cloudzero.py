@@ -65,10 +65,95 @@ def test_429_with_retry_after_is_honoured(double, cloudzero_conn, capsys):
     assert "retrying in 1.0s (attempt 3 of 6)" in logged
 
 
-def test_retry_after_is_capped_by_max_wait(double, cloudzero_conn, capsys):
-    double.fail_next(1, 429, retry_after="3600")
-    CloudZeroHook(max_wait=0.5).post_billing_drop(BODY)
-    assert "retrying in 0.5s (attempt 2 of 6)" in capsys.readouterr().out
+def test_retry_after_is_waited_in_full_not_cut_to_max_wait(double, cloudzero_conn, capsys):
+    double.fail_next(1, 429, retry_after="2")
+    started = time.monotonic()
+    CloudZeroHook(max_wait=0.2).post_billing_drop(BODY)
+    assert time.monotonic() - started >= 2.0, "Retry-After is a floor: max_wait caps only our own backoff"
+    assert "retrying in 2.0s (attempt 2 of 6)" in capsys.readouterr().out
+    assert statuses(double) == [429, 200]
+
+
+@pytest.mark.parametrize("retry_after", ["120", "3600"])
+def test_a_longer_retry_after_hands_over_to_airflow_with_that_delay(double, cloudzero_conn, retry_after):
+    from datetime import timedelta
+
+    from cloudzero_provider.retries import RetryAfterPolicy
+
+    double.fail_next(1, 429, retry_after=retry_after)
+    started = time.monotonic()
+    with pytest.raises(CloudZeroTransientError) as info:
+        CloudZeroHook(max_wait=0.2, max_retry_time=5).post_billing_drop(BODY)
+    assert time.monotonic() - started < 2, "no early retry, and no wait beyond the task's own budget"
+    assert statuses(double) == [429], "never retried early"
+    assert info.value.retry_after == float(retry_after)
+    assert f"it asked to wait {retry_after} s (Retry-After)" in str(info.value)
+    assert f"handing over to Airflow's retry, which waits {retry_after} s" in str(info.value)
+    decision = RetryAfterPolicy().evaluate(info.value, try_number=1, max_tries=4)
+    assert decision.action.value == "retry" and decision.retry_delay == timedelta(seconds=float(retry_after))
+    other = RetryAfterPolicy().evaluate(CloudZeroTransientError("HTTP 503"), try_number=1, max_tries=4)
+    assert other.action.value == "default" and other.retry_delay is None
+
+
+def test_redirect_is_not_followed_nothing_applied_and_retried(double, cloudzero_conn):
+    double.redirect_next(1, status=301, location="https://gateway.example/login?next=/v2")
+    drop = fast_hook().post_billing_drop(BODY, idempotency_key="after-redirect")
+    assert [(r["method"], r["status"]) for r in double.double.requests] == [("POST", 301), ("POST", 200)]
+    assert drop["drop_id"] and drop["row_count"] == 1
+    assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
+
+
+def test_a_redirect_that_stays_fails_naming_where_it_pointed(double, cloudzero_conn):
+    double.redirect_next(5, status=308, location="https://gateway.example/elsewhere")
+    with pytest.raises(CloudZeroTransientError) as info:
+        fast_hook(max_attempts=2).post_billing_drop(BODY)
+    assert "HTTP 308: redirected to 'https://gateway.example/elsewhere', not followed" in str(info.value)
+    assert "set the connection's host to the API's own https:// URL" in str(info.value)
+    assert [r["method"] for r in double.double.requests] == ["POST", "POST"], "no GET to the Location"
+    assert double.double.cost_by_hour(CONNECTION_ID) == {}
+
+
+def test_a_200_without_receipt_is_retried_never_taken_as_done(double, cloudzero_conn, capsys):
+    double.hollow_next(1, method="POST")
+    drop = fast_hook().post_billing_drop(BODY)
+    assert statuses(double) == [200, 200]
+    assert "HTTP 200 without a drop receipt" in capsys.readouterr().out
+    assert drop == {"drop_id": drop["drop_id"], "month": "2026-11-01T00:00:00Z", "row_count": 1}
+    double.hollow_next(3, method="POST")
+    with pytest.raises(CloudZeroTransientError, match=r"without a drop receipt .*Sign in to continue"):
+        fast_hook(max_attempts=3).post_billing_drop(BODY)
+    assert double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}, (
+        "only the receipted drop counts"
+    )
+
+
+def test_hollow_answers_to_reads_are_retried_not_read_as_empty(double, cloudzero_conn):
+    hook = fast_hook()
+    hook.post_billing_drop(BODY)
+    double.hollow_next(1, method="GET")
+    assert hook.get_billing_drop("2026-11") == BODY["data"]
+    double.hollow_next(2, method="GET")
+    with pytest.raises(CloudZeroTransientError, match="without the expected 'billing_drops' list"):
+        fast_hook(max_attempts=2).list_billing_drops()
+
+
+@pytest.mark.parametrize(
+    "host", ["http://api.cloudzero.com", "http://10.0.0.7:8123", "http://cloudzero-double:8123", "ftp://x"]
+)
+def test_plain_http_is_refused_except_on_loopback(double, monkeypatch, host):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(host))
+    with pytest.raises(AirflowFailException) as info:
+        fast_hook().post_billing_drop(BODY)
+    assert ("would travel in clear text" in str(info.value)) or ("must use https://" in str(info.value))
+    assert API_KEY not in str(info.value)
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(host, allow_plain_http=True))
+    if host.startswith("http://"):
+        assert fast_hook().settings.allow_plain_http is True
+    for loopback in (double.url, double.url.replace("127.0.0.1", "localhost")):
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(loopback))
+        assert fast_hook().post_billing_drop(BODY)["row_count"] == 1
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])

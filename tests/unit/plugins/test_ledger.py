@@ -20,23 +20,81 @@ def target(tmp_path, monkeypatch) -> ExportTarget:
     return ExportTarget("cloudzero_default")
 
 
-def client(authenticated: bool) -> TestClient:
+@pytest.fixture
+def client(monkeypatch):
+    """A client of the ledger app; ``client(authenticated=True)`` stands in for Airflow's auth manager saying yes
+    (who may see the pages is proven against a real api-server in the deployment tests). Overrides are undone
+    after each test."""
     from cloudzero_provider.plugins.ledger_app import LEDGER_ACCESS, app
 
-    app.dependency_overrides.clear()
-    if authenticated:
-        app.dependency_overrides[LEDGER_ACCESS] = lambda: None
-    return TestClient(app)
+    monkeypatch.setattr(app, "dependency_overrides", {})
+
+    def make(authenticated: bool) -> TestClient:
+        app.dependency_overrides.clear()
+        if authenticated:
+            app.dependency_overrides[LEDGER_ACCESS] = lambda: None
+        return TestClient(app)
+
+    return make
 
 
-def test_anonymous_requests_get_no_figures(target):
+def test_anonymous_requests_get_no_figures(target, client):
     target.manifests.write_exported(H, {"rows": 3, "cost": "12.5"}, late_correction=False)
     for path in (URL, "/reports/cloudzero_default/2026-11-01/report.html"):
         response = client(authenticated=False).get(path)
         assert response.status_code == 401 and "12.5" not in response.text
 
 
-def test_daily_rollup_days_show_as_such_and_values_are_escaped(target):
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"])
+def test_no_docs_or_schema_routes_answer_anyone(target, client, path):
+    for authenticated in (False, True):
+        response = client(authenticated=authenticated).get(path)
+        assert response.status_code in (401, 404), (path, response.status_code)
+        assert "openapi" not in response.text.lower() and "swagger" not in response.text.lower()
+
+
+def test_pages_carry_the_full_security_policy(target, client):
+    from cloudzero_provider.plugins.ledger_app import PAGE_POLICY
+
+    folder = target.reports_dir / "2026-11-01"
+    folder.mkdir(parents=True)
+    (folder / "report.html").write_text("<html><body><script>alert(1)</script>ok</body></html>")
+    ledger = client(authenticated=True).get(URL)
+    for directive in (
+        "frame-ancestors 'self'",
+        "form-action 'none'",
+        "base-uri 'none'",
+        "default-src 'none'",
+    ):
+        assert directive in ledger.headers["content-security-policy"]
+    assert ledger.headers["x-frame-options"] == "SAMEORIGIN"
+    report = client(authenticated=True).get("/reports/cloudzero_default/2026-11-01/report.html")
+    assert report.status_code == 200 and "ok" in report.text
+    assert report.headers["content-security-policy"] == f"sandbox; {PAGE_POLICY}"
+    assert report.headers["content-disposition"] == 'inline; filename="cloudzero-report-2026-11-01.html"'
+    assert report.headers["x-frame-options"] == "SAMEORIGIN"
+    assert report.headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    ("query", "name"),
+    [
+        ("start=0001-01-01T00:00:00Z", "start"),
+        ("end=0001-01-01T05:00:00Z", "end"),
+        ("start=9999-12-31T22:00:00Z&end=9999-12-31T23:59:00Z", "end"),
+        ("start=9999-12-31T23:00:00Z&end=2026-11-01T00:00:00Z", "start"),
+        ("end=1999-12-31T00:00:00Z", "end"),
+        ("start=not-a-date", "start"),
+        ("end=" + "9" * 5000, "end"),
+    ],
+)
+def test_dates_out_of_range_get_400_naming_the_parameter(target, client, query, name):
+    response = client(authenticated=True).get(f"/ledger?{query}")
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith(f"{name} must")
+
+
+def test_daily_rollup_days_show_as_such_and_values_are_escaped(target, client):
     target.manifests.write_exported(
         H,
         {"rows": 2, "cost": "<b>7</b>", "origin": "daily_team", "source": {"spend": "7"}},
@@ -45,7 +103,8 @@ def test_daily_rollup_days_show_as_such_and_values_are_escaped(target):
     response = client(authenticated=True).get(URL)
     assert response.status_code == 200
     assert response.headers["content-security-policy"] == (
-        "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; frame-ancestors 'self'; "
+        "form-action 'none'; base-uri 'none'"
     )
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "<td>daily (daily_team)</td>" in response.text
@@ -54,15 +113,42 @@ def test_daily_rollup_days_show_as_such_and_values_are_escaped(target):
     assert '<span id="count-daily-rollup-days">1 daily-rollup days</span>' in response.text
 
 
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "x" * 300])
-def test_names_that_could_leave_the_staging_root_are_refused(target, name):
-    response = client(authenticated=True).get(f"/ledger?stream={name}")
-    assert response.status_code in (400, 404)
-    response = client(authenticated=True).get(f"/reports/cloudzero_default/{name}/report.html")
-    assert response.status_code in (400, 404)
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "x" * 300, "cloudzero_default\n", "a b", "..\n"])
+def test_stream_names_that_could_leave_the_staging_root_are_refused(target, client, name):
+    response = client(authenticated=True).get("/ledger", params={"stream": name})
+    assert response.status_code == 400 and response.json()["detail"] == "invalid stream name"
 
 
-def test_an_unreadable_manifest_shows_failed(target):
+@pytest.mark.parametrize("name", ["..", ".", "x" * 300, "2026-11-01\n", "a b", "..\n"])
+def test_report_names_that_could_leave_the_reports_folder_are_refused(target, client, name):
+    """A report that exists under a name the guard refuses: the guard, not a missing file, answers."""
+    from urllib.parse import quote
+
+    (target.reports_dir / "2026-11-01").mkdir(parents=True)
+    (target.reports_dir / "2026-11-01" / "report.html").write_text("secret figures")
+    (target.dir / "report.html").write_text("secret figures")  # what ".." would reach
+    if name.strip() in (".", ".."):  # HTTP clients collapse dot segments, even encoded: ask the route itself
+        from fastapi import HTTPException
+
+        from cloudzero_provider.plugins.ledger_app import report
+
+        with pytest.raises(HTTPException) as info:
+            report("cloudzero_default", name)
+        assert (info.value.status_code, info.value.detail) == (400, "invalid report name")
+        with pytest.raises(HTTPException) as info:
+            report(name, "2026-11-01")
+        assert (info.value.status_code, info.value.detail) == (400, "invalid stream name")
+        return
+    response = client(authenticated=True).get(
+        f"/reports/cloudzero_default/{quote(name, safe='')}/report.html"
+    )
+    assert response.status_code == 400 and response.json()["detail"] == "invalid report name"
+    assert "secret figures" not in response.text
+    response = client(authenticated=True).get(f"/reports/{quote(name, safe='')}/2026-11-01/report.html")
+    assert response.status_code == 400 and response.json()["detail"] == "invalid stream name"
+
+
+def test_an_unreadable_manifest_shows_failed(target, client):
     target.manifests.dir.mkdir(parents=True)
     target.manifests.path(H).write_text('{"hour": "2026-11-01T00:00:00Z", "stat')
     response = client(authenticated=True).get(URL)
