@@ -64,6 +64,7 @@ def measure_daily(url: str) -> dict:
     from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
     from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
     from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.options import ExportOptions
     from cloudzero_provider.windows import Window
 
     window = Window.of(*MONTH)
@@ -78,7 +79,7 @@ def measure_daily(url: str) -> dict:
     started = time.perf_counter()
     kw = {"window_start": MONTH[0], "window_end": MONTH[1]}
     extracted = LiteLLMSpendExtractOperator(
-        task_id="extract", source="daily_team", dimensions=DAILY_DIMENSIONS, **kw
+        task_id="extract", source="daily_team", options=ExportOptions(dimensions=DAILY_DIMENSIONS), **kw
     ).execute({})
     transformed = CBFTransformOperator(task_id="transform", **kw).execute({})
     total_seconds = time.perf_counter() - started
@@ -102,6 +103,7 @@ def measure(url: str, dims: list[str] | None) -> dict:
     from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
     from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
     from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.options import ExportOptions
     from cloudzero_provider.windows import Window
 
     window = Window.hour(HOUR)
@@ -119,7 +121,9 @@ def measure(url: str, dims: list[str] | None) -> dict:
         pg_seconds = plan["Execution Time"] / 1000
         groups = plan["Plan"]["Actual Rows"]
     started = time.perf_counter()
-    extracted = LiteLLMSpendExtractOperator(task_id="extract", window_start=HOUR, dimensions=dims).execute({})
+    extracted = LiteLLMSpendExtractOperator(
+        task_id="extract", window_start=HOUR, options=ExportOptions(dimensions=dims)
+    ).execute({})
     extract_seconds = time.perf_counter() - started
     transformed = CBFTransformOperator(task_id="transform", window_start=HOUR).execute({})
     total_seconds = time.perf_counter() - started

@@ -11,7 +11,7 @@ import html
 from collections.abc import Sequence
 
 from cloudzero_provider.cbf import safe_value
-from cloudzero_provider.reports import Breach
+from cloudzero_provider.report_figures import Breach
 
 MAX_LISTED = 20
 MAX_NAME_CHARS = 120

@@ -17,6 +17,7 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
     """
 
     def callback(context: Any) -> None:
+        from cloudzero_provider.manifests import FAILED
         from cloudzero_provider.target import ExportTarget
         from cloudzero_provider.windows import Window
 
@@ -30,8 +31,8 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
             reason = f"task {getattr(ti, 'task_id', '?')} failed: {context.get('exception') or 'see its log'}"
             for hour in window.hour_starts():
                 current = manifests.get(hour)
-                if current is None or current.get("status") != "exported":
-                    manifests.mark(hour, status="failed", run=str(context.get("run_id", "")), reason=reason)
+                if current is None or not current.exported:
+                    manifests.mark(hour, status=FAILED, run=str(context.get("run_id", "")), reason=reason)
         except Exception:  # a callback must never hide the task's own failure
             log.exception("Could not record the failed hours of %s", context.get("run_id"))
 

@@ -16,11 +16,13 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Any
 
-from cloudzero_provider.cbf_rules import DATETIME_RE, row_errors
+from cloudzero_provider.cbf_rules import row_errors
 from cloudzero_provider.dimensions import Dimension
+from cloudzero_provider.windows import iso_hour
 
 SERVICE = "litellm"
 REGION = "cross-region"
@@ -117,7 +119,7 @@ def resource_id(dims: Mapping[str, str | None]) -> str:
 
 
 def to_cbf(
-    hour: str,
+    hour: datetime,
     dims: Mapping[str, str | None],
     *,
     spend: str | Decimal,
@@ -128,19 +130,19 @@ def to_cbf(
     """
     One aggregated group -> one CBF row.
 
-    :param hour: ``YYYY-MM-DDTHH:00:00Z``.
+    :param hour: The hour's start, aware UTC.
     :param dims: Dimension name -> value (``None`` for none).
     :param spend: Exact summed spend.
     :param total_tokens: Tokens of the group (``usage/amount``).
     :param requests: Requests of the group, named in the line item's description.
     :param tag_keys: Dimension name -> CBF tag key.
     """
-    if not DATETIME_RE.fullmatch(hour) or not hour.endswith(":00:00Z"):
-        raise CBFError(f"hour {hour!r} is not of the form YYYY-MM-DDTHH:00:00Z")
+    if hour.utcoffset() != timedelta(0) or hour.minute or hour.second or hour.microsecond:
+        raise CBFError(f"hour {hour!r} is not the start of a UTC hour")
     if total_tokens < 0:
         raise CBFError(f"total tokens {total_tokens} are negative")
     row = {
-        "time/usage_start": hour,
+        "time/usage_start": iso_hour(hour),
         "cost/cost": exact_decimal(spend, what="spend"),
         "usage/amount": str(int(total_tokens)),
         "usage/units": "tokens",
@@ -160,13 +162,22 @@ def to_cbf(
 
 def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> Iterator[dict[str, str]]:
     """
-    Aggregated rows (as staged by the extract) -> validated CBF rows.
+    Aggregated rows (as staged by the extract, ``hour`` a datetime) -> validated CBF rows.
 
     Raises :class:`CBFError` naming the row (its index and hour) and the column for anything invalid.
     """
+    for _, cbf in transform_pairs(rows, dims):
+        yield cbf
+
+
+def transform_pairs(
+    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]
+) -> Iterator[tuple[Mapping[str, Any], dict[str, str]]]:
+    """As :func:`transform`, each CBF row with the aggregated row it came from."""
     tag_keys = {d.name: d.tag for d in dims}
     for index, row in enumerate(rows):
-        where = f"aggregated row {index} (hour {row.get('hour')!r})"
+        hour = row.get("hour")
+        where = f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
         try:
             cbf = to_cbf(
                 row["hour"],
@@ -176,12 +187,12 @@ def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> I
                 requests=int(row["requests"]),
                 tag_keys=tag_keys,
             )
-        except (CBFError, KeyError, TypeError, ValueError) as exc:
+        except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CBFError(f"{where}: {exc}") from None
         errors = row_errors(cbf)
         if errors:
             raise CBFError(f"{where}: " + "; ".join(errors))
-        yield cbf
+        yield row, cbf
 
 
 def is_caller_controlled(name: str) -> bool:

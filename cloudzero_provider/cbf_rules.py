@@ -60,7 +60,6 @@ TEXT_COLUMNS = frozenset(
         "k8s/labels",
     }
 )
-KNOWN_COLUMNS = DATETIME_COLUMNS | NUMBER_COLUMNS | TEXT_COLUMNS
 REQUIRED_COLUMNS = ("time/usage_start", "cost/cost")
 
 

@@ -17,6 +17,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
+
+from cloudzero_provider.windows import hour_of, iso_hour, month_start
 
 DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # below 5 MB whether CloudZero means 5,000,000 or 5,242,880 bytes
 
@@ -25,9 +28,9 @@ def serialize_row(row: Mapping[str, str]) -> bytes:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def month_of(hour: str) -> str:
-    """``2026-11-01T13:00:00Z`` -> ``2026-11-01T00:00:00Z``."""
-    return f"{hour[:7]}-01T00:00:00Z"
+def month_of(hour: datetime) -> str:
+    """The ``month`` of a request carrying ``hour``: the month's first instant, ``2026-11-01T00:00:00Z``."""
+    return iso_hour(month_start(hour))
 
 
 def _envelope(month: str, operation: str) -> tuple[bytes, bytes]:
@@ -47,7 +50,7 @@ class DropRequest:
 
     month: str
     operation: str  # replace_hourly | sum
-    hours: tuple[str, ...]
+    hours: tuple[datetime, ...]
     chunk: int  # 0 for whole hours; the index within a split hour otherwise
     chunks: int  # 1 for whole hours
     rows: int
@@ -66,14 +69,16 @@ class DropRequest:
         hour changed in between; salting per attempt keeps the key stable for in-task retries -- the lost
         response case it exists for -- and fresh for every new attempt, which restarts at chunk 0 anyway.
         """
-        material = "|".join((connection_id, ",".join(self.hours), str(self.chunk), self.digest, salt))
+        material = "|".join(
+            (connection_id, ",".join(iso_hour(h) for h in self.hours), str(self.chunk), self.digest, salt)
+        )
         return "lcz-" + hashlib.sha256(material.encode()).hexdigest()[:48]
 
     def summary(self) -> dict[str, object]:
         return {
             "month": self.month,
             "operation": self.operation,
-            "hours": list(self.hours),
+            "hours": [iso_hour(h) for h in self.hours],
             "chunk": f"{self.chunk + 1}/{self.chunks}",
             "rows": self.rows,
             "bytes": len(self.body),
@@ -81,14 +86,14 @@ class DropRequest:
 
 
 def _build(
-    month: str, operation: str, hours: Sequence[str], chunk: int, chunks: int, rows: Sequence[bytes]
+    month: str, operation: str, hours: Sequence[datetime], chunk: int, chunks: int, rows: Sequence[bytes]
 ) -> DropRequest:
     head, tail = _envelope(month, operation)
     body = head + b",".join(rows) + tail
     return DropRequest(month, operation, tuple(hours), chunk, chunks, len(rows), body)
 
 
-def plan_hour(hour: str, rows: Sequence[bytes], max_bytes: int) -> list[DropRequest]:
+def plan_hour(hour: datetime, rows: Sequence[bytes], max_bytes: int) -> list[DropRequest]:
     """One hour's serialized rows -> one request, or a ``replace_hourly`` chunk followed by ``sum`` chunks."""
     month = month_of(hour)
     if body_size(month, "replace_hourly", (len(r) for r in rows)) <= max_bytes:
@@ -102,12 +107,14 @@ def plan_hour(hour: str, rows: Sequence[bytes], max_bytes: int) -> list[DropRequ
             continue
         if not groups[-1]:
             raise ValueError(
-                f"CBF row {index} of hour {hour} alone is {len(row)} bytes, over the request limit of {max_bytes}"
+                f"CBF row {index} of hour {iso_hour(hour)} alone is {len(row)} bytes, over the request limit of "
+                f"{max_bytes}"
             )
         groups.append([row])
         if body_size(month, "sum", [len(row)]) > max_bytes:
             raise ValueError(
-                f"CBF row {index} of hour {hour} alone is {len(row)} bytes, over the request limit of {max_bytes}"
+                f"CBF row {index} of hour {iso_hour(hour)} alone is {len(row)} bytes, over the request limit of "
+                f"{max_bytes}"
             )
     return [
         _build(month, "replace_hourly" if i == 0 else "sum", [hour], i, len(groups), group)
@@ -116,7 +123,7 @@ def plan_hour(hour: str, rows: Sequence[bytes], max_bytes: int) -> list[DropRequ
 
 
 def plan(
-    rows_by_hour: Mapping[str, Sequence[bytes]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    rows_by_hour: Mapping[datetime, Sequence[bytes]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 ) -> list[DropRequest]:
     """
     Serialized CBF rows grouped by hour -> the requests to send, in order.
@@ -155,10 +162,14 @@ def plan(
     return requests
 
 
-def group_by_hour(rows: Iterable[Mapping[str, str]]) -> dict[str, list[bytes]]:
-    out: dict[str, list[bytes]] = {}
+def group_by_hour(rows: Iterable[Mapping[str, str]]) -> dict[datetime, list[bytes]]:
+    """CBF rows, serialized, by the hour of their ``time/usage_start``."""
+    out: dict[datetime, list[bytes]] = {}
+    hours: dict[str, datetime] = {}  # an hour's rows share one text: parse it once
     for row in rows:
-        out.setdefault(row["time/usage_start"], []).append(serialize_row(row))
+        text = row["time/usage_start"]
+        hour = hours.get(text) or hours.setdefault(text, hour_of(text))
+        out.setdefault(hour, []).append(serialize_row(row))
     return out
 
 

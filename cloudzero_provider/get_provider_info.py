@@ -13,17 +13,23 @@ def get_provider_info() -> dict[str, Any]:
         "package-name": "airflow-provider-cloudzero",
         "name": "CloudZero",
         "description": "Export LiteLLM spend to CloudZero AnyCost Stream, hour by hour, and CloudZero unit-cost telemetry.",
+        # Newest first; the first entry is the installed distribution's version (a test holds them equal).
         "versions": ["0.2.0", "0.1.0"],
         "integrations": [
             {
                 "integration-name": "CloudZero",
                 "external-doc-url": "https://docs.cloudzero.com/reference/anycost-stream",
                 "tags": ["service"],
-            }
+            },
+            {
+                "integration-name": "LiteLLM",
+                "external-doc-url": "https://docs.litellm.ai/docs/proxy/cost_tracking",
+                "tags": ["software"],
+            },
         ],
         "hooks": [
             {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.hooks.cloudzero"]},
-            {"integration-name": "CloudZero", "python-modules": ["cloudzero_provider.hooks.litellm"]},
+            {"integration-name": "LiteLLM", "python-modules": ["cloudzero_provider.hooks.litellm"]},
         ],
         "operators": [
             {
@@ -44,12 +50,6 @@ def get_provider_info() -> dict[str, Any]:
             {
                 "integration-name": "CloudZero",
                 "python-modules": ["cloudzero_provider.sensors.export", "cloudzero_provider.sensors.settle"],
-            }
-        ],
-        "plugins": [
-            {
-                "name": "cloudzero_ledger",
-                "plugin-class": "cloudzero_provider.plugins.ledger.CloudZeroLedgerPlugin",
             }
         ],
         "config": {

@@ -1,24 +1,145 @@
 """Per-hour manifests: what was sent to CloudZero for an hour, when, and from which source totals.
 
 One JSON file per hour at ``<target>/manifests/<YYYY-MM-DDTHHZ>.json``, shared by every run that exports to the
-target, so the late-data pass, the report sensor and the ledger page find any hour without knowing which run
-sent it. Status is ``sending`` while requests are in flight, ``exported`` when every chunk was accepted and
-``failed`` when an upload stopped part-way (the next export of the hour starts again from its first chunk).
+target, so the late-data pass, reconciliation, the report sensor and the ledger page find any hour without knowing
+which run sent it. :class:`Manifest` is the record, with its defaults in one place; :class:`ManifestStore` is the
+only way one is read or written. Status is ``sending`` while requests are in flight, ``exported`` when CloudZero
+acknowledged every chunk and ``failed`` when an upload stopped part-way or a run failed before sending (the next
+export of the hour starts again from its first chunk).
 
-A manifest that cannot be read (a torn write from an older version, a hand edit) counts as ``failed``: the hour
-is exported again, and no reader raises because of it.
+A manifest that cannot be read (a torn write from an older version, a hand edit) reads as ``failed`` with
+``unreadable`` saying why: the hour is exported again, and no reader raises because of it.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
 from cloudzero_provider.staging import write_atomically
-from cloudzero_provider.windows import hour_label, iso_hour
+from cloudzero_provider.windows import (
+    DAY,
+    Window,
+    hour_label,
+    iso_hour,
+    iso_instant,
+    parse_hour,
+    parse_instant,
+    utc_now,
+)
+
+SENDING, EXPORTED, FAILED = "sending", "exported", "failed"
+SPEND_LOGS = "spend_logs"
+DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
+MAX_REASON_CHARS = 2000
+
+
+@dataclass
+class SourceTotals:
+    """The source's valid requests and exact ``SUM(spend::numeric)`` of an hour when it was extracted."""
+
+    requests: int = 0
+    spend: str = "0"
+
+
+@dataclass
+class Manifest:
+    """
+    What this exporter knows of one hour of one CloudZero stream.
+
+    :param hour: The hour's start, aware UTC.
+    :param status: ``sending``, ``exported`` or ``failed``.
+    :param origin: Where the rows came from: ``spend_logs`` or a daily rollup (``daily_team`` ...).
+    :param rows: CBF rows sent. :param cost: Their exact cost. :param tokens: Their tokens.
+    :param content_sha256: Digest of the hour's rows as sent (see :func:`drops.content_digest`).
+    :param receipts: CloudZero's receipts of the hour's requests, as they came (``drop_id``, ``month``,
+        ``row_count``); ``drop_ids`` lists their ids.
+    :param source: The source totals the rows were extracted from.
+    :param cleared: The hour was set to exactly 0 (an emptied hour, or a day another source took over).
+    :param late_corrections: How many times the hour was exported again after its first export.
+    :param reason: Why the last attempt failed. :param reconcile: The last reconciliation's verdict.
+    :param unreadable: Set when the file could not be read; the manifest then reads as failed.
+    """
+
+    hour: datetime
+    status: str = FAILED
+    origin: str = SPEND_LOGS
+    rows: int = 0
+    cost: str = "0"
+    tokens: int = 0
+    content_sha256: str | None = None
+    drop_ids: list[str] = field(default_factory=list)
+    receipts: list[dict[str, Any]] = field(default_factory=list)
+    sent_at: datetime | None = None
+    extracted_at: datetime | None = None
+    source: SourceTotals | None = None
+    cleared: bool = False
+    run: str | None = None
+    window: str | None = None
+    connection_id: str | None = None
+    late_corrections: int = 0
+    attempt_run: str | None = None
+    attempt_at: datetime | None = None
+    reason: str | None = None
+    reconcile: dict[str, Any] | None = None
+    unreadable: str | None = None
+
+    @property
+    def exported(self) -> bool:
+        return self.status == EXPORTED
+
+    @property
+    def sent_cost(self) -> Decimal:
+        """The cost this exporter last sent for the hour (0 when it never did)."""
+        return Decimal(self.cost) if self.exported else Decimal(0)
+
+    @property
+    def is_daily(self) -> bool:
+        return self.origin in DAILY_ORIGINS
+
+    @property
+    def is_ours(self) -> bool:
+        """Exported from spend logs by the hourly, range, late or reconciliation path."""
+        return self.origin == SPEND_LOGS
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: v for k, v in asdict(self).items() if v is not None}
+        out["hour"] = iso_hour(self.hour)
+        for key in ("sent_at", "extracted_at", "attempt_at"):
+            if getattr(self, key) is not None:
+                out[key] = iso_instant(getattr(self, key))
+        return out
+
+    @classmethod
+    def from_json(cls, hour: datetime, value: Any) -> Manifest:
+        """A manifest from its file's JSON; raises ValueError naming what is wrong."""
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+        known = {f.name for f in fields(cls)} - {"hour"}
+        kw: dict[str, Any] = {k: v for k, v in value.items() if k in known}
+        try:
+            for key in ("sent_at", "extracted_at", "attempt_at"):
+                if kw.get(key):
+                    kw[key] = parse_instant(str(kw[key]), what=key)
+            if isinstance(kw.get("source"), dict):
+                src = kw["source"]
+                kw["source"] = SourceTotals(
+                    int(src.get("requests", 0)), str(Decimal(str(src.get("spend", "0"))))
+                )
+            for key in ("rows", "tokens", "late_corrections"):
+                kw[key] = int(kw.get(key) or 0)
+            kw["cost"] = str(Decimal(str(kw.get("cost", "0"))))  # a number, whatever a hand wrote
+            kw["drop_ids"] = [str(d) for d in kw.get("drop_ids") or []]
+            if kw.get("status", FAILED) not in (SENDING, EXPORTED, FAILED):
+                raise ValueError(f"unknown status {kw['status']!r}")
+        except (TypeError, ValueError, InvalidOperation, AttributeError) as exc:
+            raise ValueError(f"malformed field: {exc}") from None
+        return cls(hour=hour, **kw)
 
 
 class ManifestStore:
@@ -30,55 +151,70 @@ class ManifestStore:
     def path(self, hour: datetime) -> ObjectStoragePath:
         return self.dir / f"{hour_label(hour)}.json"
 
-    def get(self, hour: datetime) -> dict[str, Any] | None:
+    def get(self, hour: datetime) -> Manifest | None:
         path = self.path(hour)
         if not path.exists():
             return None
         try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(value, dict):
-                raise ValueError("not a JSON object")
+            return Manifest.from_json(hour, json.loads(path.read_text(encoding="utf-8")))
         except ValueError as exc:
-            return {"hour": iso_hour(hour), "status": "failed", "unreadable": f"{path.name}: {exc}"}
-        return value
+            return Manifest(hour, status=FAILED, unreadable=f"{path.name}: {exc}")
 
-    def _put(self, hour: datetime, manifest: dict[str, Any]) -> None:
-        write_atomically(self.path(hour), json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+    def put(self, manifest: Manifest) -> None:
+        body = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode("utf-8")
+        write_atomically(self.path(manifest.hour), body)
 
     def mark(self, hour: datetime, *, status: str, run: str, reason: str | None = None) -> None:
         """Record an attempt's state (and why it failed) without losing what the last export recorded."""
-        manifest = self.get(hour) or {"hour": iso_hour(hour)}
-        manifest.pop("unreadable", None)
-        manifest.update(status=status, attempt_run=run, attempt_at=datetime.now(timezone.utc).isoformat())
-        if reason is not None:
-            manifest["reason"] = reason[:2000]
-        else:
-            manifest.pop("reason", None)
-        self._put(hour, manifest)
+        manifest = self.get(hour) or Manifest(hour)
+        manifest.unreadable = None
+        manifest.status, manifest.attempt_run, manifest.attempt_at = status, run, utc_now()
+        manifest.reason = reason[:MAX_REASON_CHARS] if reason is not None else None
+        self.put(manifest)
 
-    def write_exported(self, hour: datetime, fields: dict[str, Any], *, late_correction: bool) -> None:
-        previous = self.get(hour) or {}
-        corrections = int(previous.get("late_corrections", 0)) + (1 if late_correction else 0)
-        manifest = {"hour": iso_hour(hour), **fields, "status": "exported", "late_corrections": corrections}
-        self._put(hour, manifest)
+    def write_exported(self, manifest: Manifest, *, late_correction: bool) -> None:
+        """Record an hour CloudZero acknowledged; ``late_corrections`` counts on from the previous record."""
+        previous = self.get(manifest.hour)
+        manifest.status, manifest.unreadable, manifest.reason = EXPORTED, None, None
+        manifest.late_corrections = (previous.late_corrections if previous else 0) + (
+            1 if late_correction else 0
+        )
+        self.put(manifest)
 
-    def note(self, hour: datetime, key: str, value: Any) -> None:
-        """Add one field to an hour's manifest (e.g. the last reconciliation's verdict), keeping the rest."""
-        manifest = self.get(hour) or {"hour": iso_hour(hour)}
-        manifest[key] = value
-        self._put(hour, manifest)
+    def note_reconcile(self, hour: datetime, verdict: dict[str, Any]) -> None:
+        """Add the last reconciliation's verdict to an hour's manifest, keeping the rest."""
+        manifest = self.get(hour) or Manifest(hour)
+        manifest.reconcile = verdict
+        self.put(manifest)
 
     def hours(self) -> list[datetime]:
         """Every hour with a manifest, oldest first."""
-        from cloudzero_provider.windows import parse_hour
-
         if not self.dir.exists():
             return []
         out = []
         for path in self.dir.iterdir():
             if path.name.endswith(".json") and not path.name.startswith("."):
                 try:
-                    out.append(parse_hour(path.name[: -len(".json")]))
+                    out.append(parse_hour(path.name[: -len(".json")], what="manifest name"))
                 except ValueError:
                     continue  # not ours
         return sorted(out)
+
+    def day_owner(self, day: datetime) -> str | None:
+        """
+        Which source owns a UTC day of this stream: the daily-rollup export (its origin, on the day's 00:00
+        manifest, unless that export failed), ``spend_logs`` when any hour of the day went out from spend logs
+        (or is going out), or ``None``.
+
+        Daily rows sit at 00:00, so hourly and daily data of one day in one stream would either erase each other
+        (``replace_hourly`` of hour 00) or be counted twice: a day has one owner. The pipeline, reconciliation and
+        the ledger all ask here.
+        """
+        first = self.get(day)
+        if first and first.is_daily and first.status != FAILED:
+            return first.origin
+        for hour in Window(day, day + DAY).hour_starts():
+            m = first if hour == day else self.get(hour)
+            if m and m.is_ours and (m.drop_ids or m.status == SENDING):
+                return SPEND_LOGS
+        return None

@@ -15,7 +15,7 @@ from typing import Any
 
 from cloudzero_provider.cbf import EXACT
 from cloudzero_provider.cbf_rules import cut, is_datetime, is_number
-from cloudzero_provider.windows import cbf_hour, iso_hour
+from cloudzero_provider.windows import hour_of, iso_hour
 
 
 class ReadBackError(ValueError):
@@ -42,7 +42,7 @@ def held_by_hour(rows: Iterable[Any], month: str) -> dict[datetime, Decimal]:
                 f"{month}"
             )
         try:
-            hour = cbf_hour(start)
+            hour = hour_of(start)
         except ValueError:
             raise ReadBackError(
                 f"{where} has time/usage_start {cut(start)!r}, not a date; cannot reconcile {month}"

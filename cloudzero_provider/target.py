@@ -12,7 +12,7 @@ import re
 from collections.abc import Sequence
 from functools import cached_property
 
-from airflow.sdk import ObjectStoragePath
+from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
 
 from cloudzero_provider.manifests import ManifestStore
 from cloudzero_provider.staging import WindowStage, staging_root
@@ -62,6 +62,19 @@ class ExportTarget:
     @cached_property
     def manifests(self) -> ManifestStore:
         return ManifestStore(self.dir)
+
+    @property
+    def asset(self) -> Asset:
+        """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13:00:00Z``): schedule other DAGs on it."""
+        return Asset(
+            name=f"litellm_cloudzero_hours__{self.conn_id}",
+            uri=f"cloudzero://anycost/{self.conn_id}/litellm-hours",
+        )
+
+    @property
+    def alias(self) -> AssetAlias:
+        """The outlet through which a task emits several events (one per hour) on :attr:`asset`."""
+        return AssetAlias(name=f"litellm_cloudzero_hours_alias__{self.conn_id}")
 
     @property
     def reports_dir(self) -> ObjectStoragePath:

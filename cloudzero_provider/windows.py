@@ -1,6 +1,9 @@
-"""Hour-aligned UTC time windows: parsing, validation and the labels used in paths and map indexes.
+"""Hour-aligned UTC time windows, and every conversion between an hour and its text.
 
-Pure: no Airflow imports.
+Inside the provider an hour is an aware UTC ``datetime``. Text becomes a datetime here, where it enters (a file
+name, a staged row, an XCom, an event's extra, a query parameter, a CBF row read back), and a datetime becomes
+text here, where it leaves (CBF ``time/usage_start``, manifest file names, logs, map-index labels). Pure: no
+Airflow imports.
 """
 
 from __future__ import annotations
@@ -47,6 +50,41 @@ def day_label(day: datetime) -> str:
     return day.astimezone(timezone.utc).strftime("%Y-%m-%d")
 
 
+def iso_instant(instant: datetime) -> str:
+    """``2026-11-01T13:05:07.123Z``: a moment (when something was sent or extracted), to the millisecond."""
+    return instant.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def day_start(instant: datetime) -> datetime:
+    """The UTC midnight that starts the instant's day."""
+    return parse_instant(instant).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def month_start(instant: datetime) -> datetime:
+    """The first instant of the instant's UTC month."""
+    return day_start(instant).replace(day=1)
+
+
+def days_in_month(instant: datetime) -> int:
+    first = month_start(instant)
+    following = first.replace(year=first.year + first.month // 12, month=first.month % 12 + 1)
+    return (following - first).days
+
+
+def parse_day(value: str, *, what: str = "day") -> datetime:
+    """The UTC midnight a ``YYYY-MM-DD`` label names."""
+    return parse_instant(f"{str(value).strip()}T00:00:00Z", what=what)
+
+
+def short_day_label(day: datetime) -> str:
+    """``11-01``: a day on a chart's axis."""
+    return day.astimezone(timezone.utc).strftime("%m-%d")
+
+
 def month_label(instant: datetime) -> str:
     """``2026-11``: a UTC month as CloudZero's read-back path names it."""
     return instant.astimezone(timezone.utc).strftime("%Y-%m")
@@ -66,16 +104,19 @@ def parse_hour(value: str | datetime, *, what: str = "hour") -> datetime:
     return hour
 
 
-def cbf_hour(value: str) -> datetime:
-    """The hour a CBF ``time/usage_start`` falls in: an ISO-8601 date-time, read as UTC when it has no offset (as
-    CloudZero reads it). Raises ValueError for anything else."""
+def hour_of(value: str) -> datetime:
+    """The hour an ISO-8601 date-time falls in, read as UTC when it has no offset (as CloudZero reads a CBF
+    ``time/usage_start``). Raises ValueError for anything else."""
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise ValueError(f"{value!r} is not an ISO-8601 date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return floor_hour(parsed)
+    try:
+        return floor_hour(parsed)
+    except OverflowError:
+        raise ValueError(f"{value!r} lies outside the years a UTC date-time can hold") from None
 
 
 def floor_hour(instant: datetime) -> datetime:

@@ -755,7 +755,7 @@ class CloudZeroHook(HttpHook):
         :param operation: ``replace`` (records matching the same day and dimensions are replaced: safe to
             repeat), ``sum`` (added) or ``delete``.
         """
-        from cloudzero_provider.telemetry import check_metric_name
+        from cloudzero_provider.telemetry_records import check_metric_name
 
         if operation not in ("sum", "replace", "delete"):
             raise AirflowFailException(

@@ -7,6 +7,7 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any, Literal
 
@@ -14,7 +15,7 @@ from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, day_label, iso_hour, parse_hour
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
 DAILY_TABLES = {
@@ -90,24 +91,40 @@ class Totals:
         return dict(self.__dict__)
 
 
+def _utc(value: datetime) -> datetime:
+    """An hour as PostgreSQL returns it: ``timestamp without time zone``, which LiteLLM fills with UTC."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
 @dataclass
 class AggregateRow:
-    """One group: an hour (``YYYY-MM-DDTHH:00:00Z``) and dimension values (``None`` = none)."""
+    """One group: an hour (aware UTC) and dimension values (``None`` = none)."""
 
-    hour: str
+    hour: datetime
     dims: dict[str, str | None]
     totals: Totals
 
     def as_dict(self) -> dict[str, Any]:
-        """The staged form: ``hour``, ``dims`` and the totals (``spend``, ``requests``, ``total_tokens`` ...)."""
+        """The staged form: ``hour`` (``2026-11-01T13:00:00Z``), ``dims`` and the totals (``spend``, ``requests``,
+        ``total_tokens`` ...)."""
+        return {"hour": iso_hour(self.hour), "dims": self.dims, **self.totals.as_dict()}
+
+    def as_row(self) -> dict[str, Any]:
+        """The form the pure report and telemetry modules read: as :meth:`as_dict`, ``hour`` a datetime."""
         return {"hour": self.hour, "dims": self.dims, **self.totals.as_dict()}
+
+    @classmethod
+    def from_staged(cls, row: dict[str, Any]) -> AggregateRow:
+        """A row as :meth:`as_dict` staged it."""
+        totals = Totals(**{k: row[k] for k in Totals.__dataclass_fields__ if k in row})
+        return cls(parse_hour(row["hour"], what="staged row hour"), dict(row["dims"]), totals)
 
 
 @dataclass
 class HourTotal:
     """PostgreSQL's own per-hour totals of the valid rows, and what was invalid, for reconciliation."""
 
-    hour: str
+    hour: datetime
     totals: Totals = field(default_factory=Totals)
     invalid: dict[str, int] = field(default_factory=dict)  # reason -> rows
     invalid_samples: list[str] = field(default_factory=list)
@@ -342,10 +359,7 @@ class LiteLLMSpendHook(PostgresHook):
             columns = self.table_columns(SPEND_LOGS)
             params.update(start=start, end=end)
             table = self._table(SPEND_LOGS)
-            hour_in, hour_out = (
-                "date_trunc('hour', s.\"startTime\")",
-                'to_char(a.hour, \'YYYY-MM-DD"T"HH24:00:00"Z"\')',
-            )
+            hour_in, hour_out = "date_trunc('hour', s.\"startTime\")", "a.hour"
             where = 's."startTime" >= %(start)s AND s."startTime" < %(end)s'
             n, row_id = "1", "s.request_id"
             total_tokens = "s.total_tokens"
@@ -360,9 +374,10 @@ class LiteLLMSpendHook(PostgresHook):
         else:
             if not window.is_day_aligned:
                 raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
-            params.update(start=window.start.strftime("%Y-%m-%d"), end=window.end.strftime("%Y-%m-%d"))
+            params.update(start=day_label(window.start), end=day_label(window.end))
             table = self._table(DAILY_TABLES[source])
-            hour_in, hour_out = "s.date", "a.hour || 'T00:00:00Z'"
+            # ``date`` is text in LiteLLM's rollups; only the output groups are cast, as ISO dates
+            hour_in, hour_out = "s.date", "a.hour::date::timestamp"
             where = "s.date >= %(start)s AND s.date < %(end)s"
             if source == "daily_tag":
                 where += " AND s.tag LIKE %(tag_like)s"
@@ -415,9 +430,9 @@ ORDER BY 1"""
         sql, params = self.aggregate_sql(window, dims, source)
         names = [d.name for d in dims]
         n_dims = len(dims)
-        totals: dict[str, HourTotal] = {}
+        totals: dict[datetime, HourTotal] = {}
         for record in self._stream(sql, params, "cloudzero_extract"):
-            hour, reason, g = record[0], record[1], record[2]
+            hour, reason, g = _utc(record[0]), record[1], record[2]
             values = record[3 : 3 + n_dims]
             req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
             t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
@@ -504,13 +519,13 @@ SELECT * FROM (
            s.prompt_tokens + s.completion_tokens, NULL, NULLIF(s.model, ''), {invalid} AS reason
     FROM {self._table(DAILY_TABLES[source])} AS s WHERE s.date >= %(start)s AND s.date < %(end)s
 ) AS q WHERE q.reason IS NOT NULL"""
-            params = {"start": window.start.strftime("%Y-%m-%d"), "end": window.end.strftime("%Y-%m-%d")}
+            params = {"start": day_label(window.start), "end": day_label(window.end)}
         keys = ("request_id", "start_time", "spend", "prompt_tokens", "completion_tokens", "total_tokens",
                 "team_id", "model", "reason")  # fmt: skip
         for record in self._stream(sql, params, "cloudzero_quarantine"):
             yield dict(zip(keys, record, strict=True))
 
-    def hour_spend(self, window: Window) -> dict[str, tuple[int, str]]:
+    def hour_spend(self, window: Window) -> dict[datetime, tuple[int, str]]:
         """Per hour of the window: valid requests and ``SUM(spend::numeric)``, straight from the source rows.
 
         Used by the late-data pass to see whether an exported hour changed since.
@@ -518,38 +533,37 @@ SELECT * FROM (
         start, end = window.naive_utc()
         invalid = _invalid_reason()
         rows = self._stream(
-            f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'),
-                       count(*), COALESCE(sum(s.spend::numeric), 0)::text
+            f"""SELECT date_trunc('hour', s."startTime"), count(*), COALESCE(sum(s.spend::numeric), 0)::text
                 FROM {self._table(SPEND_LOGS)} AS s
                 WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s AND ({invalid}) IS NULL
                 GROUP BY 1""",
             {"start": start, "end": end},
             "cloudzero_hour_spend",
         )
-        return {r[0]: (int(r[1]), r[2]) for r in rows}
+        return {_utc(r[0]): (int(r[1]), r[2]) for r in rows}
 
-    def hour_counts(self, window: Window) -> dict[str, int]:
+    def hour_counts(self, window: Window) -> dict[datetime, int]:
         """Per hour of the window: how many spend-log rows it holds, valid or not.
 
         A count over the ``"startTime"`` index only: the range DAG's plan uses it to skip empty time cheaply.
         """
         start, end = window.naive_utc()
         rows = self._stream(
-            f"""SELECT to_char(date_trunc('hour', s."startTime"), 'YYYY-MM-DD"T"HH24:00:00"Z"'), count(*)
+            f"""SELECT date_trunc('hour', s."startTime"), count(*)
                 FROM {self._table(SPEND_LOGS)} AS s
                 WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
                 GROUP BY 1""",
             {"start": start, "end": end},
             "cloudzero_hour_counts",
         )
-        return {r[0]: int(r[1]) for r in rows}
+        return {_utc(r[0]): int(r[1]) for r in rows}
 
     def daily_spend(self, day: Window, source: Source = "daily_team") -> str:
         """``SUM(spend::numeric)`` of one daily rollup table over whole UTC days ("0" when it holds none)."""
         rows = list(self._stream(
             f"""SELECT COALESCE(sum(s.spend::numeric), 0)::text FROM {self._table(DAILY_TABLES[source])} AS s
                 WHERE s.date >= %(start)s AND s.date < %(end)s""",
-            {"start": day.start.strftime("%Y-%m-%d"), "end": day.end.strftime("%Y-%m-%d")},
+            {"start": day_label(day.start), "end": day_label(day.end)},
             "cloudzero_daily_spend",
         ))  # fmt: skip
         return str(rows[0][0]) if rows else "0"

@@ -1,30 +1,29 @@
-"""The base of every CloudZero operator: the arguments they share, declared once.
+"""The bases of the CloudZero operators: the arguments they share, declared once.
 
-Modelled on common.sql's ``BaseSQLOperator``: connection ids, staging root, database schema and window are
-template fields here, the export target and hooks are built from them in ``execute``, never in ``__init__``.
+Modelled on common.sql's ``BaseSQLOperator``: connection ids, database schema and window are template fields
+here, hooks are built from them in ``execute``, never in ``__init__``. :class:`CloudZeroStagingOperator` adds what
+only the operators that stage files use: the staging root, the run's staging area and the export target.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import AssetAlias, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.target import ExportTarget
-from cloudzero_provider.windows import Window
+from cloudzero_provider.windows import Window, iso_hour
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-    from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
-
-DEFAULT_LITELLM_CONN_ID = "litellm_db"
-DEFAULT_CLOUDZERO_CONN_ID = "cloudzero_default"
 
 
 def resolve_window(start: Any, end: Any, context: Context | dict[str, Any]) -> Window:
@@ -56,48 +55,36 @@ class CloudZeroBaseOperator(BaseOperator):
     Arguments every CloudZero operator shares.
 
     :param litellm_conn_id: Connection to the LiteLLM PostgreSQL database. (templated)
-    :param cloudzero_conn_id: The ``cloudzero`` connection; it also names the export target's staging folder,
-        so everything sent to one CloudZero stream is staged in one place. (templated)
-    :param staging_uri: Staging root (local folder or object-storage URI); default ``[cloudzero] staging_uri``,
-        else ``$AIRFLOW_HOME/cloudzero-staging``. (templated)
+    :param cloudzero_conn_id: The ``cloudzero`` connection. (templated)
     :param db_schema: PostgreSQL schema of LiteLLM's tables. (templated)
     :param window_start: Start of the window (ISO-8601, hour-aligned); default: the data interval. (templated)
     :param window_end: End of the window (exclusive); default: one hour after ``window_start``. (templated)
-    :param staging_area: A sub-folder of the export target for this DAG's stages (``range``, ``range-dry-run``), so
-        that two DAGs working on the same hour at the same moment never read each other's files; manifests stay
-        shared. Default: none, the scheduled hourly stages. (templated)
     """
 
     template_fields: Sequence[str] = (
         "litellm_conn_id",
         "cloudzero_conn_id",
-        "staging_uri",
         "db_schema",
         "window_start",
         "window_end",
-        "staging_area",
     )
 
     def __init__(
         self,
         *,
-        litellm_conn_id: str = DEFAULT_LITELLM_CONN_ID,
-        cloudzero_conn_id: str = DEFAULT_CLOUDZERO_CONN_ID,
-        staging_uri: str | None = None,
+        litellm_conn_id: str = LiteLLMSpendHook.default_conn_name,
+        cloudzero_conn_id: str = CloudZeroHook.default_conn_name,
         db_schema: str = "public",
         window_start: Any = None,
         window_end: Any = None,
-        staging_area: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.litellm_conn_id = litellm_conn_id
         self.cloudzero_conn_id = cloudzero_conn_id
-        self.staging_uri = staging_uri
         self.db_schema = db_schema
         self.window_start = window_start
         self.window_end = window_end
-        self.staging_area = staging_area
 
     def on_kill(self) -> None:
         """A stopped task stops its statement on the LiteLLM database too, instead of leaving it running."""
@@ -107,6 +94,35 @@ class CloudZeroBaseOperator(BaseOperator):
 
     def window(self, context: Context | dict[str, Any]) -> Window:
         return resolve_window(self.window_start, self.window_end, context)
+
+    @cached_property
+    def litellm_hook(self) -> LiteLLMSpendHook:
+        return LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
+
+    @cached_property
+    def cloudzero_hook(self) -> CloudZeroHook:
+        return CloudZeroHook(self.cloudzero_conn_id)
+
+
+class CloudZeroStagingOperator(CloudZeroBaseOperator):
+    """
+    An operator that stages files under the export target of its CloudZero connection.
+
+    :param staging_uri: Staging root (local folder or object-storage URI); default ``[cloudzero] staging_uri``,
+        else ``$AIRFLOW_HOME/cloudzero-staging``. (templated)
+    :param staging_area: A sub-folder of the export target for this run's stages (``range-<run>``), so that two
+        runs working on the same hour at the same moment never read each other's files; manifests stay shared.
+        Default: none, the scheduled hourly stages. (templated)
+    """
+
+    template_fields: Sequence[str] = (*CloudZeroBaseOperator.template_fields, "staging_uri", "staging_area")
+
+    def __init__(
+        self, *, staging_uri: str | None = None, staging_area: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.staging_uri = staging_uri
+        self.staging_area = staging_area
 
     @cached_property
     def target(self) -> ExportTarget:
@@ -122,17 +138,46 @@ class CloudZeroBaseOperator(BaseOperator):
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
 
-    @cached_property
-    def litellm_hook(self) -> LiteLLMSpendHook:
-        from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
 
-        return LiteLLMSpendHook(postgres_conn_id=self.litellm_conn_id, db_schema=self.db_schema)
+class ExportStepOperator(CloudZeroStagingOperator):
+    """
+    A step of the export (extract, transform, upload, the late-data pass, reconciliation): one
+    :class:`~cloudzero_provider.options.ExportOptions` value carries what they share.
 
-    @cached_property
-    def cloudzero_hook(self) -> CloudZeroHook:
-        from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+    :param options: Dimensions, invalid-row policy, value cap, request size. Its ``dimensions`` and ``on_invalid``
+        are templated.
+    """
 
-        return CloudZeroHook(self.cloudzero_conn_id)
+    template_fields: Sequence[str] = (*CloudZeroStagingOperator.template_fields, "options")
+
+    def __init__(self, *, options: ExportOptions | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.options = options or ExportOptions()
+
+    def checked_options(self) -> ExportOptions:
+        try:
+            return self.options.checked()
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
+
+    def emit_hour_events(
+        self, context: Context | dict[str, Any], hours: Iterable[datetime], extra: dict[str, Any]
+    ) -> None:
+        """
+        One event per exported hour on the target's Asset (the hour's start in the event's extra ``hour``, as a
+        full ISO instant), emitted through the task's AssetAlias outlets (:attr:`ExportTarget.alias`).
+
+        Not partition keys: Airflow queues only partition-aware DAGs for partitioned events, so a DAG scheduled on
+        the plain Asset -- the telemetry DAG, or one of yours -- would never run.
+        """
+        events = context.get("outlet_events")
+        hours = list(hours)
+        if not hours or events is None:
+            return
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias):
+                for hour in hours:
+                    events[outlet].add(self.target.asset, extra={**extra, "hour": iso_hour(hour)})
 
 
 def attempt_salt(context: Context | dict[str, Any]) -> str:
@@ -140,27 +185,3 @@ def attempt_salt(context: Context | dict[str, Any]) -> str:
     ti = context.get("ti")
     run_id = context.get("run_id", "adhoc")
     return f"{run_id}/{getattr(ti, 'map_index', -1)}/{getattr(ti, 'try_number', 0)}"
-
-
-def emit_hour_events(
-    outlets: Sequence[Any], context: Context | dict[str, Any], hours: Sequence[str], extra: dict[str, Any],
-    asset: Any,
-) -> None:  # fmt: skip
-    """
-    One ordinary event per exported hour on ``asset`` (the hour's start in the event's extra ``hour``, as a
-    full ISO instant), emitted through the task's AssetAlias outlets.
-
-    Not partition keys: Airflow queues only partition-aware DAGs for partitioned events, so a DAG scheduled on
-    the plain Asset -- the telemetry DAG, or one of yours -- would never run.
-    """
-    from airflow.sdk import AssetAlias
-
-    from cloudzero_provider.windows import iso_hour, parse_hour
-
-    events = context.get("outlet_events")
-    if not hours or events is None or asset is None:
-        return
-    for outlet in outlets:
-        if isinstance(outlet, AssetAlias):
-            for hour in hours:
-                events[outlet].add(asset, extra={**extra, "hour": iso_hour(parse_hour(hour))})

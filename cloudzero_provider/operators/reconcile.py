@@ -10,26 +10,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.cbf import exact_decimal, exact_sum
-from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
-from cloudzero_provider.operators.base import CloudZeroBaseOperator, attempt_salt, emit_hour_events
-from cloudzero_provider.operators.extract import dimension_list
-from cloudzero_provider.pipeline import (
-    DEFAULT_MAX_VALUES_PER_HOUR,
-    clear_hours,
-    day_owner,
-    extract_window,
-    transform_window,
-    upload_window,
-)
+from cloudzero_provider.operators.base import ExportStepOperator, attempt_salt
+from cloudzero_provider.pipeline.reexport import reexport_hours
+from cloudzero_provider.pipeline.upload import clear_hours
 from cloudzero_provider.readback import ReadBackError, held_by_hour
-from cloudzero_provider.reconcile import CLEARED, FOREIGN, MATCHES, PURGED, REPAIRED, HourCheck, decide
-from cloudzero_provider.windows import Window, hour_label, iso_hour, month_label
+from cloudzero_provider.verdicts import CLEARED, FOREIGN, MATCHES, PURGED, REPAIRED, HourCheck, decide
+from cloudzero_provider.windows import Window, day_start, hour_label, month_label, utc_now
 
 if TYPE_CHECKING:
-    from airflow.sdk import Asset, Context
+    from airflow.sdk import Context
 
 
-class ReconcileOperator(CloudZeroBaseOperator):
+class ReconcileOperator(ExportStepOperator):
     """
     For every hour of the window compare three things -- the source now (``SUM(spend::numeric)``, requests),
     the manifest (what this exporter sent) and CloudZero's own state read back through the API (the month's
@@ -44,39 +36,16 @@ class ReconcileOperator(CloudZeroBaseOperator):
 
     :param retention_days: LiteLLM's ``maximum_spend_logs_retention_period`` in days (0 or None: no guard).
         (templated)
-    :param dimensions: As given to the export. (templated)
-    :param on_invalid: As given to the export. (templated)
-    :param max_request_bytes: As given to the upload.
-    :param max_values_per_hour: As given to the transform.
-    :param hour_asset: Asset that gets one event per repaired hour, through the AssetAlias in ``outlets``.
+
+    Repaired hours emit the export's Asset event through the :attr:`ExportTarget.alias` in ``outlets``.
     """
 
-    template_fields: Sequence[str] = (
-        *CloudZeroBaseOperator.template_fields,
-        "retention_days",
-        "dimensions",
-        "on_invalid",
-    )
+    template_fields: Sequence[str] = (*ExportStepOperator.template_fields, "retention_days")
     ui_color = "#e8daef"
 
-    def __init__(
-        self,
-        *,
-        retention_days: int | str | None = None,
-        dimensions: Sequence[str] | str | None = None,
-        on_invalid: str = "fail",
-        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-        max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR,
-        hour_asset: Asset | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *, retention_days: int | str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.retention_days = retention_days
-        self.dimensions = dimensions
-        self.on_invalid = on_invalid
-        self.max_request_bytes = max_request_bytes
-        self.max_values_per_hour = max_values_per_hour
-        self.hour_asset = hour_asset
 
     def _cloudzero_state(self, window: Window) -> tuple[dict[datetime, Decimal] | None, str, dict[str, str]]:
         """CloudZero's cost per hour over the window's months (None where no month can be read: 404), how it was
@@ -104,69 +73,54 @@ class ReconcileOperator(CloudZeroBaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
+        options = self.checked_options()
         days = int(self.retention_days or 0)
-        floor = datetime.now(window.start.tzinfo) - timedelta(days=days) if days > 0 else None
+        floor = utc_now() - timedelta(days=days) if days > 0 else None
         manifests = self.target.manifests
         source = self.litellm_hook.hour_spend(window)
         held, basis, unreadable = self._cloudzero_state(window)
-        owners = {d.start: day_owner(manifests, d.start) for d in window.each_day()}
+        owners = {d.start: manifests.day_owner(d.start) for d in window.each_day()}
         checks: list[HourCheck] = []
         failures: list[str] = list(unreadable.values())
         for hour in window.hour_starts():
             if month_label(hour) in unreadable:
                 continue  # what CloudZero holds is unknown: nothing is decided, the task fails naming the month
-            key = iso_hour(hour)
             manifest = manifests.get(hour)
-            requests, spend = source.get(key, (0, "0"))
+            requests, spend = source.get(hour, (0, "0"))
             if held is not None:
                 now_held = held.get(hour, Decimal(0))
             else:
-                now_held = (
-                    Decimal(str(manifest.get("cost", "0")))
-                    if manifest and manifest.get("drop_ids")
-                    else Decimal(0)
-                )
-            checks.append(
-                decide(
-                    hour,
-                    source=Decimal(spend),
-                    requests=requests,
-                    held=now_held,
-                    manifest=manifest,
-                    owner=owners[hour.replace(hour=0)],
-                    retention_floor=floor,
-                )
-            )
+                now_held = Decimal(manifest.cost) if manifest and manifest.drop_ids else Decimal(0)
+            checks.append(decide(hour, source=Decimal(spend), requests=requests, held=now_held, manifest=manifest,
+                                 owner=owners[day_start(hour)], retention_floor=floor))  # fmt: skip
         salt = attempt_salt(context) + "/reconcile"
         retryable = False
-        done: list[HourCheck] = []
-        for check in checks:
-            if check.action == "none":
-                continue
-            hour_window = Window.hour(check.hour)
-            self.log.warning("Reconciling %s: source %s USD, CloudZero %s USD -> %s", hour_window.label,
+        by_hour = {c.hour: c for c in checks}
+        to_export = [c.hour for c in checks if c.action == "export"]
+        outcome = reexport_hours(
+            self.litellm_hook, self.cloudzero_hook, manifests, to_export,
+            stage_of=lambda w: self.stage(w, area="reconcile"), options=options, salt=salt,
+            why=lambda h: f"source {by_hour[h].source} USD, CloudZero {by_hour[h].held} USD -> {by_hour[h].status}",
+        )  # fmt: skip
+        done = [by_hour[h] for h in outcome.done]
+        failures += [outcome.failure_lines()] if outcome.failed else []
+        retryable = outcome.retryable
+        for check in (c for c in checks if c.action == "clear"):
+            self.log.warning("Reconciling %s: source %s USD, CloudZero %s USD -> %s", hour_label(check.hour),
                              check.source, check.held, check.status)  # fmt: skip
             try:
-                if check.action == "clear":
-                    clear_hours(self.cloudzero_hook, [check.hour], manifests, salt=salt)
-                else:
-                    stage = self.stage(hour_window, area="reconcile")
-                    extract_window(self.litellm_hook, hour_window, stage,
-                                   dimensions=dimension_list(self.dimensions), on_invalid=self.on_invalid)  # fmt: skip
-                    transform_window(hour_window, stage, max_values_per_hour=self.max_values_per_hour or None)
-                    upload_window(self.cloudzero_hook, hour_window, stage, manifests,
-                                  max_request_bytes=self.max_request_bytes, salt=salt, late_correction=True)  # fmt: skip
+                clear_hours(self.cloudzero_hook, [check.hour], manifests, salt=salt)
             except AirflowException as exc:
                 retryable = retryable or not isinstance(exc, AirflowFailException)
-                failures.append(f"{hour_window.label}: {exc}")
-                self.log.error("Could not reconcile %s: %s", hour_window.label, exc)
+                failures.append(f"{hour_label(check.hour)}: {exc}")
+                self.log.error("Could not reconcile %s: %s", hour_label(check.hour), exc)
                 continue
             done.append(check)
+        done.sort(key=lambda c: c.hour)
         for check in checks:  # the verdict goes where the ledger looks: the hours this stream has a record of
             if check.action != "none" or manifests.get(check.hour) is not None:
-                manifests.note(check.hour, "reconcile", {**check.as_dict(), "basis": basis, "run": salt})
-        emit_hour_events(self.outlets, context, [hour_label(c.hour) for c in done], {"window": window.label,
-                         "reconciled": True}, self.hour_asset)  # fmt: skip
+                manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": salt})
+        self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {
             s: sum(1 for c in checks if c.status == s) for s in (MATCHES, REPAIRED, CLEARED, FOREIGN, PURGED)
         }
@@ -187,8 +141,13 @@ class ReconcileOperator(CloudZeroBaseOperator):
             counts[PURGED], moved,
         )  # fmt: skip
         if failures:
-            raise (AirflowException if retryable else AirflowFailException)(
+            message = (
                 f"Reconciled {len(done)} hour(s) but could not repair or read {len(failures)}: "
                 + "; ".join(failures)
             )
+            if outcome.retry_after:
+                from cloudzero_provider.hooks.cloudzero import CloudZeroTransientError
+
+                raise CloudZeroTransientError(message, retry_after=outcome.retry_after)
+            raise (AirflowException if retryable else AirflowFailException)(message)
         return summary

@@ -10,8 +10,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow
-from cloudzero_provider.operators.base import CloudZeroBaseOperator
-from cloudzero_provider.reports import REPORT_DIMENSIONS, build_report, check_limits, report_csv, report_html
+from cloudzero_provider.operators.base import CloudZeroStagingOperator
+from cloudzero_provider.report_figures import (
+    REPORT_DIMENSIONS,
+    build_report,
+    check_limits,
+    report_csv,
+    report_html,
+)
 from cloudzero_provider.staging import write_atomically
 
 if TYPE_CHECKING:
@@ -20,7 +26,7 @@ if TYPE_CHECKING:
 TREND_DAYS = 14
 
 
-class SpendReportOperator(CloudZeroBaseOperator):
+class SpendReportOperator(CloudZeroStagingOperator):
     """
     Write a spend report for a window (by default the run's day): by team, customer, API key alias, internal
     user, model and request tag, each with a per-model breakdown, daily totals and cost per 1,000 tokens per
@@ -44,12 +50,12 @@ class SpendReportOperator(CloudZeroBaseOperator):
             dims = resolve(REPORT_DIMENSIONS + [f"tag:{p}" for p in prefixes])
         except ValueError as exc:
             raise AirflowFailException(f"Invalid tag prefix: {exc}") from None
-        rows = [r.as_dict() for r in self.litellm_hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
-        report = build_report(rows, tag_prefixes=prefixes)
+        rows = [r for r in self.litellm_hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
+        report = build_report((r.as_row() for r in rows), tag_prefixes=prefixes)
         folder = self.target.report_dir(window)
         folder.mkdir(parents=True, exist_ok=True)
         write_atomically(
-            folder / "aggregate.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode("utf-8")
+            folder / "aggregate.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rows).encode("utf-8")
         )
         write_atomically(folder / "report.json", json.dumps(report, indent=1).encode("utf-8"))
         for grouping in report["groups"]:
@@ -98,7 +104,7 @@ class SpendLimitsBreached(AirflowFailException):
         )
 
 
-class SpendThresholdCheckOperator(CloudZeroBaseOperator):
+class SpendThresholdCheckOperator(CloudZeroStagingOperator):
     """
     Fail, listing every breach, when a day's spend is over a limit: ``daily_total`` and per ``team``, ``user``,
     ``customer`` or ``model``, in USD per day. At the limit is not a breach. Attach notifiers
@@ -120,7 +126,11 @@ class SpendThresholdCheckOperator(CloudZeroBaseOperator):
         path = self.target.report_dir(window) / "aggregate.jsonl"
         if not path.exists():
             raise AirflowFailException(f"{path} does not exist: run the report task for {window} first")
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+        rows = [
+            AggregateRow.from_staged(json.loads(line)).as_row()
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line
+        ]
         try:
             breaches = check_limits(rows, self.limits)
         except ValueError as exc:

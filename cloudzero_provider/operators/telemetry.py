@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow
 from cloudzero_provider.operators.base import CloudZeroBaseOperator
-from cloudzero_provider.telemetry import (
+from cloudzero_provider.telemetry_records import (
     MAX_RECORDS_PER_REQUEST,
     MAX_VALUES_PER_DAY,
     batches,
@@ -59,7 +59,7 @@ def days_of(
             for event in asset_events:
                 hour = (getattr(event, "extra", None) or {}).get("hour")
                 if hour:
-                    hours.append(parse_hour(hour, what="Asset event hour"))
+                    hours.append(parse_hour(hour, what="Asset event hour"))  # an event's extra: the edge
         interval_start, interval_end = context.get("data_interval_start"), context.get("data_interval_end")
         if not hours and interval_start and interval_end:
             s, e = parse_instant(interval_start), parse_instant(interval_end)
@@ -90,9 +90,9 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
     :param metric_name: Unit metric; default: the ``cloudzero`` connection's extra ``metric_name``.
     :param value: ``cost`` (default), ``requests`` or ``tokens``.
     :param dimensions: Up to 5 of model, user, team_id, organization_id, end_user.
-    :param start: Explicit first hour (ISO-8601); default: the triggering Asset events, else the data interval.
-        (templated)
-    :param end: Explicit end (exclusive). (templated)
+    :param window_start: Explicit first hour (ISO-8601); default: the triggering Asset events, else the data
+        interval. (templated)
+    :param window_end: Explicit end (exclusive). (templated)
     :param max_records_per_second: CloudZero's sustained limit is 100.
     :param max_records_per_request: Records per request (each request also stays within 4 MB).
     :param max_values_per_day: Distinct ``end_user`` values a day keeps before the rest are folded into
@@ -104,8 +104,6 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         "metric_name",
         "value",
         "dimensions",
-        "start",
-        "end",
     )
     ui_color = "#fef9e7"
 
@@ -115,8 +113,6 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         metric_name: str | None = None,
         value: str = "cost",
         dimensions: list[str] | None = None,
-        start: Any = None,
-        end: Any = None,
         max_records_per_second: float = 100.0,
         max_records_per_request: int = MAX_RECORDS_PER_REQUEST,
         max_values_per_day: int | None = MAX_VALUES_PER_DAY,
@@ -126,8 +122,6 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
         self.metric_name = metric_name
         self.value = value
         self.dimensions = dimensions
-        self.start = start
-        self.end = end
         self.max_records_per_second = max_records_per_second
         self.max_records_per_request = max_records_per_request
         self.max_values_per_day = max_values_per_day
@@ -155,8 +149,8 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
             "skipped_not_positive": 0,
         }
         sent_records, started = 0, time.monotonic()
-        for day in days_of(context, self.start, self.end):
-            rows = [r.as_dict() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
+        for day in days_of(context, self.window_start, self.window_end):
+            rows = [r.as_row() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
             records, skipped = to_records(
                 roll_up_days(rows, dims, max_values_per_day=self.max_values_per_day or None), dims, self.value
             )

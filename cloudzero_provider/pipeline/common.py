@@ -1,30 +1,24 @@
-"""What the steps of a window share: source and policy names, limits, small helpers."""
+"""What the steps of a window share: source names and the description of invalid rows."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import datetime
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.hooks.litellm import HourTotal
+from cloudzero_provider.windows import iso_hour
 
-INVALID_POLICIES = ("fail", "quarantine")
 SOURCES = ("spend_logs", "daily_team", "daily_user", "daily_tag")
-MIN_REQUEST_BYTES = 16_384
-DEFAULT_MAX_VALUES_PER_HOUR = 1000
 MONTH_ROW_LIMIT = 1_000_000  # CloudZero: rows per stream and month
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def describe_invalid(hours: Mapping[str, HourTotal], table: str) -> str:
+def describe_invalid(hours: Mapping[datetime, HourTotal], table: str) -> str:
     parts = []
     for hour, ht in sorted(hours.items()):
         reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(ht.invalid.items()))
-        parts.append(f"hour {hour}: {reasons} (e.g. {', '.join(map(str, ht.invalid_samples))})")
+        parts.append(f"hour {iso_hour(hour)}: {reasons} (e.g. {', '.join(map(str, ht.invalid_samples))})")
     total = sum(sum(ht.invalid.values()) for ht in hours.values())
     return f"{total} invalid {table} row(s) -- " + "; ".join(parts)
 

@@ -1,27 +1,75 @@
-"""Extract: one window of LiteLLM spend aggregated in PostgreSQL into the window's stage."""
+"""Extract: one window of LiteLLM spend aggregated in PostgreSQL into the window's stage, and its typed reader."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import (
-    exact_decimal,
-    exact_sum,
-)
+from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
-from cloudzero_provider.pipeline.common import INVALID_POLICIES, SOURCES, _now, describe_invalid
+from cloudzero_provider.options import ExportOptions
+from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, day_label
+from cloudzero_provider.windows import (
+    Window,
+    day_label,
+    iso_hour,
+    iso_instant,
+    parse_hour,
+    parse_instant,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
-# -- extract ----------------------------------------------------------------------------------------------
+
+@dataclass
+class ExtractSummary:
+    """What ``extract.json`` records of a window: when, from which source and dimensions, and per hour
+    PostgreSQL's own totals (``requests``, ``spend`` ...) and invalid rows."""
+
+    extracted_at: datetime
+    source: str
+    dimensions: list[str]
+    rows: int
+    hours: dict[datetime, dict[str, Any]] = field(default_factory=dict)
+    failed_hours: dict[datetime, str] = field(default_factory=dict)
+
+    def requests(self, hour: datetime) -> int:
+        return int(self.hours.get(hour, {}).get("requests", 0))
+
+    def spend(self, hour: datetime) -> str:
+        return str(self.hours.get(hour, {}).get("spend", "0"))
+
+
+def read_extract(stage: WindowStage) -> ExtractSummary:
+    """``extract.json`` of a stage, its hours as datetimes."""
+    raw = stage.read_json("extract.json")
+    return ExtractSummary(
+        extracted_at=parse_instant(raw["extracted_at"], what="extracted_at"),
+        source=raw["source"],
+        dimensions=list(raw["dimensions"]),
+        rows=int(raw["rows"]),
+        hours={parse_hour(h): figures for h, figures in raw["hours"].items()},
+        failed_hours={parse_hour(h): why for h, why in (raw.get("failed_hours") or {}).items()},
+    )
+
+
+def staged_rows(stage: WindowStage) -> Iterator[dict[str, Any]]:
+    """The aggregated rows of ``extract.jsonl``, hour by hour as the extract streamed them, each ``hour`` a
+    datetime (an hour's rows share one text: it is parsed once)."""
+    hours: dict[str, datetime] = {}
+    for row in stage.read_jsonl("extract.jsonl"):
+        text = row["hour"]
+        row["hour"] = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
+        yield row
 
 
 def extract_window(
@@ -29,9 +77,8 @@ def extract_window(
     window: Window,
     stage: WindowStage,
     *,
-    dimensions: Sequence[str] | None,
+    options: ExportOptions,
     source: str = "spend_logs",
-    on_invalid: str = "fail",
     isolate_hours: bool = False,
 ) -> dict[str, Any]:
     """
@@ -42,17 +89,16 @@ def extract_window(
     fails at the end naming them.
     """
     try:
-        dims: list[Dimension] = resolve(dimensions)
+        options.checked()
+        dims: list[Dimension] = resolve(options.dimension_names())
     except ValueError as exc:
-        raise AirflowFailException(f"Invalid dimensions: {exc}") from None
-    if on_invalid not in INVALID_POLICIES:
-        raise AirflowFailException(f"on_invalid must be one of {INVALID_POLICIES}, got {on_invalid!r}")
+        raise AirflowFailException(str(exc)) from None
     if source not in SOURCES:
         raise AirflowFailException(f"source must be one of {SOURCES}, got {source!r}")
     src: Source = source  # type: ignore[assignment]
     stage.remove("extract.json")  # a failed re-run must not leave the previous run's summary behind
-    extracted_at = _now()
-    hours: dict[str, HourTotal] = {}
+    extracted_at = utc_now()
+    hours: dict[datetime, HourTotal] = {}
 
     def rows() -> Iterator[dict[str, Any]]:
         for item in hook.aggregate(window, dims, src):
@@ -69,27 +115,22 @@ def extract_window(
     bad_hours = {h: ht for h, ht in hours.items() if ht.invalid}
     invalid_rows = sum(sum(ht.invalid.values()) for ht in bad_hours.values())
     quarantine = None
-    failed_hours: dict[str, str] = {}
-    if bad_hours and on_invalid == "fail" and isolate_hours:
+    failed_hours: dict[datetime, str] = {}
+    if bad_hours and options.on_invalid == "fail" and isolate_hours:
         failed_hours = {h: describe_invalid({h: ht}, table) for h, ht in sorted(bad_hours.items())}
         log.error("Window %s: %d hour(s) hold invalid rows and will not be exported: %s", window,
                   len(failed_hours), "; ".join(failed_hours.values()))  # fmt: skip
-    elif bad_hours and on_invalid == "fail":
+    elif bad_hours and options.on_invalid == "fail":
         raise AirflowFailException(
             f"Window {window}: {describe_invalid(bad_hours, table)}. Nothing was exported. Fix these rows in "
             "the LiteLLM database, or set on_invalid='quarantine' to export the valid rows and keep the "
             "invalid ones in quarantine.jsonl."
         )
-    if bad_hours and on_invalid == "quarantine":
+    if bad_hours and options.on_invalid == "quarantine":
         written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
         quarantine = str(stage.path("quarantine.jsonl"))
-        log.warning(
-            "Window %s: quarantined %d row(s) in %s -- %s",
-            window,
-            written,
-            quarantine,
-            describe_invalid(bad_hours, table),
-        )
+        log.warning("Window %s: quarantined %d row(s) in %s -- %s", window, written, quarantine,
+                    describe_invalid(bad_hours, table))  # fmt: skip
     else:
         stage.remove("quarantine.jsonl")
     requests = sum(ht.totals.requests for ht in hours.values())
@@ -99,34 +140,29 @@ def extract_window(
         "extract.json",
         {
             "window": {"start": window.start.isoformat(), "end": window.end.isoformat()},
-            "extracted_at": extracted_at,
+            "extracted_at": iso_instant(extracted_at),
             "source": source,
             "dimensions": names(dims),
             "rows": row_count,
             "hours": {
-                h: {**ht.totals.as_dict(), "invalid": ht.invalid, "invalid_samples": ht.invalid_samples}
+                iso_hour(h): {
+                    **ht.totals.as_dict(),
+                    "invalid": ht.invalid,
+                    "invalid_samples": ht.invalid_samples,
+                }
                 for h, ht in sorted(hours.items())
             },
             "invalid_rows": invalid_rows,
             "quarantine": quarantine,
-            "failed_hours": failed_hours,
+            "failed_hours": {iso_hour(h): why for h, why in failed_hours.items()},
         },
     )
-    hint = None
-    if source == "spend_logs" and not hours:
-        hint = _spend_logs_look_off(hook, window)
+    hint = _spend_logs_look_off(hook, window) if source == "spend_logs" and not hours else None
     log.info(
         "Extracted %s from %s: %d rows over %d hour(s), %d requests, %d tokens, spend %s USD, %d invalid row(s)%s",
-        window,
-        table,
-        row_count,
-        len(hours),
-        requests,
-        tokens,
-        spend,
-        invalid_rows,
+        window, table, row_count, len(hours), requests, tokens, spend, invalid_rows,
         f" quarantined in {quarantine}" if quarantine else "",
-    )
+    )  # fmt: skip
     return {
         "window": window.label,
         "path": str(stage.path("extract.jsonl")),
@@ -136,7 +172,7 @@ def extract_window(
         "spend": spend,
         "invalid_rows": invalid_rows,
         "quarantine": quarantine,
-        "failed_hours": sorted(failed_hours),
+        "failed_hours": sorted(iso_hour(h) for h in failed_hours),
         **({"hint": hint} if hint else {}),
     }
 

@@ -1,55 +1,32 @@
-"""One owner per UTC day and stream: hourly (spend logs) or daily-rollup data, never both."""
+"""One owner per UTC day and stream: hourly (spend logs) or daily-rollup data, never both.
+
+Who owns a day is :meth:`ManifestStore.day_owner`; this module applies the answer to the hours about to be sent.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.drops import (
-    serialize_row,
-)
-from cloudzero_provider.manifests import ManifestStore
-from cloudzero_provider.windows import DAY, Window, day_label, iso_hour, parse_hour
+from cloudzero_provider.drops import serialize_row
+from cloudzero_provider.manifests import DAILY_ORIGINS, SPEND_LOGS, ManifestStore
+from cloudzero_provider.windows import DAY, Window, day_label, day_start, iso_hour
 
 log = logging.getLogger(__name__)
 
-# -- source ownership -------------------------------------------------------------------------------------
-
-DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
 SWITCH_HINT = {
     "spend_logs": "trigger litellm_cloudzero_range for that day with take_over=true",
     "daily": "trigger litellm_cloudzero_daily_rollup for that day with take_over=true",
 }
 
 
-def day_owner(manifests: ManifestStore, day: datetime) -> str | None:
-    """
-    Which source owns a UTC day of a stream: the daily-rollup export (its origin, recorded on the day's 00:00
-    manifest), ``spend_logs`` when any hour of the day went out from spend logs, or ``None``.
-
-    Daily rows sit at 00:00, so hourly and daily data of one day in one stream would either erase each other
-    (``replace_hourly`` of hour 00) or be counted twice: a day has one owner.
-    """
-    first = manifests.get(day)
-    if first and str(first.get("origin", "")) in DAILY_ORIGINS and first.get("status") != "failed":
-        return str(first["origin"])
-    for hour in Window(day, day + DAY).hour_starts():
-        m = manifests.get(hour)
-        if (
-            m
-            and m.get("origin", "spend_logs") == "spend_logs"
-            and (m.get("drop_ids") or m.get("status") == "sending")
-        ):
-            return "spend_logs"
-    return None
-
-
-def clearing_row(hour: str) -> dict[str, str]:
+def clearing_row(hour: datetime) -> dict[str, str]:
     """One zero-cost CBF row: sent with ``replace_hourly`` it leaves the hour at exactly 0 in CloudZero."""
     return {
-        "time/usage_start": hour,
+        "time/usage_start": iso_hour(hour),
         "cost/cost": "0",
         "lineitem/type": "Usage",
         "lineitem/description": "cleared: this hour holds no LLM spend from this source",
@@ -59,23 +36,29 @@ def clearing_row(hour: str) -> dict[str, str]:
     }
 
 
-def _apply_ownership(
-    rows_by_hour: dict[str, list[bytes]],
+@dataclass
+class Ownership:
+    """What owning the window's days changed: hours cleared to 0, hours not sent because another source owns
+    their day."""
+
+    cleared: set[datetime] = field(default_factory=set)
+    owned_elsewhere: list[datetime] = field(default_factory=list)
+
+
+def apply_ownership(
+    rows_by_hour: dict[datetime, list[bytes]],
     window: Window,
     manifests: ManifestStore,
     *,
     origin: str,
     take_over: bool,
-    dropped: list[str],
-) -> set[str]:
-    """Drop the hours another source owns into ``dropped`` (or, with ``take_over``, add the clearing rows that
-    switch them); returns the hours to clear."""
-    days = sorted(
-        {parse_hour(h).replace(hour=0) for h in rows_by_hour} | {d.start for d in window.each_day()}
-    )
-    clear: set[str] = set()
+) -> Ownership:
+    """Drop the hours another source owns (or, with ``take_over``, add the clearing rows that switch them), in
+    place."""
+    days = sorted({day_start(h) for h in rows_by_hour} | {d.start for d in window.each_day()})
+    out = Ownership()
     for day in days:
-        owner = day_owner(manifests, day)
+        owner = manifests.day_owner(day)
         if owner is None or owner == origin:
             continue
         if owner in DAILY_ORIGINS and origin in DAILY_ORIGINS:
@@ -84,16 +67,16 @@ def _apply_ownership(
                     f"{day_label(day)} of this stream is owned by the {owner} export, not {origin}: the two "
                     f"rollup tables count the same requests. Nothing was sent. To switch, {SWITCH_HINT['daily']}."
                 )
-            if iso_hour(day) not in rows_by_hour:
-                clear.add(iso_hour(day))
+            if day not in rows_by_hour:
+                out.cleared.add(day)
             continue
         hours = Window(day, day + DAY).hour_starts()
         if not take_over:
-            if origin == "spend_logs":
-                owned = [iso_hour(h) for h in hours if iso_hour(h) in rows_by_hour]
+            if origin == SPEND_LOGS:
+                owned = [h for h in hours if h in rows_by_hour]
                 for h in owned:
                     del rows_by_hour[h]
-                dropped.extend(owned)
+                out.owned_elsewhere.extend(owned)
                 log.warning(
                     "%s of this stream is owned by the daily-rollup export (%s): not sending %d hour(s) from spend "
                     "logs into it. To switch the day to hourly data, %s.",
@@ -105,19 +88,18 @@ def _apply_ownership(
                 f"export ({origin}) of it would count its spend twice. Nothing was sent. To switch the day to the "
                 f"daily rollup, {SWITCH_HINT['daily']}; to keep hourly data, leave it to litellm_cloudzero_hourly."
             )
-        if origin == "spend_logs":  # the daily rows sit at 00:00: replace them, with nothing if need be
-            first = iso_hour(day)
-            if first not in rows_by_hour:
-                clear.add(first)
+        if origin == SPEND_LOGS:  # the daily rows sit at 00:00: replace them, with nothing if need be
+            if day not in rows_by_hour:
+                out.cleared.add(day)
         else:  # every hour the spend-log export sent that day goes back to 0
             for hour in hours[1:]:
                 m = manifests.get(hour)
-                if m and m.get("origin", "spend_logs") == "spend_logs" and m.get("drop_ids"):
-                    clear.add(iso_hour(hour))
-            if iso_hour(day) not in rows_by_hour:
-                clear.add(iso_hour(day))
+                if m and m.is_ours and m.drop_ids:
+                    out.cleared.add(hour)
+            if day not in rows_by_hour:
+                out.cleared.add(day)
         log.warning("Taking %s of this stream over from %s to %s: clearing %d hour(s)", day_label(day), owner,
-                    origin, len(clear))  # fmt: skip
-    for cleared_hour in clear:
-        rows_by_hour[cleared_hour] = [serialize_row(clearing_row(cleared_hour))]
-    return clear
+                    origin, len(out.cleared))  # fmt: skip
+    for hour in out.cleared:
+        rows_by_hour[hour] = [serialize_row(clearing_row(hour))]
+    return out

@@ -1,9 +1,12 @@
-"""Transform: staged aggregate rows -> validated CBF rows, reconciled exactly with the source per hour."""
+"""Transform: staged aggregate rows -> validated CBF rows, reconciled exactly with the source per hour; and the
+integrity check of staged CBF rows against what the transform recorded, which the upload runs before sending."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from itertools import groupby
 from typing import Any
@@ -18,16 +21,61 @@ from cloudzero_provider.cbf import (
     exact_sum,
     fold_rare_values,
     is_caller_controlled,
-    transform,
+    transform_pairs,
 )
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.pipeline.common import DEFAULT_MAX_VALUES_PER_HOUR, MONTH_ROW_LIMIT
+from cloudzero_provider.drops import serialize_row
+from cloudzero_provider.options import DEFAULT_MAX_VALUES_PER_HOUR
+from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
+from cloudzero_provider.pipeline.extract import read_extract, staged_rows
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, parse_hour
+from cloudzero_provider.windows import (
+    Window,
+    days_in_month,
+    hour_of,
+    iso_hour,
+    iso_instant,
+    parse_hour,
+    parse_instant,
+)
 
 log = logging.getLogger(__name__)
 
-# -- transform --------------------------------------------------------------------------------------------
+
+@dataclass
+class HourFigures:
+    """One hour's CBF rows, exact cost and tokens as the transform wrote them."""
+
+    rows: int
+    cost: str
+    tokens: int
+
+
+@dataclass
+class TransformSummary:
+    """What ``transform.json`` records of a window."""
+
+    rows: int
+    cost: str
+    hours: dict[datetime, HourFigures] = field(default_factory=dict)
+    extracted_at: datetime | None = None
+    max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR
+
+
+def read_transform(stage: WindowStage) -> TransformSummary:
+    raw = stage.read_json("transform.json")
+    return TransformSummary(
+        rows=int(raw["rows"]),
+        cost=str(raw["cost"]),
+        hours={
+            parse_hour(h): HourFigures(int(f["rows"]), str(f["cost"]), int(f["tokens"]))
+            for h, f in raw["hours"].items()
+        },
+        extracted_at=parse_instant(raw["extracted_at"], what="extracted_at")
+        if raw.get("extracted_at")
+        else None,
+        max_values_per_hour=raw.get("max_values_per_hour"),
+    )
 
 
 def transform_window(
@@ -35,35 +83,34 @@ def transform_window(
 ) -> dict[str, Any]:
     """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals.
 
-    ``transform.json`` records each hour's rows, cost and tokens; the upload checks ``cbf.jsonl`` against them
-    and writes them into the hour's manifest. Values LLM callers choose (``end_user``, request tags) are capped
-    at ``max_values_per_hour`` distinct values per hour, the rest folded into ``(other)`` with their cost; rows
-    of exactly zero cost are not sent (both counted in the result).
+    Works hour by hour (the extract streams its rows in hour order), so memory holds one hour's aggregated rows,
+    never a window's. ``transform.json`` records each hour's rows, cost and tokens; the upload checks
+    ``cbf.jsonl`` against them and writes them into the hour's manifest. Values LLM callers choose (``end_user``,
+    request tags) are capped at ``max_values_per_hour`` distinct values per hour, the rest folded into ``(other)``
+    with their cost; rows of exactly zero cost are not sent (both counted in the result).
     """
-    extract = stage.read_json("extract.json")
-    dims = resolve(extract["dimensions"])
-    cost: dict[str, Decimal] = {}
-    tokens: dict[str, int] = {}
-    rows: dict[str, int] = {}
-    folded: dict[str, dict[str, int]] = {}
+    extract = read_extract(stage)
+    dims = resolve(extract.dimensions)
+    capped = [d.name for d in dims if is_caller_controlled(d.name)]
+    cost: dict[datetime, Decimal] = {}
+    tokens: dict[datetime, int] = {}
+    rows: dict[datetime, int] = {}
+    folded: dict[datetime, dict[str, int]] = {}
     zero_cost = 0
 
-    def capped_rows() -> Iterator[dict[str, Any]]:
-        staged = stage.read_jsonl("extract.jsonl")
-        capped = [d.name for d in dims if is_caller_controlled(d.name)]
-        if not capped or max_values_per_hour is None:
-            yield from staged
-            return
-        for hour, group in groupby(staged, key=lambda r: r["hour"]):  # the extract streams hour by hour
-            hour_rows, hour_folded = fold_rare_values(list(group), capped, max_values_per_hour)
-            if hour_folded:
-                folded[hour] = hour_folded
-            yield from hour_rows
+    def hour_rows() -> Iterator[dict[str, Any]]:
+        for hour, group in groupby(staged_rows(stage), key=lambda r: r["hour"]):
+            one_hour = list(group)
+            if capped and max_values_per_hour is not None:
+                one_hour, hour_folded = fold_rare_values(one_hour, capped, max_values_per_hour)
+                if hour_folded:
+                    folded[hour] = hour_folded
+            yield from one_hour
 
     def cbf_rows() -> Iterator[dict[str, str]]:
         nonlocal zero_cost
-        for row in transform(capped_rows(), dims):
-            hour = row["time/usage_start"]
+        for source, row in transform_pairs(hour_rows(), dims):
+            hour = source["hour"]
             if row["cost/cost"] == "0":
                 zero_cost += 1  # adds nothing to CloudZero: not sent, counted
                 continue
@@ -79,11 +126,11 @@ def transform_window(
         stage.remove("cbf.jsonl")
         raise AirflowFailException(f"Window {window}: {exc}") from None
     mismatches = []
-    for hour in sorted(set(cost) | set(extract["hours"])):
-        source = Decimal(extract["hours"].get(hour, {}).get("spend", "0"))
+    for hour in sorted(set(cost) | set(extract.hours)):
+        source = Decimal(extract.spend(hour))
         if cost.get(hour, Decimal(0)) != source:
             mismatches.append(
-                f"hour {hour}: CBF cost/cost sums to {exact_decimal(cost.get(hour, Decimal(0)))} but "
+                f"hour {iso_hour(hour)}: CBF cost/cost sums to {exact_decimal(cost.get(hour, Decimal(0)))} but "
                 f"SUM(spend::numeric) of its source rows is {exact_decimal(source)}"
             )
     if mismatches:
@@ -92,27 +139,23 @@ def transform_window(
             f"Window {window} does not reconcile, nothing will be uploaded: " + "; ".join(mismatches)
         )
     total = exact_decimal(exact_sum(cost.values()))
-    hours = {h: {"rows": rows[h], "cost": exact_decimal(cost[h]), "tokens": tokens[h]} for h in sorted(rows)}
+    hours = {h: HourFigures(rows[h], exact_decimal(cost[h]), tokens[h]) for h in sorted(rows)}
     if folded:
         log.warning(
             "Window %s: more than %d distinct caller-chosen values in an hour; the rest were folded into %s with "
             "their cost: %s",
-            window,
-            max_values_per_hour,
-            OTHER,
-            "; ".join(
-                f"{h}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())
-            ),
-        )
+            window, max_values_per_hour, OTHER,
+            "; ".join(f"{iso_hour(h)}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())),
+        )  # fmt: skip
     projection = _month_projection(hours)
     stage.write_json(
         "transform.json",
         {
             "rows": written,
             "cost": total,
-            "hours": hours,
-            "extracted_at": extract["extracted_at"],
-            "folded": folded,
+            "hours": {iso_hour(h): f.__dict__ for h, f in hours.items()},
+            "extracted_at": iso_instant(extract.extracted_at),
+            "folded": {iso_hour(h): f for h, f in sorted(folded.items())},
             "zero_cost_rows": zero_cost,
             "month_projection": projection,
             "max_values_per_hour": max_values_per_hour,
@@ -120,12 +163,8 @@ def transform_window(
     )
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
-        window,
-        written,
-        len(hours),
-        total,
-        sum(tokens.values()),
-    )
+        window, written, len(hours), total, sum(tokens.values()),
+    )  # fmt: skip
     return {
         "window": window.label,
         "path": str(stage.path("cbf.jsonl")),
@@ -140,22 +179,63 @@ def transform_window(
     }
 
 
-def _month_projection(hours: Mapping[str, Mapping[str, Any]]) -> int | None:
+def _month_projection(hours: Mapping[datetime, HourFigures]) -> int | None:
     """Rows a month would reach at the busiest hour's rate, when that crosses CloudZero's per-stream limit."""
     if not hours:
         return None
-    busiest = max(int(fig["rows"]) for fig in hours.values())
-    first = parse_hour(min(hours))
-    days = (first.replace(month=first.month % 12 + 1, year=first.year + first.month // 12, day=1)
-            - first.replace(day=1)).days  # fmt: skip
-    projected = busiest * 24 * days
+    busiest = max(fig.rows for fig in hours.values())
+    projected = busiest * 24 * days_in_month(min(hours))
     if projected <= MONTH_ROW_LIMIT:
         return None
     log.warning(
         "At this window's busiest hour (%d CBF rows) a month would reach %d rows, over CloudZero's %d rows per "
         "stream and month: drop a high-cardinality dimension or lower max_values_per_hour",
-        busiest,
-        projected,
-        MONTH_ROW_LIMIT,
-    )
+        busiest, projected, MONTH_ROW_LIMIT,
+    )  # fmt: skip
     return projected
+
+
+def staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[datetime, list[bytes]], TransformSummary]:
+    """``cbf.jsonl`` grouped by hour (serialized rows), checked against what the transform recorded.
+
+    A ``cbf.jsonl`` that does not hold the rows and cost the transform reconciled (a torn or edited file) is
+    rebuilt once from ``extract.jsonl`` with the transform's own settings; if it still disagrees nothing is sent.
+    """
+    problems: list[str] = []
+    for attempt in (1, 2):
+        recorded = read_transform(stage)
+        try:
+            cbf = list(stage.read_jsonl("cbf.jsonl"))
+        except ValueError as exc:  # a line cut in the middle
+            cbf, torn = [], f"cbf.jsonl cannot be read ({exc})"
+        else:
+            torn = ""
+        by_hour: dict[datetime, list[bytes]] = {}
+        cost: dict[datetime, Decimal] = {}
+        hours_of: dict[str, datetime] = {}  # an hour's rows share one text: parse it once
+        for row in cbf:
+            text = row["time/usage_start"]
+            hour = hours_of.get(text) or hours_of.setdefault(text, hour_of(text))
+            by_hour.setdefault(hour, []).append(serialize_row(row))
+            cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), Decimal(row["cost/cost"]))
+        problems = [
+            f"hour {iso_hour(h)}: cbf.jsonl holds {len(by_hour.get(h, []))} rows / "
+            f"{exact_decimal(cost.get(h, Decimal(0)))} USD, the transform recorded {fig.rows} / {fig.cost}"
+            for h, fig in sorted(recorded.hours.items())
+            if len(by_hour.get(h, [])) != fig.rows or cost.get(h, Decimal(0)) != Decimal(fig.cost)
+        ]
+        problems += [
+            f"hour {iso_hour(h)}: in cbf.jsonl but not in transform.json"
+            for h in by_hour
+            if h not in recorded.hours
+        ]
+        if torn:
+            problems.append(torn)
+        if not problems:
+            return by_hour, recorded
+        if attempt == 1:
+            log.warning("Window %s: staged CBF rows do not match the transform (%s); transforming again",
+                        window, "; ".join(problems))  # fmt: skip
+            transform_window(window, stage, max_values_per_hour=recorded.max_values_per_hour)
+    raise AirflowFailException(f"Window {window}: refusing to send CBF rows that do not match the transform: "
+                               + "; ".join(problems))  # fmt: skip

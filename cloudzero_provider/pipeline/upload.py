@@ -5,26 +5,20 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from cloudzero_provider.cbf import (
-    exact_decimal,
-    exact_sum,
-)
-from cloudzero_provider.drops import (
-    DEFAULT_MAX_REQUEST_BYTES,
-    content_digest,
-    serialize_row,
-)
+from cloudzero_provider.cbf import exact_decimal, exact_sum
+from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES, content_digest, serialize_row
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-from cloudzero_provider.manifests import ManifestStore
-from cloudzero_provider.pipeline.common import _now
-from cloudzero_provider.pipeline.ownership import _apply_ownership, clearing_row
-from cloudzero_provider.pipeline.send import _send_all, _staged_cbf
+from cloudzero_provider.manifests import EXPORTED, FAILED, SPEND_LOGS, Manifest, ManifestStore, SourceTotals
+from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract
+from cloudzero_provider.pipeline.ownership import apply_ownership, clearing_row
+from cloudzero_provider.pipeline.sending import Receipts, send_hours
+from cloudzero_provider.pipeline.transform import HourFigures, staged_cbf
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, hour_label, iso_hour, parse_hour
+from cloudzero_provider.windows import Window, hour_label, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -35,65 +29,86 @@ def clear_hours(
     manifests: ManifestStore,
     *,
     salt: str,
-    origin: str = "spend_logs",
+    origin: str = SPEND_LOGS,
 ) -> int:
     """Leave each hour at exactly 0 in CloudZero (one zero-cost row with ``replace_hourly``); returns requests."""
-    rows_by_hour = {iso_hour(h): [serialize_row(clearing_row(iso_hour(h)))] for h in hours}
+    rows_by_hour = {h: [serialize_row(clearing_row(h))] for h in hours}
     connection_id = hook.connection_id
-    stamp = _now()
+    stamp = utc_now()
 
-    def record(hour: str, receipts: list[dict[str, Any]]) -> None:
+    def record(hour: datetime, receipts: Receipts) -> None:
         manifests.write_exported(
-            parse_hour(hour),
-            {
-                "connection_id": connection_id,
-                "window": hour_label(parse_hour(hour)),
-                "rows": 0,
-                "cost": "0",
-                "tokens": 0,
-                "content_sha256": content_digest(rows_by_hour[hour]),
-                "drop_ids": [r["drop_id"] for r in receipts],
-                "receipts": receipts,
-                "sent_at": stamp,
-                "extracted_at": stamp,
-                "source": {"requests": 0, "spend": "0"},
-                "origin": origin,
-                "cleared": True,
-                "run": salt,
-            },
+            Manifest(
+                hour,
+                connection_id=connection_id,
+                window=hour_label(hour),
+                content_sha256=content_digest(rows_by_hour[hour]),
+                drop_ids=[r["drop_id"] for r in receipts],
+                receipts=receipts,
+                sent_at=stamp,
+                extracted_at=stamp,
+                source=SourceTotals(),
+                origin=origin,
+                cleared=True,
+                run=salt,
+            ),
             late_correction=True,
         )
 
-    return _send_all(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, salt=salt,
-                     manifests=manifests, on_hour_sent=record)  # fmt: skip
+    return send_hours(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, salt=salt,
+                      manifests=manifests, on_hour_sent=record)  # fmt: skip
 
 
 def _emptied_hours(
     window: Window,
-    rows_by_hour: Mapping[str, Sequence[bytes]],
-    extract: Mapping[str, Any],
+    rows_by_hour: Mapping[datetime, Sequence[bytes]],
+    extract: ExtractSummary,
     manifests: ManifestStore,
     *,
     origin: str,
-) -> list[str]:
+) -> list[datetime]:
     """Hours of the window this source exported with a cost that now have nothing to send: without an explicit
     clearing row, CloudZero would keep their old cost forever (an empty hour sends no request)."""
-    failed = set(extract.get("failed_hours") or {})
     out = []
-    for start in window.hour_starts():
-        hour = iso_hour(start)
-        if hour in rows_by_hour or hour in failed:
+    for hour in window.hour_starts():
+        if hour in rows_by_hour or hour in extract.failed_hours:
             continue
-        m = manifests.get(start)
-        if (
-            m
-            and m.get("status") == "exported"
-            and m.get("origin", "spend_logs") == origin
-            and not m.get("cleared")
-            and Decimal(str(m.get("cost", "0"))) != 0
-        ):
+        m = manifests.get(hour)
+        if m and m.exported and m.origin == origin and not m.cleared and m.sent_cost != 0:
             out.append(hour)
     return out
+
+
+@dataclass
+class UploadResult:
+    """What an upload did; :meth:`as_xcom` is its small summary, hours as labels."""
+
+    window: Window
+    hours: list[datetime]
+    rows: int
+    cost: str
+    requests_sent: int
+    drop_ids: list[str]
+    skipped_newer: list[datetime] = field(default_factory=list)
+    unchanged: list[datetime] = field(default_factory=list)
+    cleared: list[datetime] = field(default_factory=list)
+    skipped_owned: list[datetime] = field(default_factory=list)
+    failed_hours: dict[datetime, str] = field(default_factory=dict)
+
+    def as_xcom(self) -> dict[str, Any]:
+        return {
+            "window": self.window.label,
+            "hours": [hour_label(h) for h in self.hours],
+            "rows": self.rows,
+            "cost": self.cost,
+            "requests_sent": self.requests_sent,
+            "drop_ids": self.drop_ids,
+            "skipped_newer": [hour_label(h) for h in self.skipped_newer],
+            "unchanged": [hour_label(h) for h in self.unchanged],
+            "cleared": [hour_label(h) for h in self.cleared],
+            "skipped_owned": [hour_label(h) for h in self.skipped_owned],
+            "failed_hours": {hour_label(h): why for h, why in sorted(self.failed_hours.items())},
+        }
 
 
 def upload_window(
@@ -106,9 +121,9 @@ def upload_window(
     salt: str,
     late_correction: bool = False,
     skip_unchanged: bool = False,
-    origin: str = "spend_logs",
+    origin: str = SPEND_LOGS,
     take_over: bool = False,
-) -> dict[str, Any]:
+) -> UploadResult:
     """
     Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
 
@@ -120,105 +135,97 @@ def upload_window(
     :param skip_unchanged: Do not send an hour whose manifest says it was exported with exactly these rows
         (a retry, or a range run again, redoes only what is not yet in CloudZero).
     :param origin: The source the rows come from (``spend_logs``, ``daily_team``, ``daily_user``); a UTC day of
-        a stream is owned by one source (see :func:`day_owner`), and the other never writes into it.
+        a stream is owned by one source (see :meth:`ManifestStore.day_owner`), and the other never writes into it.
     :param take_over: Switch the days of the window to ``origin``: the other source's hours of those days are
         cleared (left at exactly 0) as the new rows are sent.
     """
-    rows_by_hour, recorded = _staged_cbf(window, stage)
-    extract = stage.read_json("extract.json")
-    owned_elsewhere: list[str] = []
+    rows_by_hour, recorded = staged_cbf(window, stage)
+    extract = read_extract(stage)
     emptied = _emptied_hours(window, rows_by_hour, extract, manifests, origin=origin)
-    cleared = _apply_ownership(rows_by_hour, window, manifests, origin=origin, take_over=take_over,
-                               dropped=owned_elsewhere)  # fmt: skip
+    ownership = apply_ownership(rows_by_hour, window, manifests, origin=origin, take_over=take_over)
+    cleared = ownership.cleared
     for hour in emptied:
         rows_by_hour[hour] = [serialize_row(clearing_row(hour))]
         cleared.add(hour)
     if emptied:
         log.warning("Clearing %d hour(s) to 0 in CloudZero: exported before, they hold no spend now: %s",
-                    len(emptied), emptied)  # fmt: skip
-    failed: dict[str, str] = dict(extract.get("failed_hours") or {})
-    for hour, reason in failed.items():
+                    len(emptied), [hour_label(h) for h in emptied])  # fmt: skip
+    for hour, reason in extract.failed_hours.items():
         rows_by_hour.pop(hour, None)
-        manifests.mark(parse_hour(hour), status="failed", run=salt, reason=reason)
+        manifests.mark(hour, status=FAILED, run=salt, reason=reason)
     skipped, unchanged = [], []
     for hour in list(rows_by_hour):
-        current = manifests.get(parse_hour(hour))
-        if current and current.get("extracted_at", "") > extract["extracted_at"]:
+        current = manifests.get(hour)
+        if current and current.extracted_at and current.extracted_at > extract.extracted_at:
             # A newer extract of this hour was already sent: never overwrite it with older data.
             skipped.append(hour)
             del rows_by_hour[hour]
         elif (
             skip_unchanged
             and current
-            and current.get("status") == "exported"
-            and current.get("content_sha256") == content_digest(rows_by_hour[hour])
+            and current.status == EXPORTED
+            and current.content_sha256 == content_digest(rows_by_hour[hour])
         ):
             unchanged.append(hour)
             del rows_by_hour[hour]
     if skipped:
-        log.warning("Not sending hour(s) %s: a newer extract of them was already exported", skipped)
+        log.warning("Not sending hour(s) %s: a newer extract of them was already exported",
+                    [hour_label(h) for h in skipped])  # fmt: skip
     if unchanged:
         log.info("%d hour(s) already exported with exactly these rows, not sent again", len(unchanged))
     connection_id = hook.connection_id
     total_hours = len(rows_by_hour)
     started = time.monotonic()
+    done: list[datetime] = []
 
-    def record(hour: str, receipts: list[dict[str, Any]]) -> None:
-        src = extract["hours"].get(hour, {})
-        fig = recorded["hours"].get(hour) or {"rows": 0, "cost": "0", "tokens": 0}  # a cleared hour
+    def record(hour: datetime, receipts: Receipts) -> None:
+        fig = recorded.hours.get(hour) or HourFigures(0, "0", 0)  # a cleared hour
         manifests.write_exported(
-            parse_hour(hour),
-            {
-                "connection_id": connection_id,
-                "window": window.label,
-                "rows": fig["rows"],
-                "cost": fig["cost"],
-                "tokens": fig["tokens"],
-                "content_sha256": content_digest(rows_by_hour[hour]),
-                "drop_ids": [r["drop_id"] for r in receipts],
-                "receipts": receipts,
-                "sent_at": _now(),
-                "extracted_at": extract["extracted_at"],
-                "source": {"requests": src.get("requests", 0), "spend": src.get("spend", "0")},
-                "origin": origin,
-                "cleared": hour in cleared,
-                "run": salt,
-            },
+            Manifest(
+                hour,
+                connection_id=connection_id,
+                window=window.label,
+                rows=fig.rows,
+                cost=fig.cost,
+                tokens=fig.tokens,
+                content_sha256=content_digest(rows_by_hour[hour]),
+                drop_ids=[r["drop_id"] for r in receipts],
+                receipts=receipts,
+                sent_at=utc_now(),
+                extracted_at=extract.extracted_at,
+                source=SourceTotals(extract.requests(hour), extract.spend(hour)),
+                origin=origin,
+                cleared=hour in cleared,
+                run=salt,
+            ),
             late_correction=late_correction,
         )
         done.append(hour)
         elapsed = max(time.monotonic() - started, 1e-9)
-        requests_done = sum(int(extract["hours"].get(h, {}).get("requests", 0)) for h in done)
-        log.info("Hour %s exported: %d/%d hour(s) of %s done, %.0f source requests/s", hour, len(done),
+        requests_done = sum(extract.requests(h) for h in done)
+        log.info("Hour %s exported: %d/%d hour(s) of %s done, %.0f source requests/s", hour_label(hour), len(done),
                  total_hours, window, requests_done / elapsed)  # fmt: skip
 
-    done: list[str] = []
-    sent = _send_all(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
-                     on_hour_sent=record)  # fmt: skip
+    sent = send_hours(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
+                      on_hour_sent=record)  # fmt: skip
     exported = sorted(rows_by_hour)
-    total = exact_decimal(exact_sum(recorded["hours"][h]["cost"] for h in exported if h in recorded["hours"]))
+    total = exact_decimal(exact_sum(recorded.hours[h].cost for h in exported if h in recorded.hours))
     rows = sum(len(v) for v in rows_by_hour.values())
-    drops = sorted({d for h in exported for d in (manifests.get(parse_hour(h)) or {}).get("drop_ids", [])})
+    drops = sorted({d for h in exported for d in (manifests.get(h) or Manifest(h)).drop_ids})
     log.info(
         "Uploaded %s to AnyCost connection %s: %d hour(s), %d rows, cost %s USD, %d request(s); drops %s",
-        window,
-        connection_id,
-        len(exported),
-        rows,
-        total,
-        sent,
-        drops,
+        window, connection_id, len(exported), rows, total, sent, drops,
+    )  # fmt: skip
+    return UploadResult(
+        window=window,
+        hours=exported,
+        rows=rows,
+        cost=total,
+        requests_sent=sent,
+        drop_ids=drops,
+        skipped_newer=skipped,
+        unchanged=unchanged,
+        cleared=sorted(cleared),
+        skipped_owned=ownership.owned_elsewhere,
+        failed_hours=dict(sorted(extract.failed_hours.items())),
     )
-    return {
-        "window": window.label,
-        "hours": [hour_label(parse_hour(h)) for h in exported],
-        "rows": rows,
-        "cost": total,
-        "requests_sent": sent,
-        "drop_ids": drops,
-        "skipped_newer": skipped,
-        "unchanged": [hour_label(parse_hour(h)) for h in unchanged],
-        "cleared": [hour_label(parse_hour(h)) for h in sorted(cleared)],
-        "skipped_owned": [hour_label(parse_hour(h)) for h in owned_elsewhere],
-        "failed_hours": {hour_label(parse_hour(h)): reason for h, reason in sorted(failed.items())},
-    }

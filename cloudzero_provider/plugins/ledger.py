@@ -18,50 +18,50 @@ from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
 
+from cloudzero_provider.manifests import DAILY_ORIGINS, Manifest
 from cloudzero_provider.target import TARGET_NAME_RE, ExportTarget
-from cloudzero_provider.windows import iso_hour
+from cloudzero_provider.windows import day_start, iso_hour, iso_instant
 
 EXPORT_DAG_ID = "litellm_cloudzero_hourly"
 REPORT_NAME_RE = TARGET_NAME_RE  # a day (2026-11-01) or a window label; never "." or ".."
 STATUS_LABEL = {"exported": "exported", "sending": "failed", "failed": "failed"}
 
 
-def hour_status(manifest: dict[str, Any] | None) -> str:
+def hour_status(manifest: Manifest | None) -> str:
     """exported | late-corrected | failed | not yet (``ledger_rows`` adds the daily-rollup states)."""
     if manifest is None:
         return "not yet"
-    status = STATUS_LABEL.get(str(manifest.get("status")), "failed")
-    if status == "exported" and int(manifest.get("late_corrections", 0) or 0) > 0:
+    status = STATUS_LABEL.get(manifest.status, "failed")
+    if status == "exported" and manifest.late_corrections > 0:
         return "late-corrected"
     return status
 
 
 def ledger_rows(target: ExportTarget, start: datetime, end: datetime) -> list[dict[str, Any]]:
-    """One row per hour of ``[start, end)``, each manifest read once."""
+    """One row per hour of ``[start, end)``; who owns each day is the pipeline's own answer
+    (:meth:`ManifestStore.day_owner`)."""
     rows, hour = [], start
-    daily_days: dict[datetime, str | None] = {}
+    owners: dict[datetime, str | None] = {}
+    store = target.manifests
     while hour < end:
-        manifest = target.manifests.get(hour) or None
-        m = manifest or {}
-        day = hour.replace(hour=0)
-        if day not in daily_days:  # the daily-rollup export owns a day through its 00:00 manifest
-            first = manifest if hour == day else target.manifests.get(day)
-            origin = str((first or {}).get("origin", ""))
-            daily_days[day] = origin if origin.startswith("daily") else None
+        manifest = store.get(hour)
+        day = day_start(hour)
+        if day not in owners:
+            owners[day] = store.day_owner(day)
+        owner = owners[day] if owners[day] in DAILY_ORIGINS else None
         status = hour_status(manifest)
-        if daily_days[day] and (
-            manifest is None or manifest.get("origin") == daily_days[day] or manifest.get("cleared")
-        ):
-            status = f"daily ({daily_days[day]})" if hour == day else "in daily rollup"
+        if owner and (manifest is None or manifest.origin == owner or manifest.cleared):
+            status = f"daily ({owner})" if hour == day else "in daily rollup"
+        sent = manifest is not None and manifest.sent_at is not None
         rows.append({
             "hour": iso_hour(hour),
             "status": status,
-            "rows": m.get("rows", ""),
-            "source_cost": (m.get("source") or {}).get("spend", "") if isinstance(m.get("source"), dict) else "",
-            "sent_cost": m.get("cost", ""),
-            "drops": len(m.get("drop_ids") or []) if isinstance(m.get("drop_ids"), list) else 0,
-            "sent_at": m.get("sent_at", ""),
-            "reconciled": (m.get("reconcile") or {}).get("status", "") if isinstance(m.get("reconcile"), dict) else "",
+            "rows": manifest.rows if sent and manifest else "",
+            "source_cost": manifest.source.spend if manifest and manifest.source else "",
+            "sent_cost": manifest.cost if sent and manifest else "",
+            "drops": len(manifest.drop_ids) if manifest else 0,
+            "sent_at": iso_instant(manifest.sent_at) if manifest and manifest.sent_at else "",
+            "reconciled": str((manifest.reconcile or {}).get("status", "")) if manifest else "",
         })  # fmt: skip
         hour += timedelta(hours=1)
     return rows

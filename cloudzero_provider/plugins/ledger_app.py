@@ -21,7 +21,7 @@ from cloudzero_provider.plugins.ledger import (
     ledger_rows,
 )
 from cloudzero_provider.target import ExportTarget
-from cloudzero_provider.windows import floor_hour
+from cloudzero_provider.windows import floor_hour, hour_of
 
 MAX_LEDGER_HOURS = 31 * 24
 EARLIEST = datetime(2000, 1, 1, tzinfo=timezone.utc)
@@ -74,10 +74,7 @@ def _hour(name: str, value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        parsed = datetime.fromisoformat(value[:40].replace("Z", "+00:00"))
-        if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
-        hour = floor_hour(parsed)
+        hour = hour_of(value[:40])
     except (ValueError, OverflowError):
         raise HTTPException(400, f"{name} must be an ISO-8601 date-time") from None
     if not EARLIEST <= hour < LATEST:

@@ -13,8 +13,6 @@ from cloudzero_provider.ready_dags.common import (
     RECONCILE_DAG_ID,
     REPORT_DAG_ID,
     TELEMETRY_DAG_ID,
-    hours_alias,
-    hours_asset,
 )
 from cloudzero_provider.ready_dags.daily_rollup import DAILY_DIMENSIONS, build_daily_rollup_dag, rollup_days
 from cloudzero_provider.ready_dags.hourly import build_hourly_dag
@@ -39,8 +37,6 @@ __all__ = [
     "build_reconcile_dag",
     "build_report_dag",
     "build_telemetry_dag",
-    "hours_alias",
-    "hours_asset",
     "plan_chunks",
     "range_hours",
     "range_window",

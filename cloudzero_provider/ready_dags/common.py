@@ -1,4 +1,5 @@
-"""What the ready DAGs share: ids, the hour Asset and its alias, default arguments, per-run params, docs."""
+"""What the ready DAGs share: ids, default arguments (connections, options, retries), the wiring of the tasks that
+send to CloudZero, the extract -> transform -> upload chain of a window, per-run params, docs."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Param
+from airflow.sdk import Param
 
+from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.retries import retry_policy_args
 from cloudzero_provider.settings import ExportSettings
+from cloudzero_provider.target import ExportTarget
 from cloudzero_provider.windows import Window, floor_hour, iso_hour
 
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
@@ -23,23 +26,37 @@ MAX_SETTLE_MINUTES = 24 * 60
 MAX_CHUNK_HOURS = 168
 
 
-def hours_asset(settings: ExportSettings) -> Asset:
-    """One event per exported hour (``extra["hour"]`` = ``2026-11-01T13:00:00Z``): schedule other DAGs on it."""
-    return Asset(name=f"litellm_cloudzero_hours__{settings.cloudzero_conn_id}",
-                 uri=f"cloudzero://anycost/{settings.cloudzero_conn_id}/litellm-hours")  # fmt: skip
+# Per-run choices: trigger-form params whose defaults are the settings; rendered into the operators' options.
+DIMENSIONS_PARAM = "{{ params.dimensions }}"
+ON_INVALID_PARAM = "{{ params.on_invalid }}"
+# A mapped chunk's label in the grid, e.g. 2026-11-01 for a whole day.
+CHUNK_LABEL = "{{ task.window_start | cz_window(task.window_end) }}"
 
 
-def hours_alias(settings: ExportSettings) -> AssetAlias:
-    """The outlet through which upload tasks emit several events (one per hour) on :func:`hours_asset`."""
-    return AssetAlias(name=f"litellm_cloudzero_hours_alias__{settings.cloudzero_conn_id}")
+def export_target(settings: ExportSettings) -> ExportTarget:
+    """The export target of the settings' CloudZero connection: its Asset and alias, its staging folder."""
+    return ExportTarget(settings.cloudzero_conn_id, settings.staging_uri)
 
 
-def default_args(settings: ExportSettings) -> dict[str, Any]:
+def export_options(settings: ExportSettings, *, per_run: bool = True) -> ExportOptions:
+    """The export's options from the settings; with ``per_run`` the dimensions and invalid-row policy come from the
+    run's trigger params (whose defaults are the settings)."""
+    return ExportOptions(
+        dimensions=DIMENSIONS_PARAM if per_run else settings.dimensions,
+        on_invalid=ON_INVALID_PARAM if per_run else settings.on_invalid,
+        max_values_per_hour=settings.max_values_per_hour,
+        max_request_bytes=settings.max_request_bytes,
+    )
+
+
+def default_args(settings: ExportSettings, *, options: ExportOptions | None = None) -> dict[str, Any]:
+    """What every task of a ready DAG shares; Airflow passes each key only to operators that take it."""
     return {
         "owner": "finops",
         "litellm_conn_id": settings.litellm_conn_id,
         "cloudzero_conn_id": settings.cloudzero_conn_id,
         "db_schema": settings.db_schema,
+        "options": options or export_options(settings),
         "retries": settings.retries,
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
         "retry_exponential_backoff": True,
@@ -49,9 +66,55 @@ def default_args(settings: ExportSettings) -> dict[str, Any]:
     }
 
 
-# Per-run choices: trigger-form params whose defaults are the settings; rendered into the operators' fields.
-DIMENSIONS_PARAM = "{{ params.dimensions }}"
-ON_INVALID_PARAM = "{{ params.on_invalid }}"
+def sending(settings: ExportSettings) -> dict[str, Any]:
+    """Arguments of every task that sends to the stream: the one-slot pool (CloudZero forbids concurrent requests
+    to one stream) and the alias through which it announces each exported hour on the target's Asset."""
+    return {"pool": settings.pool, "outlets": [export_target(settings).alias]}
+
+
+def export_chain(
+    settings: ExportSettings,
+    *,
+    window: tuple[Any, Any] | None = None,
+    area: str | None = None,
+    extract: dict[str, Any] | None = None,
+    upload: dict[str, Any] | None = None,
+    **common: Any,
+) -> tuple[Any, Any, Any]:
+    """
+    The extract -> transform -> upload chain of one window, the shape every ready DAG exports with.
+
+    :param window: ``(window_start, window_end)`` of a mapped chunk; default: the run's data interval.
+    :param area: The run's staging area (see :func:`staging_area`); default: the hourly stages.
+    :param extract: Arguments of the extract only (``source``, ``isolate_hours``).
+    :param upload: Arguments of the upload only (``dry_run``, ``take_over``, ``skip_unchanged`` ...).
+    :param common: Arguments of all three (``cloudzero_conn_id``, ``options``, ``map_index_template`` ...).
+    """
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.operators.upload import AnyCostUploadOperator
+
+    if window is not None:
+        common = {"window_start": window[0], "window_end": window[1], **common}
+    if area is not None:
+        common = {"staging_area": area, **common}
+    first = LiteLLMSpendExtractOperator(task_id="extract", **(extract or {}), **common)
+    second = CBFTransformOperator(task_id="transform", **common)
+    third = AnyCostUploadOperator(task_id="upload", **{**sending(settings), **(upload or {})}, **common)
+    first >> second >> third
+    return first, second, third
+
+
+def chunk_group(settings: ExportSettings, group_id: str, **chain: Any) -> Any:
+    """A task group of :func:`export_chain` for one mapped chunk, to ``expand_kwargs`` with the plan's
+    ``{"window_start", "window_end"}`` items; each task labelled by its chunk in the grid."""
+    from airflow.sdk import task_group
+
+    @task_group(group_id=group_id)
+    def chunk(window_start: str, window_end: str) -> None:
+        export_chain(settings, window=(window_start, window_end), map_index_template=CHUNK_LABEL, **chain)
+
+    return chunk
 
 
 def staging_area(name: str) -> str:

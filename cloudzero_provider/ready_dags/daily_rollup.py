@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
-from cloudzero_provider.operators.transform import CBFTransformOperator
-from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     DAILY_ROLLUP_DAG_ID,
     MAX_RANGE_HOURS,
     RANGE_DAG_ID,
+    chunk_group,
     default_args,
-    hours_alias,
-    hours_asset,
     staging_area,
     template_filters,
 )
@@ -116,75 +113,20 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
         ) -> list[dict[str, str]]:
             return rollup_days(params or {}, data_interval_start, data_interval_end)
 
-        label = "{{ task.window_start | cz_window(task.window_end) }}"
-
-        @task_group(group_id="day")
-        def export_day(window_start: str, window_end: str) -> None:
-            extract = LiteLLMSpendExtractOperator(
-                task_id="extract",
-                window_start=window_start,
-                window_end=window_end,
-                source=source,
-                dimensions=dimensions,
-                on_invalid=settings.on_invalid,
-                staging_area=staging_area("daily"),
-                map_index_template=label,
-            )
-            transform = CBFTransformOperator(
-                task_id="transform",
-                window_start=window_start,
-                window_end=window_end,
-                staging_area=staging_area("daily"),
-                map_index_template=label,
-            )
-            upload = AnyCostUploadOperator(
-                task_id="upload",
-                window_start=window_start,
-                window_end=window_end,
-                dry_run="{{ params.dry_run }}",
-                origin=source,
-                take_over="{{ params.take_over }}",
-                skip_unchanged=True,
-                max_request_bytes=settings.max_request_bytes,
-                pool=settings.pool,
-                outlets=[hours_alias(settings)],
-                hour_asset=hours_asset(settings),
-                staging_area=staging_area("daily"),
-                map_index_template=label,
-            )
-            extract >> transform >> upload
-
+        options = ExportOptions(dimensions=dimensions, on_invalid=settings.on_invalid,
+                                max_values_per_hour=settings.max_values_per_hour,
+                                max_request_bytes=settings.max_request_bytes)  # fmt: skip
+        upload = {"dry_run": "{{ params.dry_run }}", "skip_unchanged": True}
         days = plan_days()
-        export_day.expand_kwargs(days)
+        chunk_group(
+            settings, "day", area=staging_area("daily"), options=options, extract={"source": source},
+            upload={**upload, "origin": source, "take_over": "{{ params.take_over }}"},
+        ).expand_kwargs(days)  # fmt: skip
         if settings.daily_tag_conn_id:
-
-            @task_group(group_id="tag_day")
-            def export_tag_day(window_start: str, window_end: str) -> None:
-                kw: dict[str, Any] = {
-                    "window_start": window_start,
-                    "window_end": window_end,
-                    "cloudzero_conn_id": settings.daily_tag_conn_id,
-                    "map_index_template": label,
-                    "staging_area": staging_area("daily-tag"),
-                }
-                extract = LiteLLMSpendExtractOperator(
-                    task_id="extract",
-                    source="daily_tag",
-                    dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"],
-                    on_invalid=settings.on_invalid,
-                    **kw,
-                )
-                transform = CBFTransformOperator(task_id="transform", **kw)
-                upload = AnyCostUploadOperator(
-                    task_id="upload",
-                    dry_run="{{ params.dry_run }}",
-                    origin="daily_tag",
-                    skip_unchanged=True,
-                    max_request_bytes=settings.max_request_bytes,
-                    pool=settings.pool,
-                    **kw,
-                )
-                extract >> transform >> upload
-
-            export_tag_day.expand_kwargs(days)
+            # Its own stream: its hours are not the export's, so it announces none on the export's Asset.
+            chunk_group(
+                settings, "tag_day", area=staging_area("daily-tag"), cloudzero_conn_id=settings.daily_tag_conn_id,
+                options=options.but(dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"]),
+                extract={"source": "daily_tag"}, upload={**upload, "origin": "daily_tag", "outlets": []},
+            ).expand_kwargs(days)  # fmt: skip
     return dag

@@ -6,21 +6,17 @@ from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from cloudzero_provider.callbacks import mark_hours_failed
-from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.late_data import LateDataOperator
-from cloudzero_provider.operators.transform import CBFTransformOperator
-from cloudzero_provider.operators.upload import AnyCostUploadOperator
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
-    DIMENSIONS_PARAM,
     HOURLY_DAG_ID,
     MAX_SETTLE_MINUTES,
-    ON_INVALID_PARAM,
     RANGE_DAG_ID,
     choice_params,
     default_args,
-    hours_alias,
-    hours_asset,
+    export_chain,
+    export_target,
+    sending,
 )
 from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
@@ -42,7 +38,8 @@ hour long past (catchup, backfill) it succeeds at once, for the live hour it def
 extract -> transform -> upload. `late_data` then re-checks the previous `late_lookback_hours` hours against
 their manifests and re-exports any hour whose source totals changed, whose upload stopped part-way, or that has
 spend but was never exported (its own run failed).
-Each exported hour emits an event on the Asset `{hours_asset(settings).uri}` (the hour in the event's extra `hour`).
+Each exported hour emits an event on the Asset `{export_target(settings).asset.uri}` (the hour in the event's extra
+`hour`).
 {COMMON_DOC}
 **Params.** `settle_minutes` (this run's wait, at most 1440), `late_lookback_hours` (this run's late-data window, at
 most 168). A value outside is refused when the run is triggered.
@@ -84,30 +81,13 @@ most 168). A value outside is refused when the run is triggered.
         settle = SettledSensor(
             task_id="settle", target_time="{{ data_interval_end.add(minutes=params.settle_minutes | int) }}"
         )
-        extract = LiteLLMSpendExtractOperator(
-            task_id="extract", dimensions=DIMENSIONS_PARAM, on_invalid=ON_INVALID_PARAM
-        )
-        transform = CBFTransformOperator(
-            task_id="transform", max_values_per_hour=settings.max_values_per_hour
-        )
-        upload = AnyCostUploadOperator(
-            task_id="upload",
-            max_request_bytes=settings.max_request_bytes,
-            pool=settings.pool,
-            outlets=[hours_alias(settings)],
-            hour_asset=hours_asset(settings),
-        )
+        extract, _, upload = export_chain(settings)
         late_data = LateDataOperator(
             task_id="late_data",
             lookback_hours="{{ params.late_lookback_hours }}",
-            dimensions=DIMENSIONS_PARAM,
-            on_invalid=ON_INVALID_PARAM,
-            max_request_bytes=settings.max_request_bytes,
             not_before=settings.start_date.isoformat(),
-            max_values_per_hour=settings.max_values_per_hour,
-            pool=settings.pool,
-            outlets=[hours_alias(settings)],
-            hour_asset=hours_asset(settings),
+            **sending(settings),
         )
-        settle >> extract >> transform >> upload >> late_data
+        settle >> extract
+        upload >> late_data
     return dag

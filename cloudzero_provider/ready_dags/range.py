@@ -5,25 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk import DAG, Param, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
-from cloudzero_provider.operators.transform import CBFTransformOperator
-from cloudzero_provider.operators.upload import AnyCostUploadOperator
-from cloudzero_provider.pipeline import check_dry_run_limit
+from cloudzero_provider.pipeline.common import check_dry_run_limit
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
-    DIMENSIONS_PARAM,
     HOURLY_DAG_ID,
     MAX_CHUNK_HOURS,
     MAX_RANGE_HOURS,
-    ON_INVALID_PARAM,
     RANGE_DAG_ID,
     choice_params,
+    chunk_group,
     default_args,
-    hours_alias,
-    hours_asset,
+    export_target,
     staging_area,
     template_filters,
 )
@@ -55,7 +50,7 @@ def range_hours(start: Any, end: Any) -> list[str]:
 
 
 def plan_chunks(
-    window: Window, chunk_hours: int, requests_by_hour: dict[str, int], exported: set[datetime]
+    window: Window, chunk_hours: int, requests_by_hour: dict[datetime, int], exported: set[datetime]
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """
     The chunks of a range worth mapping, and a summary of the range.
@@ -65,7 +60,7 @@ def plan_chunks(
     """
     chunks, mapped_hours, requests = [], 0, 0
     for chunk in window.chunks(chunk_hours):
-        held = sum(requests_by_hour.get(iso_hour(h), 0) for h in chunk.hour_starts())
+        held = sum(requests_by_hour.get(h, 0) for h in chunk.hour_starts())
         if held or any(h in exported for h in chunk.hour_starts()):
             chunks.append({"window_start": iso_hour(chunk.start), "window_end": iso_hour(chunk.end)})
             mapped_hours += chunk.hours
@@ -73,7 +68,7 @@ def plan_chunks(
     summary = {
         "range": window.label,
         "hours": window.hours,
-        "hours_with_spend": sum(1 for h in window.hour_starts() if requests_by_hour.get(iso_hour(h))),
+        "hours_with_spend": sum(1 for h in window.hour_starts() if requests_by_hour.get(h)),
         "chunk_hours": chunk_hours,
         "chunks": len(chunks),
         "chunks_skipped_empty": len(window.chunks(chunk_hours)) - len(chunks),
@@ -177,14 +172,14 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
             import logging
 
             from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
-            from cloudzero_provider.target import ExportTarget
 
             params = params or {}
             check_dry_run_limit(bool(params.get("dry_run")), params.get("limit"))
             window = range_window(params.get("start"), params.get("end"))
             hook = LiteLLMSpendHook(postgres_conn_id=settings.litellm_conn_id, db_schema=settings.db_schema)
-            exported = {h for h in ExportTarget(settings.cloudzero_conn_id).manifests.hours()
-                        if window.start <= h < window.end}  # fmt: skip
+            exported = {
+                h for h in export_target(settings).manifests.hours() if window.start <= h < window.end
+            }
             chunks, summary = plan_chunks(window, int(params.get("chunk_hours") or 24), hook.hour_counts(window),
                                           exported)  # fmt: skip
             logging.getLogger(__name__).info(
@@ -197,44 +192,13 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 ti.xcom_push(key="summary", value=summary)
             return chunks
 
-        area = staging_area("range")
-        label = "{{ task.window_start | cz_window(task.window_end) }}"  # e.g. 2026-11-01 for a whole day
-
-        @task_group(group_id="chunk")
-        def export_chunk(window_start: str, window_end: str) -> None:
-            extract = LiteLLMSpendExtractOperator(
-                task_id="extract",
-                window_start=window_start,
-                window_end=window_end,
-                dimensions=DIMENSIONS_PARAM,
-                on_invalid=ON_INVALID_PARAM,
-                isolate_hours=True,
-                staging_area=area,
-                map_index_template=label,
-            )
-            transform = CBFTransformOperator(
-                task_id="transform",
-                window_start=window_start,
-                window_end=window_end,
-                staging_area=area,
-                map_index_template=label,
-            )
-            upload = AnyCostUploadOperator(
-                task_id="upload",
-                window_start=window_start,
-                window_end=window_end,
-                dry_run="{{ params.dry_run }}",
-                limit="{{ params.limit }}",
-                max_request_bytes=settings.max_request_bytes,
-                skip_unchanged=True,
-                take_over="{{ params.take_over }}",
-                pool=settings.pool,
-                outlets=[hours_alias(settings)],
-                hour_asset=hours_asset(settings),
-                staging_area=area,
-                map_index_template=label,
-            )
-            extract >> transform >> upload
-
+        export_chunk = chunk_group(
+            settings,
+            "chunk",
+            area=staging_area("range"),
+            extract={"isolate_hours": True},
+            upload={"dry_run": "{{ params.dry_run }}", "limit": "{{ params.limit }}", "skip_unchanged": True,
+                    "take_over": "{{ params.take_over }}"},
+        )  # fmt: skip
         export_chunk.expand_kwargs(plan())
     return dag

@@ -9,15 +9,12 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
-    DIMENSIONS_PARAM,
-    ON_INVALID_PARAM,
     RANGE_DAG_ID,
     RECONCILE_DAG_ID,
     choice_params,
     default_args,
-    hours_alias,
-    hours_asset,
     manual_window,
+    sending,
 )
 from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
@@ -86,13 +83,7 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
             window_start="{{ params.start or data_interval_start }}",
             window_end="{{ params.end or data_interval_end }}",
             retention_days=settings.reconcile_retention_days,
-            dimensions=DIMENSIONS_PARAM,
-            on_invalid=ON_INVALID_PARAM,
-            max_request_bytes=settings.max_request_bytes,
-            max_values_per_hour=settings.max_values_per_hour,
-            pool=settings.pool,
-            outlets=[hours_alias(settings)],
-            hour_asset=hours_asset(settings),
+            **sending(settings),
         )
         check_window() >> settle >> reconcile
     return dag

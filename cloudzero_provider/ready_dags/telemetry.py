@@ -8,14 +8,14 @@ from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
 from cloudzero_provider.ready_dags.common import (
     TELEMETRY_DAG_ID,
     default_args,
-    hours_asset,
+    export_target,
 )
 from cloudzero_provider.settings import ExportSettings
 
 
 def build_telemetry_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
-    asset = hours_asset(settings)
+    asset = export_target(settings).asset
     doc = f"""
 # LiteLLM spend -> CloudZero unit-cost telemetry
 
@@ -53,7 +53,7 @@ skipped and says how to turn telemetry on.
             metric_name=settings.telemetry_metric,
             value=settings.telemetry_value,
             dimensions=settings.telemetry_dimensions,
-            start="{{ params.start or '' }}",
-            end="{{ params.end or '' }}",
+            window_start="{{ params.start or '' }}",
+            window_end="{{ params.end or '' }}",
         )
     return dag

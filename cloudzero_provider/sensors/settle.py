@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 from airflow.providers.standard.sensors.date_time import DateTimeSensorAsync
 from airflow.sdk import timezone
 
+from cloudzero_provider.windows import parse_instant
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -29,7 +31,7 @@ class SettledSensor(DateTimeSensorAsync):
         super().__init__(end_from_trigger=end_from_trigger, **kwargs)
 
     def execute(self, context: Context) -> None:  # type: ignore[override]
-        moment = self._moment
+        moment = parse_instant(self.target_time, what="target_time")
         now = timezone.utcnow()
         if now >= moment:
             self.log.info("Target time %s has passed (now %s): nothing to wait for", moment, now)

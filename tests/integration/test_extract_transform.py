@@ -15,6 +15,7 @@ from cloudzero_provider.cbf import exact_sum
 from cloudzero_provider.cbf_rules import row_errors
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.transform import CBFTransformOperator
+from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, spend_log
 
@@ -29,12 +30,17 @@ def db(litellm_db, monkeypatch, tmp_path):
     return litellm_db
 
 
-def run_window(start=H13, end=None, max_values_per_hour=1000, **extract_kw):
-    ex = LiteLLMSpendExtractOperator(task_id="extract", window_start=start, window_end=end, **extract_kw)
-    extracted = ex.execute({})
-    tr = CBFTransformOperator(
-        task_id="transform", window_start=start, window_end=end, max_values_per_hour=max_values_per_hour
+def run_window(
+    start=H13, end=None, max_values_per_hour=1000, dimensions=None, on_invalid="fail", **extract_kw
+):
+    options = ExportOptions(
+        dimensions=dimensions, on_invalid=on_invalid, max_values_per_hour=max_values_per_hour
     )
+    ex = LiteLLMSpendExtractOperator(
+        task_id="extract", window_start=start, window_end=end, options=options, **extract_kw
+    )
+    extracted = ex.execute({})
+    tr = CBFTransformOperator(task_id="transform", window_start=start, window_end=end, options=options)
     transformed = tr.execute({})
     cbf = [
         json.loads(line)
@@ -261,7 +267,9 @@ def test_no_window_fails_clearly(db):
 
 def test_bad_dimension_is_named(db):
     with pytest.raises(AirflowFailException, match="unknown dimension 'colour'"):
-        LiteLLMSpendExtractOperator(task_id="e", window_start=H13, dimensions=["model", "colour"]).execute({})
+        LiteLLMSpendExtractOperator(
+            task_id="e", window_start=H13, options=ExportOptions(dimensions=["model", "colour"])
+        ).execute({})
 
 
 def test_reconciliation_failure_names_hour_and_figures(db):

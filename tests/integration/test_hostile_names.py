@@ -17,11 +17,13 @@ import psycopg2
 import pytest
 
 from cloudzero_provider import alerts
+from cloudzero_provider.hooks.litellm import AggregateRow
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.report import SpendLimitsBreached
 from cloudzero_provider.operators.transform import CBFTransformOperator
 from cloudzero_provider.operators.upload import AnyCostUploadOperator
-from cloudzero_provider.reports import check_limits
+from cloudzero_provider.options import ExportOptions
+from cloudzero_provider.report_figures import check_limits
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, spend_by_hour, spend_log
@@ -73,7 +75,7 @@ def hostile_db(litellm_db, cloudzero_conn, monkeypatch, tmp_path):
 def test_hostile_names_export_exactly_and_bounded(hostile_db, double):
     db, _ = hostile_db
     kw = {"window_start": HOUR.isoformat()}
-    LiteLLMSpendExtractOperator(task_id="e", dimensions=DIMS, **kw).execute({})
+    LiteLLMSpendExtractOperator(task_id="e", options=ExportOptions(dimensions=DIMS), **kw).execute({})
     CBFTransformOperator(task_id="t", **kw).execute({})
     AnyCostUploadOperator(task_id="u", **kw).execute({})
     assert double.double.cost_by_hour(CONNECTION_ID) == spend_by_hour(db)
@@ -108,7 +110,10 @@ def test_hostile_names_report_and_alerts_carry_no_live_markup_or_formula(hostile
     customers = (folder / "by_customer.csv").read_text()
     assert "'=HYPERLINK(" in customers and "'+cmd|" in customers and "'@SUM(1+1)" in customers
 
-    aggregate = [json.loads(line) for line in (folder / "aggregate.jsonl").read_text().splitlines()]
+    aggregate = [
+        AggregateRow.from_staged(json.loads(line)).as_row()
+        for line in (folder / "aggregate.jsonl").read_text().splitlines()
+    ]
     breaches = check_limits(aggregate, {"customer": "1", "team": "1"})
     breached = SpendLimitsBreached(breaches)
     assert len(breaches) == 14 and breached.html.count("<li>") == 14
@@ -146,7 +151,7 @@ def test_a_4_mb_end_user_leaves_telemetry_and_reports_sendable_and_exact(
         spend_log("ok-0", HOUR + timedelta(minutes=2), 1.0, end_user="alice", team_id="t2", model="m2"),
     ])  # fmt: skip
     summary = UnitCostTelemetryOperator(
-        task_id="tele", start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z"
+        task_id="tele", window_start="2026-11-01T00:00:00Z", window_end="2026-11-02T00:00:00Z"
     ).execute({})
     assert summary["records_sent"] == 3
     values = double.double.metric_values("llm-cost")

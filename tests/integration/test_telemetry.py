@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from cloudzero_provider.cbf import exact_sum
 from cloudzero_provider.operators.telemetry import UnitCostTelemetryOperator
-from cloudzero_provider.telemetry import (
+from cloudzero_provider.telemetry_records import (
     batches,
     check_dimensions,
     check_metric_name,
@@ -26,13 +26,14 @@ from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
 from cloudzero_provider.testing.server import CloudZeroDoubleServer
+from cloudzero_provider.windows import day_label, day_start
 
 D1 = datetime(2026, 11, 1, 22, tzinfo=timezone.utc)
 DIMS = ["model", "user", "team_id", "organization_id", "end_user"]
 
 rows = st.lists(
     st.fixed_dictionaries({
-        "hour": st.sampled_from(["2026-11-01T10:00:00Z", "2026-11-01T23:00:00Z", "2026-11-02T00:00:00Z"]),
+        "hour": st.sampled_from([D1.replace(hour=10), D1.replace(hour=23), D1.replace(day=2, hour=0)]),
         "dims": st.fixed_dictionaries({d: st.one_of(st.none(), st.sampled_from(["a", "B", "c d"])) for d in DIMS}),
         "spend": st.decimals(min_value=0, max_value=1000, places=12).map(str),
         "requests": st.integers(0, 50),
@@ -52,8 +53,8 @@ def test_records_keep_totals_and_keys(data, value):
     assert len(keys) <= 1 and all(k.startswith("custom:") for ks in keys for k in ks)
     assert all(Decimal(r["value"]) > 0 for r in records)
     field = {"cost": "spend", "requests": "requests", "tokens": "total_tokens"}[value]
-    for day in {r["hour"][:10] for r in data}:
-        expected = exact_sum(str(r[field]) for r in data if r["hour"][:10] == day)
+    for day in {day_label(r["hour"]) for r in data}:
+        expected = exact_sum(str(r[field]) for r in data if day_label(r["hour"]) == day)
         got = exact_sum(r["value"] for r in records if r["timestamp"].startswith(day))
         assert got == expected
     for body, count in batches(records, max_bytes=2000, max_records=7):
@@ -66,12 +67,12 @@ def test_records_keep_totals_and_keys(data, value):
 @settings(max_examples=150, deadline=None)
 def test_folding_caller_values_keeps_every_day_exact(data, cap):
     groups = roll_up_days(data, DIMS, max_values_per_day=cap)
-    for day in {r["hour"][:10] for r in data}:
+    for day in {day_start(r["hour"]) for r in data}:
         assert exact_sum(g.cost for g in groups if g.day == day) == exact_sum(
-            str(r["spend"]) for r in data if r["hour"][:10] == day
+            str(r["spend"]) for r in data if day_start(r["hour"]) == day
         )
         assert sum(g.requests for g in groups if g.day == day) == sum(
-            r["requests"] for r in data if r["hour"][:10] == day
+            r["requests"] for r in data if day_start(r["hour"]) == day
         )
         kept = {g.dims[DIMS.index("end_user")] for g in groups if g.day == day} - {"(other)"}
         assert len(kept) <= cap
@@ -124,7 +125,8 @@ def sent_by_day(double: CloudZeroDouble, metric: str = "llm-cost") -> dict[str, 
 
 
 def run(**kw):
-    op = UnitCostTelemetryOperator(task_id="telemetry", start="2026-11-01T22:00:00Z", end="2026-11-02T02:00:00Z",
+    op = UnitCostTelemetryOperator(task_id="telemetry", window_start="2026-11-01T22:00:00Z",
+                                   window_end="2026-11-02T02:00:00Z",
                                    max_records_per_second=400, max_records_per_request=100, **kw)  # fmt: skip
     return op.execute({})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -12,6 +13,7 @@ from cloudzero_provider.cbf import CBFError, exact_decimal, resource_id, to_cbf,
 from cloudzero_provider.cbf_rules import NUMBER_RE, row_errors
 from cloudzero_provider.dimensions import BUILTIN, DEFAULT_DIMENSIONS, resolve
 
+H13 = datetime(2026, 11, 1, 13, tzinfo=timezone.utc)
 DIMS = resolve([*DEFAULT_DIMENSIONS, "end_user", "api_key_alias", "tag:taskName"])
 TAGS = {d.name: d.tag for d in DIMS}
 decimals = st.decimals(min_value=0, allow_nan=False, allow_infinity=False, places=None).filter(
@@ -19,10 +21,9 @@ decimals = st.decimals(min_value=0, allow_nan=False, allow_infinity=False, place
 )
 values = st.one_of(st.none(), st.text(max_size=40))
 dim_values = st.fixed_dictionaries({d.name: values for d in DIMS})
-hours = st.datetimes(
-    min_value=__import__("datetime").datetime(2000, 1, 1),
-    max_value=__import__("datetime").datetime(2099, 12, 31),
-).map(lambda t: t.strftime("%Y-%m-%dT%H:00:00Z"))
+hours = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)).map(
+    lambda t: t.replace(minute=0, second=0, microsecond=0, tzinfo=timezone.utc)
+)
 
 
 @given(hours, dim_values, decimals, st.integers(min_value=0, max_value=10**15), st.integers(0, 10**9))
@@ -30,6 +31,7 @@ hours = st.datetimes(
 def test_every_row_is_valid_cbf(hour, dims, spend, tokens, requests):
     row = to_cbf(hour, dims, spend=spend, total_tokens=tokens, requests=requests, tag_keys=TAGS)
     assert row_errors(row) == []
+    assert row["time/usage_start"] == hour.strftime("%Y-%m-%dT%H:00:00Z")
     assert Decimal(row["cost/cost"]) == spend
     assert all(isinstance(v, str) for v in row.values())
     assert not any(k.startswith("resource/tag:") and ("token" in k or "request" in k) for k in row)
@@ -40,7 +42,7 @@ def test_every_row_is_valid_cbf(hour, dims, spend, tokens, requests):
 def test_one_tag_set_per_resource_id(dim_sets):
     seen: dict[str, dict[str, str]] = {}
     for dims in dim_sets:
-        row = to_cbf("2026-11-01T13:00:00Z", dims, spend="1", total_tokens=1, requests=1, tag_keys=TAGS)
+        row = to_cbf(H13, dims, spend="1", total_tokens=1, requests=1, tag_keys=TAGS)
         tags = {k: v for k, v in row.items() if k.startswith("resource/tag:")}
         assert seen.setdefault(row["resource/id"], tags) == tags
     distinct = {tuple(sorted(d.items(), key=lambda kv: kv[0])) for d in dim_sets}
@@ -79,7 +81,7 @@ def test_exact_decimal_refuses(bad):
 
 
 def test_litellm_shape():
-    row = to_cbf("2026-11-01T13:00:00Z", {"team_id": "team-123", "model": "gpt-4o", "provider": "openai"},
+    row = to_cbf(H13, {"team_id": "team-123", "model": "gpt-4o", "provider": "openai"},
                  spend="0.002", total_tokens=150, requests=3, tag_keys=TAGS)  # fmt: skip
     assert row["resource/id"].startswith("czrn:litellm:openai:cross-region:team-123:llm-usage:gpt-4o-")
     assert row["resource/service"] == "litellm" and row["resource/account"] == "team-123"
@@ -92,14 +94,14 @@ def test_litellm_shape():
 def test_transform_names_the_bad_row():
     rows = [
         {
-            "hour": "2026-11-01T13:00:00Z",
+            "hour": H13,
             "dims": {"model": "m"},
             "spend": "1",
             "total_tokens": 1,
             "requests": 1,
         },
         {
-            "hour": "2026-11-01T13:00:00Z",
+            "hour": H13,
             "dims": {"model": "m"},
             "spend": "-1",
             "total_tokens": 1,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 
 import pytest
 from fastapi.testclient import TestClient
 
+from cloudzero_provider.manifests import Manifest, SourceTotals
 from cloudzero_provider.target import ExportTarget
 
 H = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -39,7 +39,7 @@ def client(monkeypatch):
 
 
 def test_anonymous_requests_get_no_figures(target, client):
-    target.manifests.write_exported(H, {"rows": 3, "cost": "12.5"}, late_correction=False)
+    target.manifests.write_exported(Manifest(H, rows=3, cost="12.5", sent_at=H), late_correction=False)
     for path in (URL, "/reports/cloudzero_default/2026-11-01/report.html"):
         response = client(authenticated=False).get(path)
         assert response.status_code == 401 and "12.5" not in response.text
@@ -96,10 +96,10 @@ def test_dates_out_of_range_get_400_naming_the_parameter(target, client, query, 
 
 def test_daily_rollup_days_show_as_such_and_values_are_escaped(target, client):
     target.manifests.write_exported(
-        H,
-        {"rows": 2, "cost": "<b>7</b>", "origin": "daily_team", "source": {"spend": "7"}},
+        Manifest(H, rows=2, cost="7", origin="daily_team", source=SourceTotals(1, "7"), sent_at=H,
+                 reconcile={"status": "<b>7</b>"}),
         late_correction=False,
-    )
+    )  # fmt: skip
     response = client(authenticated=True).get(URL)
     assert response.status_code == 200
     assert response.headers["content-security-policy"] == (
@@ -153,7 +153,8 @@ def test_an_unreadable_manifest_shows_failed(target, client):
     target.manifests.path(H).write_text('{"hour": "2026-11-01T00:00:00Z", "stat')
     response = client(authenticated=True).get(URL)
     assert response.status_code == 200 and '<span id="count-failed">1 failed</span>' in response.text
-    assert json.loads(json.dumps(target.manifests.get(H)))["status"] == "failed"
+    manifest = target.manifests.get(H)
+    assert manifest is not None and manifest.status == "failed" and manifest.unreadable
 
 
 def test_the_plugin_builds_its_app_only_when_the_api_server_asks():

@@ -14,10 +14,12 @@ import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 from cloudzero_provider.cbf import EXACT, OTHER, exact_decimal, safe_value
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
+from cloudzero_provider.windows import day_start, iso_hour
 
 # Our dimension -> the key LiteLLM's logger uses, so existing CloudZero unit metrics keep their dimensions.
 TELEMETRY_KEYS: dict[str, str] = {
@@ -68,7 +70,7 @@ def check_dimensions(dims: Sequence[str] | None) -> list[str]:
 
 @dataclass
 class DayGroup:
-    day: str  # YYYY-MM-DD
+    day: datetime  # the UTC day's start
     dims: tuple[str | None, ...]
     cost: Decimal
     requests: int
@@ -82,16 +84,19 @@ def roll_up_days(
     max_values_per_day: int | None = MAX_VALUES_PER_DAY,
 ) -> list[DayGroup]:
     """
-    Aggregated hourly rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> per-day groups.
+    Aggregated hourly rows (``hour`` a datetime, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> per-day
+    groups.
 
     Values come from LLM callers: each is cut like a CBF value (control characters out, 256 characters plus a
     hash), and a dimension callers choose freely (``end_user``) keeps at most ``max_values_per_day`` values a day,
     those with the most cost; the rest become ``(other)`` with their cost, requests and tokens, so a day's totals
     never move and one caller cannot make a day's records unsendable.
     """
-    groups: dict[tuple[str, tuple[str | None, ...]], DayGroup] = {}
+    groups: dict[tuple[datetime, tuple[str | None, ...]], DayGroup] = {}
     for row in rows:
-        day = str(row["hour"])[:10]
+        hour = row["hour"]
+        assert isinstance(hour, datetime)
+        day = day_start(hour)
         values = row["dims"]
         assert isinstance(values, Mapping)
         key = (day, tuple(_bounded(values.get(d)) for d in dims))
@@ -112,12 +117,12 @@ def _bounded(value: object) -> str | None:
 
 
 def _fold(
-    groups: dict[tuple[str, tuple[str | None, ...]], DayGroup], capped: Sequence[int], cap: int
-) -> dict[tuple[str, tuple[str | None, ...]], DayGroup]:
+    groups: dict[tuple[datetime, tuple[str | None, ...]], DayGroup], capped: Sequence[int], cap: int
+) -> dict[tuple[datetime, tuple[str | None, ...]], DayGroup]:
     """Per day, the values of each capped dimension beyond the ``cap`` with the most cost become ``(other)``."""
-    keep: dict[tuple[str, int], set[str | None]] = {}
+    keep: dict[tuple[datetime, int], set[str | None]] = {}
     for index in capped:
-        cost: dict[tuple[str, str | None], Decimal] = {}
+        cost: dict[tuple[datetime, str | None], Decimal] = {}
         for (day, values), group in groups.items():
             cost[(day, values[index])] = EXACT.add(cost.get((day, values[index]), Decimal(0)), group.cost)
         for day in {day for day, _ in cost}:
@@ -128,7 +133,7 @@ def _fold(
                 keep[(day, index)] = {v for v, _ in ranked[:cap]}
     if not keep:
         return groups
-    out: dict[tuple[str, tuple[str | None, ...]], DayGroup] = {}
+    out: dict[tuple[datetime, tuple[str | None, ...]], DayGroup] = {}
     for (day, values), group in groups.items():
         folded = tuple(
             OTHER if (day, i) in keep and v not in keep[(day, i)] else v for i, v in enumerate(values)
@@ -163,7 +168,7 @@ def to_records(
             continue
         records.append(
             {
-                "timestamp": f"{group.day}T00:00:00Z",
+                "timestamp": iso_hour(group.day),
                 "value": exact_decimal(amount),
                 "associated_cost": {
                     k: (v if v else NONE_VALUE) for k, v in zip(keys, group.dims, strict=True)

@@ -6,22 +6,22 @@ from datetime import datetime, timezone
 
 import pytest
 
-from cloudzero_provider.reports import check_limits
+from cloudzero_provider.report_figures import check_limits
 
 DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
 ROWS = [
     {
-        "hour": "2026-11-01T10:00:00Z",
+        "hour": DAY.replace(hour=10),
         "dims": {"team_id": "a", "user": "u1", "end_user": "c1", "model": "m1"},
         "spend": "60",
     },
     {
-        "hour": "2026-11-01T11:00:00Z",
+        "hour": DAY.replace(hour=11),
         "dims": {"team_id": "a", "user": "u2", "end_user": "c2", "model": "m2"},
         "spend": "40",
     },
     {
-        "hour": "2026-11-01T12:00:00Z",
+        "hour": DAY.replace(hour=12),
         "dims": {"team_id": "b", "user": "u2", "end_user": None, "model": "m1"},
         "spend": "0.5",
     },

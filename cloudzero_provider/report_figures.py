@@ -16,6 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from cloudzero_provider.cbf import EXACT, OTHER, exact_decimal, safe_value
+from cloudzero_provider.windows import day_label, iso_hour, parse_day, short_day_label
 
 REPORT_DIMENSIONS = ["team_id", "team_alias", "end_user", "api_key_alias", "user", "model", "provider"]
 GROUPINGS = {
@@ -62,7 +63,7 @@ def _name(value: Any) -> str:
 def build_report(
     rows: Iterable[Mapping[str, Any]], *, tag_prefixes: Sequence[str] = (), max_groups: int = MAX_GROUPS
 ) -> dict[str, Any]:
-    """Aggregated rows (``hour``, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> the report dict.
+    """Aggregated rows (``hour`` a datetime, ``dims``, ``spend``, ``requests``, ``total_tokens``) -> the report dict.
 
     Names are cut (see :func:`_name`); each grouping lists its ``max_groups`` groups with the most spend and sums
     the rest into one ``(other)`` group, so every total stays exact."""
@@ -77,8 +78,8 @@ def build_report(
         dims = row["dims"]
         args = (str(row["spend"]), int(row["requests"]), int(row["total_tokens"]))
         total.add(*args)
-        days.setdefault(str(row["hour"])[:10], _Acc()).add(*args)
-        hours.setdefault(str(row["hour"]), _Acc()).add(*args)
+        days.setdefault(day_label(row["hour"]), _Acc()).add(*args)
+        hours.setdefault(iso_hour(row["hour"]), _Acc()).add(*args)
         model = _name(dims.get("model"))
         for grouping, dim in groupings.items():
             key = _name(dims.get(dim))
@@ -197,7 +198,8 @@ class Breach:
 def check_limits(rows: Iterable[Mapping[str, Any]], limits: Mapping[str, str | int | float]) -> list[Breach]:
     """Every (day, kind, key) whose spend is strictly over its limit; at the limit is not a breach.
 
-    ``limits``: ``daily_total`` and/or ``team``, ``user``, ``customer``, ``model`` -> USD per day.
+    ``rows``: aggregated rows, ``hour`` a datetime. ``limits``: ``daily_total`` and/or ``team``, ``user``,
+    ``customer``, ``model`` -> USD per day.
     """
     unknown = set(limits) - {"daily_total", *ALERT_KINDS}
     if unknown:
@@ -207,7 +209,7 @@ def check_limits(rows: Iterable[Mapping[str, Any]], limits: Mapping[str, str | i
     caps = {k: Decimal(str(v)) for k, v in limits.items()}
     spend: dict[tuple[str, str, str], Decimal] = {}
     for row in rows:
-        day, amount = str(row["hour"])[:10], Decimal(str(row["spend"]))
+        day, amount = day_label(row["hour"]), Decimal(str(row["spend"]))
         keys = [("daily_total", "")] + [(k, row["dims"].get(d) or NONE_LABEL) for k, d in ALERT_KINDS.items()]
         for kind, key in keys:
             if kind in caps:
@@ -258,7 +260,7 @@ def _line_chart(title: str, points: Sequence[tuple[str, Decimal]], chart_id: str
     poly = " ".join(f"{x:.1f},{y:.1f}" for x, y in coords)
     dots = "".join(
         f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#1f618d"></circle>'
-        f'<text x="{x:.1f}" y="{height - 12}" font-size="11" text-anchor="middle">{html.escape(label[5:])}</text>'
+        f'<text x="{x:.1f}" y="{height - 12}" font-size="11" text-anchor="middle">{html.escape(label)}</text>'
         f'<text x="{x:.1f}" y="{y - 8:.1f}" font-size="11" text-anchor="middle">${exact_decimal(v)}</text>'
         for (x, y), (label, v) in zip(coords, points, strict=True)
     )
@@ -277,9 +279,13 @@ def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str]]
 
 
 def report_html(report: Mapping[str, Any], *, title: str, trend: Sequence[tuple[str, Decimal]] = ()) -> str:
-    """A self-contained page (inline CSS and SVG, no scripts or external files) with charts and tables."""
+    """A self-contained page (inline CSS and SVG, no scripts or external files) with charts and tables.
+
+    :param trend: ``(YYYY-MM-DD, spend)`` per day for the daily chart; default: the report's own days.
+    """
     totals = report["totals"]
-    trend = list(trend) or [(d["day"], Decimal(d["spend"])) for d in report["days"]]
+    points = list(trend) or [(d["day"], Decimal(d["spend"])) for d in report["days"]]
+    trend = [(short_day_label(parse_day(day)), spend) for day, spend in points]
     models = [(m["model"], Decimal(m["spend"])) for m in report["cost_per_1k_tokens"]][:10]
     teams = [(g["label"], Decimal(g["spend"])) for g in report["groups"]["team"]][:10]
     customers = [(g["key"], Decimal(g["spend"])) for g in report["groups"]["customer"]][:10]

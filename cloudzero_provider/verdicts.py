@@ -1,4 +1,6 @@
-"""What to do with an hour, given the source, the manifest and CloudZero's own state. Pure: no Airflow imports.
+"""Reconciliation's verdict on an hour, given the source, the manifest and CloudZero's own state.
+
+Pure decision: it imports no Airflow and does no I/O (the manifest is the typed record, already read).
 
 Statuses, as the ledger and the run's summary show them:
 
@@ -17,7 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cloudzero_provider.manifests import Manifest
 
 MATCHES = "matches"
 REPAIRED = "repaired"
@@ -61,7 +66,7 @@ def decide(
     source: Decimal,
     requests: int,
     held: Decimal,
-    manifest: dict[str, Any] | None,
+    manifest: Manifest | None,
     owner: str | None,
     retention_floor: datetime | None,
 ) -> HourCheck:
@@ -72,17 +77,15 @@ def decide(
     :param retention_floor: Hours before it may have lost their source rows to LiteLLM's retention: they are
         never lowered for having none.
     """
-    sent = None
-    if manifest and manifest.get("status") == "exported":
-        sent = Decimal(str(manifest.get("cost", "0")))
-    ours = bool(manifest) and str((manifest or {}).get("origin", "spend_logs")) == "spend_logs"
+    sent = manifest.sent_cost if manifest and manifest.exported else None
+    ours = manifest is not None and manifest.is_ours
 
     def check(action: str, status: str) -> HourCheck:
         return HourCheck(hour, source, requests, held, sent, action, status)
 
     if owner is not None and owner != "spend_logs":
         return check("none", DAILY_OWNED)
-    if manifest and manifest.get("unreadable") and (source != 0 or requests):
+    if manifest and manifest.unreadable and (source != 0 or requests):
         return check("export", REPAIRED)  # a torn record: export again, which writes a sound one
     if held == source:
         return check("none", MATCHES)

@@ -7,10 +7,11 @@ from decimal import Decimal
 
 import pytest
 
-from cloudzero_provider.reconcile import CLEARED, DAILY_OWNED, FOREIGN, MATCHES, PURGED, REPAIRED, decide
+from cloudzero_provider.manifests import Manifest
+from cloudzero_provider.verdicts import CLEARED, DAILY_OWNED, FOREIGN, MATCHES, PURGED, REPAIRED, decide
 
 H = datetime(2026, 11, 1, 5, tzinfo=timezone.utc)
-OURS = {"status": "exported", "cost": "3", "origin": "spend_logs", "drop_ids": ["d"]}
+OURS = Manifest(H, status="exported", cost="3", origin="spend_logs", drop_ids=["d"])
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_verdicts(source, requests, held, manifest, owner, floor, action, status
 
 
 def test_a_torn_manifest_is_repaired_even_when_the_sums_agree():
-    torn = {"hour": "2026-11-01T05:00:00Z", "status": "failed", "unreadable": "x.json: Expecting value"}
+    torn = Manifest(H, status="failed", unreadable="x.json: Expecting value")
     check = decide(
         H, source=Decimal(3), requests=5, held=Decimal(3), manifest=torn, owner=None, retention_floor=None
     )

@@ -1,0 +1,93 @@
+"""The transform and the integrity check of staged CBF rows, on stages written by hand (no database)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.pipeline.extract import read_extract
+from cloudzero_provider.pipeline.transform import read_transform, staged_cbf, transform_window
+from cloudzero_provider.staging import WindowStage, staging_root
+from cloudzero_provider.windows import Window
+
+H10 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+WINDOW = Window(H10, H10.replace(hour=12))
+
+
+def staged(tmp_path, rows: list[dict], totals: dict[str, str], dims=("end_user", "model")) -> WindowStage:
+    """A stage as the extract leaves it: aggregated rows in hour order and PostgreSQL's own hour totals."""
+    stage = WindowStage(staging_root(str(tmp_path)), WINDOW)
+    stage.write_jsonl("extract.jsonl", rows)
+    stage.write_json("extract.json", {
+        "extracted_at": "2026-11-01T12:10:00.000Z", "source": "spend_logs", "dimensions": list(dims),
+        "rows": len(rows), "hours": {h: {"requests": 1, "spend": s} for h, s in totals.items()}, "failed_hours": {},
+    })  # fmt: skip
+    return stage
+
+
+def row(hour: str, user: str, spend: str, model: str = "m") -> dict:
+    return {"hour": hour, "dims": {"end_user": user, "model": model}, "spend": spend, "requests": 1,
+            "total_tokens": 10, "prompt_tokens": 5, "completion_tokens": 5}  # fmt: skip
+
+
+def test_hour_by_hour_exact_with_caller_values_folded_per_hour(tmp_path):
+    rows = [row("2026-11-01T10:00:00Z", f"u{i}", f"0.{i + 1}") for i in range(5)]
+    rows += [row("2026-11-01T11:00:00Z", "u0", "2"), row("2026-11-01T11:00:00Z", "zero", "0")]
+    stage = staged(tmp_path, rows, {"2026-11-01T10:00:00Z": "1.5", "2026-11-01T11:00:00Z": "2"})
+    result = transform_window(WINDOW, stage, max_values_per_hour=2)
+    assert (result["rows"], result["cost"], result["folded_values"], result["zero_cost_rows"]) == (
+        4,
+        "3.5",
+        3,
+        1,
+    )
+    recorded = read_transform(stage)
+    assert (
+        recorded.hours[H10].rows == 3
+        and recorded.hours[H10].cost == "1.5"
+        and recorded.max_values_per_hour == 2
+    )
+    users = {
+        r["resource/tag:end_user"]
+        for r in stage.read_jsonl("cbf.jsonl")
+        if r["time/usage_start"].startswith("2026-11-01T10")
+    }
+    assert users == {"u4", "u3", "(other)"}, "the two with most cost kept, the rest folded"
+    assert read_extract(stage).extracted_at == datetime(2026, 11, 1, 12, 10, tzinfo=timezone.utc)
+
+
+def test_an_hour_that_does_not_reconcile_fails_naming_it_and_leaves_nothing_to_send(tmp_path):
+    stage = staged(tmp_path, [row("2026-11-01T10:00:00Z", "u", "1")], {"2026-11-01T10:00:00Z": "1.01"})
+    with pytest.raises(
+        AirflowFailException, match=r"hour 2026-11-01T10:00:00Z: CBF cost/cost sums to 1 but .* 1\.01"
+    ):
+        transform_window(WINDOW, stage)
+    assert not stage.path("cbf.jsonl").exists()
+
+
+def test_a_torn_cbf_file_is_rebuilt_once_with_the_transforms_own_cap(tmp_path):
+    rows = [row("2026-11-01T10:00:00Z", f"u{i}", "1") for i in range(4)]
+    stage = staged(tmp_path, rows, {"2026-11-01T10:00:00Z": "4"})
+    transform_window(WINDOW, stage, max_values_per_hour=2)
+    text = stage.path("cbf.jsonl").read_text()
+    stage.path("cbf.jsonl").write_text(text[: len(text) // 2])
+    by_hour, recorded = staged_cbf(WINDOW, stage)
+    assert len(by_hour[H10]) == recorded.hours[H10].rows == 3, (
+        "rebuilt with the cap it was made with (2 + other)"
+    )
+    assert sum(Decimal(json.loads(r)["cost/cost"]) for r in by_hour[H10]) == 4
+
+
+def test_staged_rows_that_stay_wrong_are_never_sent(tmp_path):
+    """cbf.jsonl edited after the transform, and the rebuild cannot reconcile either: nothing is sent."""
+    stage = staged(tmp_path, [row("2026-11-01T10:00:00Z", "u", "1")], {"2026-11-01T10:00:00Z": "1"})
+    transform_window(WINDOW, stage)
+    cbf = stage.path("cbf.jsonl")
+    cbf.write_text(cbf.read_text().replace('"cost/cost":"1"', '"cost/cost":"9"'))
+    stage.path("extract.jsonl").write_text(json.dumps(row("2026-11-01T10:00:00Z", "u", "5")) + "\n")
+    with pytest.raises(AirflowFailException, match=r"does not reconcile.*CBF cost/cost sums to 5 .* is 1"):
+        staged_cbf(WINDOW, stage)
