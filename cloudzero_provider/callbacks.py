@@ -18,6 +18,7 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
 
     def callback(context: Any) -> None:
         from cloudzero_provider.manifests import FAILED
+        from cloudzero_provider.operators.base import attempt_of
         from cloudzero_provider.target import ExportTarget
         from cloudzero_provider.windows import Window
 
@@ -32,7 +33,7 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
             for hour in window.hour_starts():
                 current = manifests.get(hour)
                 if current is None or not current.exported:
-                    manifests.mark(hour, status=FAILED, run=str(context.get("run_id", "")), reason=reason)
+                    manifests.mark(hour, status=FAILED, attempt=attempt_of(context), reason=reason)
         except Exception:  # a callback must never hide the task's own failure
             log.exception("Could not record the failed hours of %s", context.get("run_id"))
 

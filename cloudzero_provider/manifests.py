@@ -14,7 +14,7 @@ A manifest that cannot be read (a torn write from an older version, a hand edit)
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -39,6 +39,36 @@ DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
 MAX_REASON_CHARS = 2000
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """
+    The task attempt that sends (or fails) hours: named in idempotency keys and recorded in manifests, so the
+    ledger can link an hour to the Airflow task instance that decided it.
+
+    :param pass_name: The pass inside the task: ``""`` for the upload itself, ``late``, ``reconcile``, ``retry``.
+    """
+
+    dag_id: str = ""
+    run_id: str = "adhoc"
+    task_id: str = ""
+    map_index: int = -1
+    try_number: int = 0
+    pass_name: str = ""
+
+    @property
+    def key(self) -> str:
+        """``<run>/<map index>/<try>[/<pass>]``: stable across in-task retries, new for every Airflow try."""
+        base = f"{self.run_id}/{self.map_index}/{self.try_number}"
+        return f"{base}/{self.pass_name}" if self.pass_name else base
+
+    def for_pass(self, name: str) -> Attempt:
+        return replace(self, pass_name=f"{self.pass_name}/{name}" if self.pass_name else name)
+
+    def as_record(self) -> dict[str, Any]:
+        return {"dag_id": self.dag_id, "run_id": self.run_id, "task_id": self.task_id,
+                "map_index": self.map_index, "try_number": self.try_number, "pass": self.pass_name}  # fmt: skip
+
+
 @dataclass
 class SourceTotals:
     """The source's valid requests and exact ``SUM(spend::numeric)`` of an hour when it was extracted."""
@@ -61,6 +91,8 @@ class Manifest:
         ``row_count``); ``drop_ids`` lists their ids.
     :param source: The source totals the rows were extracted from.
     :param cleared: The hour was set to exactly 0 (an emptied hour, or a day another source took over).
+    :param empty: The hour was checked and held no spend to send: nothing went to CloudZero.
+    :param decided_by: The task attempt that last wrote the record (:meth:`Attempt.as_record`).
     :param late_corrections: How many times the hour was exported again after its first export.
     :param reason: Why the last attempt failed. :param reconcile: The last reconciliation's verdict.
     :param unreadable: Set when the file could not be read; the manifest then reads as failed.
@@ -79,7 +111,9 @@ class Manifest:
     extracted_at: datetime | None = None
     source: SourceTotals | None = None
     cleared: bool = False
+    empty: bool = False
     run: str | None = None
+    decided_by: dict[str, Any] | None = None
     window: str | None = None
     connection_id: str | None = None
     late_corrections: int = 0
@@ -97,6 +131,11 @@ class Manifest:
     def sent_cost(self) -> Decimal:
         """The cost this exporter last sent for the hour (0 when it never did)."""
         return Decimal(self.cost) if self.exported else Decimal(0)
+
+    @property
+    def was_sent(self) -> bool:
+        """Whether CloudZero acknowledged rows of this hour from this exporter (an empty hour sent nothing)."""
+        return bool(self.drop_ids)
 
     @property
     def is_daily(self) -> bool:
@@ -164,11 +203,12 @@ class ManifestStore:
         body = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode("utf-8")
         write_atomically(self.path(manifest.hour), body)
 
-    def mark(self, hour: datetime, *, status: str, run: str, reason: str | None = None) -> None:
+    def mark(self, hour: datetime, *, status: str, attempt: Attempt, reason: str | None = None) -> None:
         """Record an attempt's state (and why it failed) without losing what the last export recorded."""
         manifest = self.get(hour) or Manifest(hour)
         manifest.unreadable = None
-        manifest.status, manifest.attempt_run, manifest.attempt_at = status, run, utc_now()
+        manifest.status, manifest.attempt_run, manifest.attempt_at = status, attempt.key, utc_now()
+        manifest.decided_by = attempt.as_record()
         manifest.reason = reason[:MAX_REASON_CHARS] if reason is not None else None
         self.put(manifest)
 

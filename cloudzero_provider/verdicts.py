@@ -77,8 +77,8 @@ def decide(
     :param retention_floor: Hours before it may have lost their source rows to LiteLLM's retention: they are
         never lowered for having none.
     """
-    sent = manifest.sent_cost if manifest and manifest.exported else None
-    ours = manifest is not None and manifest.is_ours
+    sent = manifest.sent_cost if manifest and manifest.exported and manifest.was_sent else None
+    ours = manifest is not None and manifest.is_ours and not manifest.empty
 
     def check(action: str, status: str) -> HourCheck:
         return HourCheck(hour, source, requests, held, sent, action, status)

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
 from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+from cloudzero_provider.manifests import Attempt
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.target import ExportTarget
@@ -180,8 +181,14 @@ class ExportStepOperator(CloudZeroStagingOperator):
                     events[outlet].add(self.target.asset, extra={**extra, "hour": iso_hour(hour)})
 
 
-def attempt_salt(context: Context | dict[str, Any]) -> str:
-    """Names this attempt (run id, map index, try number) for idempotency keys: stable across in-task retries."""
+def attempt_of(context: Context | dict[str, Any]) -> Attempt:
+    """This task attempt (DAG, run, task, map index, try): named in idempotency keys -- stable across in-task
+    retries -- and in the manifests of the hours it decides."""
     ti = context.get("ti")
-    run_id = context.get("run_id", "adhoc")
-    return f"{run_id}/{getattr(ti, 'map_index', -1)}/{getattr(ti, 'try_number', 0)}"
+    return Attempt(
+        dag_id=str(getattr(ti, "dag_id", "") or ""),
+        run_id=str(context.get("run_id", "adhoc")),
+        task_id=str(getattr(ti, "task_id", "") or ""),
+        map_index=int(getattr(ti, "map_index", -1) if getattr(ti, "map_index", None) is not None else -1),
+        try_number=int(getattr(ti, "try_number", 0) or 0),
+    )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from cloudzero_provider.operators.base import ExportStepOperator, attempt_salt
+from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.reexport import reexport_hours
 from cloudzero_provider.windows import Window, hour_label, parse_instant
 
@@ -90,7 +90,7 @@ class LateDataOperator(ExportStepOperator):
         outcome = reexport_hours(
             self.litellm_hook, self.cloudzero_hook, self.target.manifests, sorted(changed),
             stage_of=lambda w: self.stage(w, area="late"), options=self.checked_options(),
-            salt=attempt_salt(context) + "/late", why=lambda h: f"late data: {changed[h]}",
+            attempt=attempt_of(context).for_pass("late"), why=lambda h: f"late data: {changed[h]}",
         )  # fmt: skip
         corrected = sorted(outcome.done)
         self.emit_hour_events(context, corrected, {"window": window.label, "late_correction": True})

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.cbf import exact_decimal, exact_sum
-from cloudzero_provider.operators.base import ExportStepOperator, attempt_salt
+from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.reexport import reexport_hours
 from cloudzero_provider.pipeline.upload import clear_hours
 from cloudzero_provider.readback import ReadBackError, held_by_hour
@@ -93,13 +93,13 @@ class ReconcileOperator(ExportStepOperator):
                 now_held = Decimal(manifest.cost) if manifest and manifest.drop_ids else Decimal(0)
             checks.append(decide(hour, source=Decimal(spend), requests=requests, held=now_held, manifest=manifest,
                                  owner=owners[day_start(hour)], retention_floor=floor))  # fmt: skip
-        salt = attempt_salt(context) + "/reconcile"
+        attempt = attempt_of(context).for_pass("reconcile")
         retryable = False
         by_hour = {c.hour: c for c in checks}
         to_export = [c.hour for c in checks if c.action == "export"]
         outcome = reexport_hours(
             self.litellm_hook, self.cloudzero_hook, manifests, to_export,
-            stage_of=lambda w: self.stage(w, area="reconcile"), options=options, salt=salt,
+            stage_of=lambda w: self.stage(w, area="reconcile"), options=options, attempt=attempt,
             why=lambda h: f"source {by_hour[h].source} USD, CloudZero {by_hour[h].held} USD -> {by_hour[h].status}",
         )  # fmt: skip
         done = [by_hour[h] for h in outcome.done]
@@ -109,7 +109,7 @@ class ReconcileOperator(ExportStepOperator):
             self.log.warning("Reconciling %s: source %s USD, CloudZero %s USD -> %s", hour_label(check.hour),
                              check.source, check.held, check.status)  # fmt: skip
             try:
-                clear_hours(self.cloudzero_hook, [check.hour], manifests, salt=salt)
+                clear_hours(self.cloudzero_hook, [check.hour], manifests, attempt=attempt)
             except AirflowException as exc:
                 retryable = retryable or not isinstance(exc, AirflowFailException)
                 failures.append(f"{hour_label(check.hour)}: {exc}")
@@ -119,7 +119,7 @@ class ReconcileOperator(ExportStepOperator):
         done.sort(key=lambda c: c.hour)
         for check in checks:  # the verdict goes where the ledger looks: the hours this stream has a record of
             if check.action != "none" or manifests.get(check.hour) is not None:
-                manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": salt})
+                manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": attempt.key})
         self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {
             s: sum(1 for c in checks if c.status == s) for s in (MATCHES, REPAIRED, CLEARED, FOREIGN, PURGED)

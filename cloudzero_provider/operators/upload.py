@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.operators.base import ExportStepOperator, attempt_salt
+from cloudzero_provider.manifests import Attempt
+from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.common import check_dry_run_limit
 from cloudzero_provider.pipeline.dry_run import dry_run_window
 from cloudzero_provider.pipeline.extract import read_extract
@@ -93,7 +94,7 @@ class AnyCostUploadOperator(ExportStepOperator):
             self.stage(window),
             self.target.manifests,
             max_request_bytes=options.max_request_bytes,
-            salt=attempt_salt(context),
+            attempt=attempt_of(context),
             skip_unchanged=self.skip_unchanged,
             origin=self.origin,
             take_over=as_bool(self.take_over),
@@ -101,7 +102,7 @@ class AnyCostUploadOperator(ExportStepOperator):
         ti = context.get("ti")
         retried: list[datetime] = []
         if result.failed_hours and getattr(ti, "try_number", 1) > 1:
-            retried = self._retry_failed_hours(window, result, attempt_salt(context))
+            retried = self._retry_failed_hours(window, result, attempt_of(context))
         self.emit_hour_events(context, result.hours, {"window": window.label})
         summary = result.as_xcom()
         if result.failed_hours or retried:
@@ -117,7 +118,7 @@ class AnyCostUploadOperator(ExportStepOperator):
             )
         return summary
 
-    def _retry_failed_hours(self, window: Window, result: UploadResult, salt: str) -> list[datetime]:
+    def _retry_failed_hours(self, window: Window, result: UploadResult, attempt: Attempt) -> list[datetime]:
         """A retry or a clear of this task: read the hours the extract isolated again from the source, one by
         one, and send those that are sound now (the rest of the window is already in CloudZero). Updates
         ``result`` in place; returns the hours sent now."""
@@ -127,7 +128,7 @@ class AnyCostUploadOperator(ExportStepOperator):
                                    max_values_per_hour=recorded.max_values_per_hour)  # fmt: skip
         outcome = reexport_hours(
             self.litellm_hook, self.cloudzero_hook, self.target.manifests, sorted(result.failed_hours),
-            stage_of=lambda w: self.stage(w, area="retry"), options=options, salt=salt + "/retry",
+            stage_of=lambda w: self.stage(w, area="retry"), options=options, attempt=attempt.for_pass("retry"),
             source=extract.source, late_correction=False,
         )  # fmt: skip
         for hour, cost in outcome.done.items():

@@ -16,7 +16,7 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroTransientError
 from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
-from cloudzero_provider.manifests import SPEND_LOGS, ManifestStore
+from cloudzero_provider.manifests import SPEND_LOGS, Attempt, ManifestStore
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.pipeline.extract import extract_window
 from cloudzero_provider.pipeline.transform import transform_window
@@ -62,7 +62,7 @@ def reexport_hours(
     *,
     stage_of: Callable[[Window], WindowStage],
     options: ExportOptions,
-    salt: str,
+    attempt: Attempt,
     source: str = SPEND_LOGS,
     late_correction: bool = True,
     why: Callable[[datetime], str] | None = None,
@@ -72,7 +72,7 @@ def reexport_hours(
 
     :param stage_of: Where an hour is staged (a pass's own area, so it never shares files with another run).
     :param options: The export's options (dimensions, invalid-row policy, value cap, request size).
-    :param salt: Names the attempt, for idempotency keys.
+    :param attempt: The task attempt, named in idempotency keys and manifests.
     :param why: Why each hour is re-exported, for the log.
     """
     outcome = ReexportOutcome()
@@ -85,7 +85,7 @@ def reexport_hours(
             extract_window(litellm, window, stage, options=options, source=source)
             transform_window(window, stage, max_values_per_hour=options.value_cap)
             result = upload_window(cloudzero, window, stage, manifests, max_request_bytes=options.max_request_bytes,
-                                   salt=salt, late_correction=late_correction, origin=source)  # fmt: skip
+                                   attempt=attempt, late_correction=late_correction, origin=source)  # fmt: skip
         except AirflowException as exc:
             outcome.retryable = outcome.retryable or not isinstance(exc, AirflowFailException)
             wait = getattr(exc, "retry_after", None)

@@ -12,7 +12,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.drops import DropRequest, plan
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroRequestTooLarge
-from cloudzero_provider.manifests import FAILED, SENDING, ManifestStore
+from cloudzero_provider.manifests import FAILED, SENDING, Attempt, ManifestStore
 from cloudzero_provider.options import MIN_REQUEST_BYTES
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def send_hours(
     rows_by_hour: Mapping[datetime, Sequence[bytes]],
     *,
     max_request_bytes: int,
-    salt: str,
+    attempt: Attempt,
     manifests: ManifestStore,
     on_hour_sent: Callable[[datetime, Receipts], None],
 ) -> int:
@@ -57,10 +57,10 @@ def send_hours(
         req = queue.popleft()
         if req.chunk == 0:  # an hour's first request: from here until its last chunk lands, it is in flight
             for h in req.hours:
-                manifests.mark(h, status=SENDING, run=salt)
+                manifests.mark(h, status=SENDING, attempt=attempt)
         try:
             answer = hook.post_billing_drop(
-                req.body, idempotency_key=req.idempotency_key(connection_id, salt)
+                req.body, idempotency_key=req.idempotency_key(connection_id, attempt.key)
             )
         except CloudZeroRequestTooLarge:
             smaller = len(req.body) // 2
@@ -81,7 +81,7 @@ def send_hours(
             continue
         except Exception:
             for h in req.hours:
-                manifests.mark(h, status=FAILED, run=salt)
+                manifests.mark(h, status=FAILED, attempt=attempt)
             raise
         sent += 1
         log.info("Sent %s: drop %s (%s rows)", req.summary(), answer["drop_id"], answer.get("row_count"))

@@ -12,7 +12,15 @@ from typing import Any
 from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES, content_digest, serialize_row
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-from cloudzero_provider.manifests import EXPORTED, FAILED, SPEND_LOGS, Manifest, ManifestStore, SourceTotals
+from cloudzero_provider.manifests import (
+    EXPORTED,
+    FAILED,
+    SPEND_LOGS,
+    Attempt,
+    Manifest,
+    ManifestStore,
+    SourceTotals,
+)
 from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract
 from cloudzero_provider.pipeline.ownership import apply_ownership, clearing_row
 from cloudzero_provider.pipeline.sending import Receipts, send_hours
@@ -28,7 +36,7 @@ def clear_hours(
     hours: Sequence[datetime],
     manifests: ManifestStore,
     *,
-    salt: str,
+    attempt: Attempt,
     origin: str = SPEND_LOGS,
 ) -> int:
     """Leave each hour at exactly 0 in CloudZero (one zero-cost row with ``replace_hourly``); returns requests."""
@@ -50,12 +58,13 @@ def clear_hours(
                 source=SourceTotals(),
                 origin=origin,
                 cleared=True,
-                run=salt,
+                run=attempt.key,
+                decided_by=attempt.as_record(),
             ),
             late_correction=True,
         )
 
-    return send_hours(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, salt=salt,
+    return send_hours(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, attempt=attempt,
                       manifests=manifests, on_hour_sent=record)  # fmt: skip
 
 
@@ -111,6 +120,29 @@ class UploadResult:
         }
 
 
+def _record_checked_empty(
+    window: Window,
+    rows_by_hour: Mapping[datetime, Sequence[bytes]],
+    extract: ExtractSummary,
+    manifests: ManifestStore,
+    owned_elsewhere: set[datetime],
+    attempt: Attempt,
+) -> None:
+    """An hour checked and holding no spend gets a record saying so (nothing is sent), so that "no spend" and
+    "not done yet" read differently on the ledger. An hour that already has a record keeps it."""
+    for hour in window.hour_starts():
+        if hour in rows_by_hour or hour in extract.failed_hours or hour in owned_elsewhere:
+            continue
+        if manifests.get(hour) is not None:
+            continue
+        manifests.write_exported(
+            Manifest(hour, empty=True, window=window.label, extracted_at=extract.extracted_at,
+                     source=SourceTotals(extract.requests(hour), extract.spend(hour)), run=attempt.key,
+                     decided_by=attempt.as_record()),
+            late_correction=False,
+        )  # fmt: skip
+
+
 def upload_window(
     hook: CloudZeroHook,
     window: Window,
@@ -118,7 +150,7 @@ def upload_window(
     manifests: ManifestStore,
     *,
     max_request_bytes: int,
-    salt: str,
+    attempt: Attempt,
     late_correction: bool = False,
     skip_unchanged: bool = False,
     origin: str = SPEND_LOGS,
@@ -152,7 +184,11 @@ def upload_window(
                     len(emptied), [hour_label(h) for h in emptied])  # fmt: skip
     for hour, reason in extract.failed_hours.items():
         rows_by_hour.pop(hour, None)
-        manifests.mark(hour, status=FAILED, run=salt, reason=reason)
+        manifests.mark(hour, status=FAILED, attempt=attempt, reason=reason)
+    if origin == SPEND_LOGS:
+        _record_checked_empty(
+            window, rows_by_hour, extract, manifests, set(ownership.owned_elsewhere), attempt
+        )
     skipped, unchanged = [], []
     for hour in list(rows_by_hour):
         current = manifests.get(hour)
@@ -196,7 +232,8 @@ def upload_window(
                 source=SourceTotals(extract.requests(hour), extract.spend(hour)),
                 origin=origin,
                 cleared=hour in cleared,
-                run=salt,
+                run=attempt.key,
+                decided_by=attempt.as_record(),
             ),
             late_correction=late_correction,
         )
@@ -206,7 +243,7 @@ def upload_window(
         log.info("Hour %s exported: %d/%d hour(s) of %s done, %.0f source requests/s", hour_label(hour), len(done),
                  total_hours, window, requests_done / elapsed)  # fmt: skip
 
-    sent = send_hours(hook, rows_by_hour, max_request_bytes=max_request_bytes, salt=salt, manifests=manifests,
+    sent = send_hours(hook, rows_by_hour, max_request_bytes=max_request_bytes, attempt=attempt, manifests=manifests,
                       on_hour_sent=record)  # fmt: skip
     exported = sorted(rows_by_hour)
     total = exact_decimal(exact_sum(recorded.hours[h].cost for h in exported if h in recorded.hours))

@@ -403,3 +403,22 @@ def test_the_late_pass_tries_every_hour_and_names_the_ones_it_could_not_correct(
     )
     manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
     assert manifest["status"] == "exported", "the bad hour keeps its last good export"
+
+
+def test_an_hour_without_spend_is_recorded_as_checked_and_each_record_names_its_task(env):
+    """ "No spend" and "not done yet" read differently: the run for an empty hour leaves a record that sent nothing;
+    every record names the task attempt that wrote it, for the ledger's links."""
+    seed_synthetic(env["db"], HOURS[1], 40, id_prefix="one")
+    for hour in HOURS[:2]:
+        assert run_hourly(hour).state == "success"
+    empty = json.loads((env["staging"] / "manifests" / "2026-11-01T10Z.json").read_text())
+    assert empty["empty"] is True and empty["status"] == "exported" and not empty.get("drop_ids")
+    assert empty["source"] == {"requests": 0, "spend": "0"}
+    sent = json.loads((env["staging"] / "manifests" / "2026-11-01T11Z.json").read_text())
+    assert sent.get("empty") is not True and sent["drop_ids"]
+    for record in (empty, sent):
+        assert record["decided_by"]["dag_id"] == "litellm_cloudzero_hourly"
+        assert record["decided_by"]["task_id"] == "upload" and record["decided_by"]["try_number"] == 1
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"]), (
+        "nothing sent for 10:00"
+    )

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from cloudzero_provider.manifests import Manifest, ManifestStore, SourceTotals
+from cloudzero_provider.manifests import Attempt, Manifest, ManifestStore, SourceTotals
 from cloudzero_provider.staging import staging_root
 
 DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -39,7 +39,7 @@ def test_late_corrections_count_on_and_mark_keeps_what_the_export_recorded(store
     hour = DAY.replace(hour=2)
     store.write_exported(exported(hour), late_correction=False)
     store.write_exported(exported(hour), late_correction=True)
-    store.mark(hour, status="failed", run="r2", reason="x" * 5000)
+    store.mark(hour, status="failed", attempt=Attempt(run_id="r2"), reason="x" * 5000)
     m = store.get(hour)
     assert m is not None and (m.status, m.late_corrections, m.cost, m.drop_ids) == (
         "failed",
@@ -47,10 +47,13 @@ def test_late_corrections_count_on_and_mark_keeps_what_the_export_recorded(store
         "1.5",
         ["d1"],
     )
-    assert m.attempt_run == "r2" and m.reason == "x" * 2000 and m.sent_cost == 0, (
-        "a failed hour counts nothing"
-    )
-    store.mark(hour, status="sending", run="r3")
+    assert (
+        m.attempt_run == "r2/-1/0"
+        and m.decided_by["run_id"] == "r2"
+        and m.reason == "x" * 2000
+        and m.sent_cost == 0
+    ), "a failed hour counts nothing"
+    store.mark(hour, status="sending", attempt=Attempt(run_id="r3"))
     assert store.get(hour).reason is None
 
 
@@ -69,7 +72,7 @@ def test_an_unreadable_manifest_reads_as_failed_and_says_why(store, text):
         and m.unreadable
         and m.unreadable.startswith("2026-11-01T03Z.json")
     )
-    store.mark(hour, status="sending", run="r")
+    store.mark(hour, status="sending", attempt=Attempt(run_id="r"))
     assert store.get(hour).unreadable is None, "the next write makes it sound again"
 
 
@@ -88,8 +91,8 @@ def test_one_owner_per_day(store):
     other = DAY + timedelta(days=1)
     store.write_exported(exported(other, origin="daily_team"), late_correction=False)
     assert store.day_owner(other) == "daily_team"
-    store.mark(other, status="failed", run="r")
+    store.mark(other, status="failed", attempt=Attempt(run_id="r"))
     assert store.day_owner(other) is None, "a failed daily export owns nothing"
     third = DAY + timedelta(days=2, hours=4)
-    store.mark(third, status="sending", run="r")
+    store.mark(third, status="sending", attempt=Attempt(run_id="r"))
     assert store.day_owner(third.replace(hour=0)) == "spend_logs", "an hour in flight claims its day"

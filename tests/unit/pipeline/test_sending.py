@@ -8,7 +8,7 @@ import pytest
 
 from cloudzero_provider.drops import serialize_row
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
-from cloudzero_provider.manifests import ManifestStore
+from cloudzero_provider.manifests import Attempt, ManifestStore
 from cloudzero_provider.pipeline.sending import send_hours
 from cloudzero_provider.staging import staging_root
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
@@ -31,7 +31,7 @@ def test_hours_are_marked_in_flight_and_recorded_on_receipt(double, cloudzero_co
         seen[hour] = receipts
 
     by_hour = {H: rows(H, 3), H + timedelta(hours=1): rows(H + timedelta(hours=1), 2)}
-    sent = send_hours(CloudZeroHook(max_wait=0.1), by_hour, max_request_bytes=100_000, salt="s", manifests=store,
+    sent = send_hours(CloudZeroHook(max_wait=0.1), by_hour, max_request_bytes=100_000, attempt=Attempt(run_id="s"), manifests=store,
                       on_hour_sent=on_sent)  # fmt: skip
     assert sent == 1 and set(seen) == set(by_hour)
     drop = double.double.streams[("", CONNECTION_ID)].drops[0]
@@ -44,7 +44,7 @@ def test_a_413_replans_every_unsent_hour_at_half_size(double, cloudzero_conn, tm
     hours = [H + timedelta(hours=i) for i in range(3)]
     by_hour = {h: rows(h, 40, pad=400) for h in hours}
     done: list[datetime] = []
-    send_hours(CloudZeroHook(max_wait=0.1), by_hour, max_request_bytes=60_000, salt="s", manifests=store,
+    send_hours(CloudZeroHook(max_wait=0.1), by_hour, max_request_bytes=60_000, attempt=Attempt(run_id="s"), manifests=store,
                on_hour_sent=lambda h, r: done.append(h))  # fmt: skip
     assert sorted(done) == hours
     statuses = [r["status"] for r in double.double.requests]
@@ -59,5 +59,5 @@ def test_a_failure_marks_the_hours_of_the_request_failed(double, cloudzero_conn,
     double.fail_next(5, 503)
     with pytest.raises(CloudZeroTransientError):
         send_hours(CloudZeroHook(max_wait=0.05, max_attempts=2), {H: rows(H, 1)}, max_request_bytes=100_000,
-                   salt="s", manifests=store, on_hour_sent=lambda h, r: None)  # fmt: skip
+                   attempt=Attempt(run_id="s"), manifests=store, on_hour_sent=lambda h, r: None)  # fmt: skip
     assert store.get(H).status == "failed"
