@@ -99,7 +99,11 @@ SETTINGS: dict[str, tuple[str, str]] = {
     ),
     "reconcile_retention_days": (
         "CLOUDZERO_RECONCILE_RETENTION_DAYS",
-        "Set to LiteLLM's `maximum_spend_logs_retention_period` (in days): the reconciliation never lowers an hour older than this whose source rows are gone, it reports it as purged at source (default 0: off).",
+        "LiteLLM's `maximum_spend_logs_retention_period` in days, if you know it. Without it the reconciliation already never lowers an hour older than the oldest spend-log row the source still holds (or a day whose spend logs are gone while the daily rollup holds spend): those are `purged at source`. With it, every hour older than this many days is treated so too (default 0: only the evidence in the database).",
+    ),
+    "max_lag_hours": (
+        "CLOUDZERO_MAX_LAG_HOURS",
+        "The newest exported hour may lag this many hours behind now before the lag alert fires and the ledger shows red (default 6).",
     ),
     "daily_source": (
         "CLOUDZERO_DAILY_SOURCE",
@@ -143,6 +147,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "retry_delay_seconds": (1, 24 * 3600),
     "max_request_bytes": (16_384, 5_000_000),
     "reconcile_retention_days": (0, 3650),
+    "max_lag_hours": (1, 720),
 }
 
 
@@ -187,6 +192,7 @@ class ExportSettings:
     alert_slack_conn_id: str | None = None
     alert_slack_channel: str = "#finops"
     reconcile_retention_days: int = 0
+    max_lag_hours: int = 6
     daily_source: str = "team"
     daily_dimensions: list[str] | None = None
     daily_tag_conn_id: str | None = None
