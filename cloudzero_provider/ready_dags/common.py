@@ -21,6 +21,7 @@ TELEMETRY_DAG_ID = "litellm_cloudzero_telemetry"
 REPORT_DAG_ID = "litellm_cloudzero_daily_report"
 DAILY_ROLLUP_DAG_ID = "litellm_cloudzero_daily_rollup"
 RECONCILE_DAG_ID = "litellm_cloudzero_reconcile"
+HOUSEKEEPING_DAG_ID = "litellm_cloudzero_housekeeping"
 MAX_RANGE_HOURS = 24 * 366
 MAX_SETTLE_MINUTES = 24 * 60
 MAX_CHUNK_HOURS = 168
