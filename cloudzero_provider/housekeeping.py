@@ -171,7 +171,9 @@ class Housekeeper:
         local = local_path(self.target.dir)
         if local is None:
             return
-        for folder in sorted((p for p in local.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        for folder in sorted(
+            (p for p in local.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True
+        ):
             if folder.name == "manifests" or folder == local / "reports":
                 continue
             try:
@@ -195,7 +197,12 @@ class Housekeeper:
         for rel, info in entries:
             name = rel.rsplit("/", 1)[-1]
             mtime = _mtime(info)
-            if name.startswith(".") and name.endswith(TMP_SUFFIX) and mtime and mtime <= self.now - ORPHAN_AGE:
+            if (
+                name.startswith(".")
+                and name.endswith(TMP_SUFFIX)
+                and mtime
+                and mtime <= self.now - ORPHAN_AGE
+            ):
                 orphans.append((rel, info))
         self._delete("temporary files", orphans)
 
@@ -213,7 +220,9 @@ class Housekeeper:
         self._delete("reports", whole)
         self._delete("reports (raw aggregates)", raw)
 
-    def _expired_windows(self, files: list[tuple[str, dict[str, Any]]], depth: int) -> list[tuple[str, dict[str, Any]]]:
+    def _expired_windows(
+        self, files: list[tuple[str, dict[str, Any]]], depth: int
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Files of window folders ``depth`` levels down (``retry/`` inside areas too) that ended by the cutoff."""
         out = []
         for rel, info in files:
@@ -239,11 +248,15 @@ class Housekeeper:
             return
         expired = self._expired_windows(files, 1)
         self._delete(area, expired)
-        staged = [rel for rel, _ in files if not rel.endswith(TMP_SUFFIX) and not rel.endswith("/" + RUN_MARKER)]
+        staged = [
+            rel for rel, _ in files if not rel.endswith(TMP_SUFFIX) and not rel.endswith("/" + RUN_MARKER)
+        ]
         if len(expired) == len(staged):  # nothing of the run is left: its claim goes too
             self._delete(area, [(rel, info) for rel, info in files if rel.endswith("/" + RUN_MARKER)])
 
-    def _hourly(self, windows: dict[str, Window], by_top: dict[str, list[tuple[str, dict[str, Any]]]]) -> None:
+    def _hourly(
+        self, windows: dict[str, Window], by_top: dict[str, list[tuple[str, dict[str, Any]]]]
+    ) -> None:
         expired = {name: w for name, w in windows.items() if w.end <= self.cutoff}
         if not expired:
             return

@@ -156,7 +156,9 @@ class CloudZeroStagingOperator(CloudZeroBaseOperator):
             return
         ti = context.get("ti")
         self.target.claim_area(
-            str(self.staging_area), dag_id=str(getattr(ti, "dag_id", "")), run_id=str(context.get("run_id", ""))
+            str(self.staging_area),
+            dag_id=str(getattr(ti, "dag_id", "")),
+            run_id=str(context.get("run_id", "")),
         )
 
 

@@ -70,7 +70,11 @@ class StagingHousekeepingOperator(CloudZeroStagingOperator):
         hourly, passes = self.hourly_dag_id, dict(self.pass_tasks or {})
 
         def hourly_hours(hours: list[datetime]) -> set[datetime]:
-            if not hourly or not hours or not ti.get_dr_count(dag_id=hourly, logical_dates=hours, states=IN_FLIGHT):
+            if (
+                not hourly
+                or not hours
+                or not ti.get_dr_count(dag_id=hourly, logical_dates=hours, states=IN_FLIGHT)
+            ):
                 return set()
             return {h for h in hours if ti.get_dr_count(dag_id=hourly, logical_dates=[h], states=IN_FLIGHT)}
 
@@ -112,5 +116,7 @@ class StagingHousekeepingOperator(CloudZeroStagingOperator):
                 in_flight=in_flight,
             ).run()
             out[conn_id] = sweep.as_xcom()
-            self.log.info("Housekeeping of %s up to %s: %s", conn_id, window.end - timedelta(days=days), out[conn_id])
+            self.log.info(
+                "Housekeeping of %s up to %s: %s", conn_id, window.end - timedelta(days=days), out[conn_id]
+            )
         return out

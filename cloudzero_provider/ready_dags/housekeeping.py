@@ -5,11 +5,14 @@ from __future__ import annotations
 from airflow.sdk import DAG
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
+from cloudzero_provider.notify import Channels
 from cloudzero_provider.operators.housekeeping import StagingHousekeepingOperator
+from cloudzero_provider.operators.lag import ExportLagCheckOperator
 from cloudzero_provider.ready_dags.common import (
     HOURLY_DAG_ID,
     HOUSEKEEPING_DAG_ID,
     RECONCILE_DAG_ID,
+    WATCH_DAG_ID,
     default_args,
     export_target,
 )
@@ -38,7 +41,10 @@ def build_housekeeping_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
     retention = retention_option("staging_retention_days", 30)
     reports = retention_option("report_retention_days", 400)
-    targets = [settings.cloudzero_conn_id, *([settings.daily_tag_conn_id] if settings.daily_tag_conn_id else [])]
+    targets = [
+        settings.cloudzero_conn_id,
+        *([settings.daily_tag_conn_id] if settings.daily_tag_conn_id else []),
+    ]
     doc = f"""
 # Housekeeping of the CloudZero staging folders
 
@@ -73,5 +79,36 @@ The late pass, reconciliation and the ledger work from the manifests and re-read
             hourly_dag_id=HOURLY_DAG_ID,
             pass_tasks={"late": (HOURLY_DAG_ID, "late_data"), "reconcile": (RECONCILE_DAG_ID, "reconcile")},
             retries=1,
+        )
+    return dag
+
+
+def build_watch_dag(settings: ExportSettings | None = None) -> DAG:
+    settings = settings or ExportSettings.from_env()
+    doc = f"""
+# Is the export current?
+
+Every hour (no catchup: only now matters), one cheap task looks at the newest hour the export of
+`{settings.cloudzero_conn_id}` holds. When it lags more than **{settings.max_lag_hours} hours** behind now
+(`CLOUDZERO_MAX_LAG_HOURS`), the notifier channels (`CLOUDZERO_ALERT_EMAIL`, `CLOUDZERO_ALERT_SLACK_CONN_ID`) are
+told once; again only after the export caught up and fell behind anew. No channel configured: it only logs.
+"""
+    with DAG(
+        dag_id=WATCH_DAG_ID,
+        schedule=CronDataIntervalTimetable("20 * * * *", timezone="UTC"),
+        start_date=settings.start_date,
+        catchup=False,
+        max_active_runs=1,
+        default_args=default_args(settings),
+        doc_md=doc,
+        tags=["cloudzero", "litellm", "alerts"],
+    ) as dag:
+        ExportLagCheckOperator(
+            task_id="check_lag",
+            max_lag_hours=settings.max_lag_hours,
+            channels=Channels.from_settings(settings),
+            staging_uri=settings.staging_uri,
+            retries=0,
+            on_failure_callback=None,
         )
     return dag
