@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import email
 import io
@@ -159,20 +160,27 @@ def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, mo
     assert 'id="chart-daily"' in report_dom and 'id="chart-teams"' in report_dom and "<svg" in report_dom
     assert (shots / "report.png").stat().st_size > 10_000
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    # The server is handed a socket bound to port 0 and already listening, so no other process can take the
+    # port between choosing it and serving on it.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
+        deadline = time.monotonic() + 30
         while not server.started:
+            assert thread.is_alive(), "the ledger's uvicorn server stopped before it started serving"
+            assert time.monotonic() < deadline, "the ledger's uvicorn server did not start within 30 s"
             time.sleep(0.05)
         url = f"http://127.0.0.1:{port}/ledger?start=2026-11-01T08:00:00Z&end=2026-11-01T13:00:00Z"
         dom = chromium(url, tmp_path, shots / "ledger.png")
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()
     assert '<span id="count-exported">1 exported</span>' in dom
     assert '<span id="count-late-corrected">1 late-corrected</span>' in dom
     assert '<span id="count-failed">1 failed</span>' in dom
@@ -211,7 +219,7 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
     airflow_db, exported_day, monkeypatch
 ):
     """A real SMTP server on loopback receives the SmtpNotifier's mail, and only when a limit is crossed."""
-    from aiosmtpd.controller import Controller
+    from aiosmtpd.controller import UnthreadedController
 
     from cloudzero_provider.ready_dags import build_report_dag
 
@@ -225,11 +233,13 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
 
     _, summary, _, _ = exported_day
     inbox = Inbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
+    loop = asyncio.new_event_loop()
+    controller = UnthreadedController(inbox, hostname="127.0.0.1", port=0, loop=loop)
+    # Binds port 0 and reads the port back: no other process can take it between its choice and the bind.
+    controller.begin()
+    port = controller.server.sockets[0].getsockname()[1]
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
     try:
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
             "conn_type": "smtp", "host": "127.0.0.1", "port": port,
@@ -250,4 +260,7 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
         )
         assert f"total spend spent {summary['spend']} USD, over the limit of 4.5 USD" in body
     finally:
-        controller.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(timeout=10)
+        controller.end()
+        loop.close()
