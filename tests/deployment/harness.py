@@ -1,6 +1,7 @@
 """A real, distributed Airflow on loopback ports, the topology of docker-compose.yaml without Docker.
 
-For this repository's deployment tests and backfill benchmark (it reads the repository's compose file).
+For this repository's deployment tests and backfill benchmark: it reads the repository's compose file and DAGs
+folder, so it lives beside the tests rather than in the provider's package.
 
 PostgreSQL (metadata and LiteLLM's database: the project's throwaway server), Redis, ``airflow api-server``,
 ``scheduler``, ``dag-processor``, ``triggerer`` and two ``celery worker`` processes, each started in its own
@@ -37,14 +38,6 @@ from cloudzero_provider.testing.server import CloudZeroDoubleServer
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-# compose service -> the airflow command the harness runs for it (the worker twice, as two processes)
-AIRFLOW_SERVICES = {
-    "airflow-apiserver": "api-server",
-    "airflow-scheduler": "scheduler",
-    "airflow-dag-processor": "dag-processor",
-    "airflow-triggerer": "triggerer",
-    "airflow-worker": "celery worker",
-}
 # compose settings that name compose hosts or files: the harness gives its own loopback values
 HOST_SPECIFIC = {
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
@@ -65,11 +58,6 @@ def compose() -> dict[str, Any]:
 def compose_airflow_env() -> dict[str, str]:
     """The environment every Airflow container of the compose stack gets (x-airflow-common)."""
     return {k: str(v) for k, v in compose()["x-airflow-common"]["environment"].items()}
-
-
-def worker_hostname() -> str:
-    """``[core] hostname_callable`` of the harness: each worker reports its own name, though all share a host."""
-    return os.environ.get("CZ_WORKER_NAME") or socket.getfqdn()
 
 
 def free_port() -> int:
@@ -151,7 +139,10 @@ class Deployment:
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cloudzero_provider.testing.deployment.worker_hostname",
+                # Shipped in the provider's testing package, which every Airflow process imports like any
+                # installed provider; the tests folder stays off their path, so that they run what a deployment
+                # runs, and a module found only because the repository is on sys.path would fail here too.
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "cloudzero_provider.testing.hostname.worker_hostname",
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.home / "logs"),
                 "AIRFLOW_CONN_LITELLM_DB": airflow_conn_uri(self.litellm_url),
                 "AIRFLOW_CONN_CLOUDZERO_DEFAULT": json.dumps(
