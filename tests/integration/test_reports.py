@@ -8,6 +8,7 @@ import email
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -66,6 +67,14 @@ def sql_totals(db: str, column: str) -> dict[str, Decimal]:
         return {k: v for k, v in cur.fetchall()}
 
 
+def model_spend_and_tokens(db: str) -> dict[str, tuple[Decimal, int]]:
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT model, SUM(spend::numeric), SUM(total_tokens) FROM "LiteLLM_SpendLogs" GROUP BY 1"""
+        )
+        return {model: (spend, int(tokens)) for model, spend, tokens in cur.fetchall()}
+
+
 def test_report_totals_equal_the_source_for_every_grouping(exported_day):
     db, summary, _, staging = exported_day
     report = json.loads((staging / "reports" / "2026-11-01" / "report.json").read_text())
@@ -84,8 +93,16 @@ def test_report_totals_equal_the_source_for_every_grouping(exported_day):
     )
     assert exact_sum(r["spend_usd"] for r in csv_rows if r["model"] == "(all)") == total
     per_1k = {r["model"]: r for r in report["cost_per_1k_tokens"]}
-    m0 = per_1k["model-0"]
-    assert Decimal(m0["usd_per_1k_tokens"]) == round(Decimal(m0["spend"]) * 1000 / m0["tokens"], 6)
+    by_model = model_spend_and_tokens(db)
+    assert set(per_1k) == set(by_model)
+    for model, (spend, tokens) in by_model.items():
+        shown = per_1k[model]
+        assert Decimal(shown["spend"]) == spend, model
+        assert shown["tokens"] == tokens, model
+        # Shown to 6 places: within half a unit of the 6th place of the exact figure from the source's sums.
+        exact = spend * 1000 / tokens
+        assert re.fullmatch(r"\d+\.\d{6}", shown["usd_per_1k_tokens"]), model
+        assert abs(Decimal(shown["usd_per_1k_tokens"]) - exact) <= Decimal("0.0000005"), model
 
 
 def test_threshold_check_lists_every_breach(exported_day):
@@ -112,10 +129,12 @@ def test_notifiers_are_airflow_notifiers():
     settings = ExportSettings(alert_limits={"team": 5}, alert_email=["finops@example.com"])
     (notifier,) = alert_notifiers(settings)
     assert isinstance(notifier, SmtpNotifier)
+    assert notifier.to == ["finops@example.com"]
     dag = build_report_dag(settings)
-    assert dag.get_task("check_limits").on_failure_callback == [notifier] or isinstance(
-        dag.get_task("check_limits").on_failure_callback[0], SmtpNotifier
-    )
+    callbacks = dag.get_task("check_limits").on_failure_callback
+    assert isinstance(callbacks, list) and len(callbacks) == 1, "one notifier: the one configured"
+    assert isinstance(callbacks[0], SmtpNotifier)
+    assert (callbacks[0].to, callbacks[0].subject) == (notifier.to, notifier.subject)
     assert "check_limits" not in build_report_dag(ExportSettings()).task_dict, "no limits, no check, no noise"
     with pytest.raises(ImportError, match="apache-airflow-providers-slack"):
         alert_notifiers(ExportSettings(alert_slack_conn_id="slack"))
