@@ -372,15 +372,26 @@ class Deployment:
         response.raise_for_status()
         return response.json() if response.content else None
 
+    def pages(self, path: str, key: str, **params: Any) -> list[dict[str, Any]]:
+        """Every item of a REST collection: the api-server answers at most ``[api] maximum_page_limit`` (100)
+        items per request, whatever limit is asked for."""
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.api("GET", path, params={**params, "limit": 100, "offset": len(items)})
+            items.extend(page[key])
+            if not page[key] or len(items) >= page["total_entries"]:
+                return items
+
     def runs(self, dag_id: str) -> list[dict[str, Any]]:
-        return list(self.api("GET", f"/dags/{dag_id}/dagRuns", params={"limit": 500})["dag_runs"])
+        return self.pages(f"/dags/{dag_id}/dagRuns", "dag_runs")
 
     def task_instances(self, dag_id: str, run_id: str = "~") -> list[dict[str, Any]]:
-        return list(
-            self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 1000})[
-                "task_instances"
-            ]
-        )
+        return self.pages(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", "task_instances")
+
+    def run_state(self, dag_id: str, run_id: str) -> str | None:
+        """The run's state once it has finished (``success`` or ``failed``), else None."""
+        state = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        return str(state) if state in ("success", "failed") else None
 
     def wait_for_dag(self, dag_id: str, timeout: float = 180) -> None:
         def parsed() -> Any:
