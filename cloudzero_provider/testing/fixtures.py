@@ -107,11 +107,8 @@ class SmtpInbox:
         out = []
         for raw in self.messages:
             mail = email.message_from_string(raw)
-            body = "".join(
-                (p.get_payload(decode=True) or b"").decode("utf-8", errors="replace")
-                for p in mail.walk()
-                if not p.is_multipart()
-            )
+            parts = [p.get_payload(decode=True) for p in mail.walk() if not p.is_multipart()]
+            body = "".join(p.decode("utf-8", errors="replace") for p in parts if isinstance(p, bytes))
             out.append((str(mail["To"]), str(mail["Subject"]), body))
         return out
 
