@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -23,7 +23,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from cloudzero_provider.staging import exclusive, read_versioned, write_if_unchanged
+from cloudzero_provider.staging import exclusive, listing, read_versioned, write_if_unchanged
 from cloudzero_provider.windows import (
     DAY,
     Window,
@@ -198,7 +198,24 @@ class ManifestStore:
         return self.dir / f"{hour_label(hour)}.json"
 
     def get(self, hour: datetime) -> Manifest | None:
-        return self._parse(hour, read_versioned(self.path(hour))[0])
+        try:
+            raw: bytes | None = self.path(hour).read_bytes()
+        except FileNotFoundError:
+            raw = None
+        return self._parse(hour, raw)
+
+    def get_many(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
+        """The manifests of several hours that have one, read with one listing of the folder and one read per
+        manifest that exists -- no exists-check per hour (on object storage each would be a request)."""
+        wanted = {hour_label(h): h for h in hours}
+        present = set(listing(self.dir))
+        out = {}
+        for label, hour in wanted.items():
+            if f"{label}.json" in present:
+                manifest = self.get(hour)
+                if manifest is not None:
+                    out[hour] = manifest
+        return out
 
     def _parse(self, hour: datetime, raw: bytes | None) -> Manifest | None:
         if raw is None:
@@ -308,14 +325,12 @@ class ManifestStore:
         self.update(hour, change)
 
     def hours(self) -> list[datetime]:
-        """Every hour with a manifest, oldest first."""
-        if not self.dir.exists():
-            return []
+        """Every hour with a manifest, oldest first (one listing)."""
         out = []
-        for path in self.dir.iterdir():
-            if path.name.endswith(".json") and not path.name.startswith("."):
+        for name in listing(self.dir):
+            if name.endswith(".json") and not name.startswith("."):
                 try:
-                    out.append(parse_hour(path.name[: -len(".json")], what="manifest name"))
+                    out.append(parse_hour(name[: -len(".json")], what="manifest name"))
                 except ValueError:
                     continue  # not ours
         return sorted(out)
@@ -330,11 +345,26 @@ class ManifestStore:
         (``replace_hourly`` of hour 00) or be counted twice: a day has one owner. The pipeline, reconciliation and
         the ledger all ask here.
         """
-        first = self.get(day)
-        if first and first.is_daily and first.status != FAILED:
-            return first.origin
-        for hour in Window(day, day + DAY).hour_starts():
-            m = first if hour == day else self.get(hour)
-            if m and m.is_ours and (m.drop_ids or m.status == SENDING):
-                return SPEND_LOGS
-        return None
+        return self.day_owners([day])[day]
+
+    def day_owners(
+        self, days: Iterable[datetime], *, held: dict[datetime, Manifest] | None = None
+    ) -> dict[datetime, str | None]:
+        """:meth:`day_owner` of several days, their manifests read with one listing (or taken from ``held``, the
+        caller's :meth:`get_many` of those days' hours)."""
+        days = list(days)
+        if held is None:
+            held = self.get_many(h for d in days for h in Window(d, d + DAY).hour_starts())
+        out: dict[datetime, str | None] = {}
+        for day in days:
+            first = held.get(day)
+            out[day] = None
+            if first and first.is_daily and first.status != FAILED:
+                out[day] = first.origin
+                continue
+            for hour in Window(day, day + DAY).hour_starts():
+                m = held.get(hour)
+                if m and m.is_ours and (m.drop_ids or m.status == SENDING):
+                    out[day] = SPEND_LOGS
+                    break
+        return out

@@ -20,11 +20,12 @@ version it read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
-import io
 import json
 import os
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -102,14 +103,16 @@ def write_atomically(path: ObjectStoragePath, data: bytes) -> None:
 
 
 def write_lines_atomically(path: ObjectStoragePath, lines: Iterable[bytes]) -> None:
-    """Write lines as they come (a local file streams to disk; object storage buffers them for its one PUT, or
-    uploads in parts that become visible only when complete). A failure part-way leaves the previous file."""
+    """Write lines as they come. A local file streams to disk under a temporary name; for object storage they are
+    spooled to a local temporary file and uploaded when complete (one PUT, or parts that become visible only when
+    the upload completes), so memory stays flat and a failure part-way leaves the previous object."""
     local = local_path(path)
     if local is None:
-        buffer = io.BytesIO()
-        for line in lines:
-            buffer.write(line)
-        path.write_bytes(buffer.getvalue())
+        with tempfile.NamedTemporaryFile(prefix="cz-stage-", suffix=TMP_SUFFIX) as spool:
+            for line in lines:
+                spool.write(line)
+            spool.flush()
+            path.fs.put_file(spool.name, path.path)
         return
     make_dirs(path.parent)
     tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
@@ -125,8 +128,33 @@ def write_lines_atomically(path: ObjectStoragePath, lines: Iterable[bytes]) -> N
         raise
 
 
+def listing(folder: ObjectStoragePath) -> list[str]:
+    """The names directly in a folder, as they are now (``[]`` when it does not exist). On object storage one LIST
+    per 1,000 names, after dropping the file system's listings cache, which never expires on its own: in a
+    long-lived process (the API server's ledger) it would hide what other machines wrote."""
+    local = local_path(folder)
+    if local is not None:
+        return sorted(os.listdir(local)) if local.is_dir() else []
+    fs = folder.fs
+    fs.invalidate_cache(folder.path)
+    try:
+        entries = fs.ls(folder.path, detail=False)
+    except FileNotFoundError:
+        return []
+    return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+
 def read_versioned(path: ObjectStoragePath) -> tuple[bytes | None, str | None]:
-    """A file's bytes and the version a conditional write compares against (``None``, ``None`` when absent)."""
+    """A file's bytes and the version a conditional write compares against (``None``, ``None`` when absent): the
+    content's digest on a local disk, the object's ETag on object storage."""
+    if local_path(path) is None:
+        try:
+            info = path.fs.info(path.path, refresh=True)
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        etag = info.get("ETag") or info.get("etag")
+        return data, str(etag) if etag else hashlib.sha256(data).hexdigest()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -164,8 +192,26 @@ def write_if_unchanged(path: ObjectStoragePath, data: bytes, version: str | None
 
 
 def _object_write_if(path: ObjectStoragePath, data: bytes, version: str | None) -> bool:
-    """Conditional write on object storage: compare the content's digest, then write; the store's own
-    conditional PUT (see issue "many machines") closes the remaining window where the backend offers one."""
+    """A conditional PUT: ``If-Match`` the ETag read (``If-None-Match: *`` for a new object). The store refuses it
+    (412) when another writer changed the object in between. Stores without conditional writes compare, then write,
+    with a window between the two (say so in their docs)."""
+    if path.protocol in ("s3", "s3a"):
+        try:
+            if version is None:
+                path.fs.pipe_file(path.path, data, mode="create")
+            else:
+                path.fs.pipe_file(path.path, data, IfMatch=version)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # 412 Precondition Failed (s3fs: EINVAL), 409 a concurrent conditional write
+            if (
+                "precondition" in str(exc).lower()
+                or "conflict" in str(exc).lower()
+                or exc.errno == errno.EINVAL
+            ):
+                return False
+            raise
+        return True
     if read_versioned(path)[1] != version:
         return False
     path.write_bytes(data)

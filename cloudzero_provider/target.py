@@ -16,7 +16,7 @@ from functools import cached_property
 from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
 
 from cloudzero_provider.manifests import ManifestStore
-from cloudzero_provider.staging import WindowStage, staging_root, write_atomically
+from cloudzero_provider.staging import WindowStage, local_path, staging_root, write_atomically
 from cloudzero_provider.windows import Window, day_label
 
 # An Airflow connection id as used in a path: no separators, never "." or "..".
@@ -24,6 +24,17 @@ TARGET_NAME_RE = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,200}")
 RUN_MARKER = ".run.json"
 # One folder of a staging area (``range-<run>``, ``late``): no separators, no dots.
 AREA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class StagingUnreachable(RuntimeError):
+    """The staging root on object storage cannot be used (no bucket, refused credentials, no endpoint).
+
+    :param retryable: False when only a person can fix it (bucket, credentials); True for an outage.
+    """
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class ExportTarget:
@@ -60,6 +71,47 @@ class ExportTarget:
                 raise ValueError(f"staging area {part!r} is not a folder name: use letters, digits, _ -")
             folder = folder / part
         return WindowStage(folder, window)
+
+    def check_reachable(self) -> None:
+        """
+        On object storage, look at the staging root once, so that a wrong bucket, refused credentials or an
+        unreachable endpoint fail the first task with a message that names the URI and what to check -- never a
+        secret, never a traceback from deep inside a write. A local folder needs no check.
+
+        :raises StagingUnreachable: The store cannot be used.
+        """
+        root = staging_root(self.staging_uri)
+        if local_path(root) is not None:
+            return
+        uri = str(root)
+        bucket = root.path.split("/", 1)[0]
+        conn = getattr(root, "conn_id", None) or "the default"
+        fs = root.fs
+        try:
+            fs.invalidate_cache(root.path)
+            try:
+                fs.ls(root.path, detail=False)  # the prefix only: a policy may grant no more than it
+            except FileNotFoundError:
+                if not fs.exists(bucket):  # an empty prefix is a first run; a missing bucket is a mistake
+                    raise
+        except FileNotFoundError:
+            raise StagingUnreachable(
+                f"Staging {uri}: the bucket {bucket!r} does not exist, or connection {conn!r} cannot see it. Create "
+                "it, or correct [cloudzero] staging_uri.",
+                retryable=False,
+            ) from None
+        except PermissionError as exc:
+            raise StagingUnreachable(
+                f"Staging {uri}: the store refused the credentials of connection {conn!r} ({_brief(exc)}). Check "
+                "that connection's keys or role and the bucket's policy.",
+                retryable=False,
+            ) from None
+        except Exception as exc:  # endpoint down, DNS, TLS: what botocore and aiohttp raise varies
+            raise StagingUnreachable(
+                f"Staging {uri}: cannot reach the store ({_brief(exc)}). Check connection {conn!r}'s endpoint_url, "
+                "the network, and that the service runs.",
+                retryable=True,
+            ) from None
 
     def claim_area(self, area: str, *, dag_id: str, run_id: str) -> None:
         """Record which DAG run owns a per-run staging area (``<area>/.run.json``), once."""
@@ -102,3 +154,9 @@ class ExportTarget:
         """``reports/<YYYY-MM-DD>`` for a whole UTC day, ``reports/<window label>`` otherwise."""
         name = day_label(window.start) if window.hours == 24 and window.is_day_aligned else window.label
         return self.reports_dir / name
+
+
+def _brief(exc: BaseException) -> str:
+    """An exception's class and the first line of its message, bounded: store errors can be long XML."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text[:160]}" if text else type(exc).__name__

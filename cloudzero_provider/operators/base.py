@@ -13,14 +13,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import AssetAlias, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook
 from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
 from cloudzero_provider.manifests import Attempt
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.target import ExportTarget
+from cloudzero_provider.target import ExportTarget, StagingUnreachable
 from cloudzero_provider.windows import Window, iso_hour
 
 if TYPE_CHECKING:
@@ -127,10 +127,17 @@ class CloudZeroStagingOperator(CloudZeroBaseOperator):
 
     @cached_property
     def target(self) -> ExportTarget:
+        """The export target, its staging root checked once (object storage: one request)."""
         try:
-            return ExportTarget(self.cloudzero_conn_id, self.staging_uri or None)
+            target = ExportTarget(self.cloudzero_conn_id, self.staging_uri or None)
+            target.check_reachable()
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
+        except StagingUnreachable as exc:
+            if exc.retryable:  # an outage: a retry may pass
+                raise AirflowException(str(exc)) from None
+            raise AirflowFailException(str(exc)) from None
+        return target
 
     def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
         """The window's stage in this operator's staging area; ``area`` nests a pass of its own inside it."""

@@ -52,10 +52,10 @@ class LateDataOperator(ExportStepOperator):
         """The hours of ``checked`` to export again, with why."""
         current = self.litellm_hook.hour_spend(checked)
         floor = parse_instant(self.not_before, what="not_before") if self.not_before else None
-        manifests = self.target.manifests
+        held = self.target.manifests.get_many(checked.hour_starts())  # one listing, one read per manifest
         changed: dict[datetime, str] = {}
         for hour in checked.hour_starts():
-            manifest = manifests.get(hour)
+            manifest = held.get(hour)
             requests, spend = current.get(hour, (0, "0"))
             if manifest is None:
                 if not requests or (floor and hour < floor):

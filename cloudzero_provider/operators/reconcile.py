@@ -142,13 +142,16 @@ class ReconcileOperator(ExportStepOperator):
         may_be_purged = self._purge_evidence(window, source)
         remove_foreign = str(self.remove_foreign).strip().lower() in ("true", "1", "yes")
         held, basis, unreadable = self._cloudzero_state(window)
-        owners = {d.start: manifests.day_owner(d.start) for d in window.each_day()}
+        days = [d.start for d in window.each_day()]
+        # one listing, one read per manifest (the whole days: who owns a day is decided over all its hours)
+        records = manifests.get_many(h for d in window.each_day() for h in d.hour_starts())
+        owners = manifests.day_owners(days, held=records)
         checks: list[HourCheck] = []
         failures: list[str] = list(unreadable.values())
         for hour in window.hour_starts():
             if month_label(hour) in unreadable:
                 continue  # what CloudZero holds is unknown: nothing is decided, the task fails naming the month
-            manifest = manifests.get(hour)
+            manifest = records.get(hour)
             requests, spend = source.get(hour, (0, "0"))
             if held is not None:
                 now_held = held.get(hour, Decimal(0))
@@ -182,7 +185,7 @@ class ReconcileOperator(ExportStepOperator):
             done.append(check)
         done.sort(key=lambda c: c.hour)
         for check in checks:  # the verdict goes where the ledger looks: the hours this stream has a record of
-            if check.action != "none" or manifests.get(check.hour) is not None:
+            if check.action != "none" or check.hour in records:
                 manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": attempt.key})
         self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {

@@ -55,9 +55,11 @@ def apply_ownership(
     """Of the hours about to be sent (``present``), which another source's day owns (not to be sent), and which
     hours must be cleared to 0 to switch a day with ``take_over`` (send :func:`clearing_row` for them)."""
     days = sorted({day_start(h) for h in present} | {d.start for d in window.each_day()})
+    held = manifests.get_many(h for d in days for h in Window(d, d + DAY).hour_starts())
+    owners = manifests.day_owners(days, held=held)
     out = Ownership()
     for day in days:
-        owner = manifests.day_owner(day)
+        owner = owners[day]
         if owner is None or owner == origin:
             continue
         if owner in DAILY_ORIGINS and origin in DAILY_ORIGINS:
@@ -90,7 +92,7 @@ def apply_ownership(
                 out.cleared.add(day)
         else:  # every hour the spend-log export sent that day goes back to 0
             for hour in hours[1:]:
-                m = manifests.get(hour)
+                m = held.get(hour)
                 if m and m.is_ours and m.drop_ids:
                     out.cleared.add(hour)
             if day not in present:

@@ -80,10 +80,11 @@ def _emptied_hours(
     """Hours of the window this source exported with a cost that now have nothing to send: without an explicit
     clearing row, CloudZero would keep their old cost forever (an empty hour sends no request)."""
     out = []
+    held = manifests.get_many(window.hour_starts())
     for hour in window.hour_starts():
         if hour in present or hour in extract.failed_hours:
             continue
-        m = manifests.get(hour)
+        m = held.get(hour)
         if m and m.exported and m.origin == origin and not m.cleared and m.sent_cost != 0:
             out.append(hour)
     return out
@@ -186,8 +187,9 @@ def upload_window(
     digests.update({h: content_digest([serialize_row(clearing_row(h))]) for h in cleared})
     candidates = (present - set(ownership.owned_elsewhere) - set(extract.failed_hours)) | cleared
     skipped, unchanged = [], []
+    records = manifests.get_many(candidates)
     for hour in sorted(candidates):
-        current = manifests.get(hour)
+        current = records.get(hour)
         if current and current.extracted_at and current.extracted_at > extract.extracted_at:
             # A newer extract of this hour was already sent: never overwrite it with older data.
             skipped.append(hour)

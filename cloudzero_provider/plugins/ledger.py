@@ -19,8 +19,9 @@ from typing import Any
 from airflow.plugins_manager import AirflowPlugin
 
 from cloudzero_provider.manifests import DAILY_ORIGINS, Manifest
+from cloudzero_provider.staging import listing
 from cloudzero_provider.target import TARGET_NAME_RE, ExportTarget
-from cloudzero_provider.windows import day_start, iso_hour, iso_instant
+from cloudzero_provider.windows import Window, day_start, iso_hour, iso_instant
 
 EXPORT_DAG_ID = "litellm_cloudzero_hourly"
 REPORT_NAME_RE = TARGET_NAME_RE  # a day (2026-11-01) or a window label; never "." or ".."
@@ -41,10 +42,14 @@ def ledger_rows(target: ExportTarget, start: datetime, end: datetime) -> list[di
     """One row per hour of ``[start, end)``; who owns each day is the pipeline's own answer
     (:meth:`ManifestStore.day_owner`)."""
     rows, hour = [], start
-    owners: dict[datetime, str | None] = {}
     store = target.manifests
+    window = Window(start, end)
+    days = [d.start for d in window.each_day()]
+    # one listing, one read per manifest that exists (the days' first and last hours may lie outside the window)
+    records = store.get_many(h for d in days for h in Window(d, d + timedelta(days=1)).hour_starts())
+    owners = store.day_owners(days, held=records)
     while hour < end:
-        manifest = store.get(hour)
+        manifest = records.get(hour)
         day = day_start(hour)
         if day not in owners:
             owners[day] = store.day_owner(day)
@@ -69,9 +74,7 @@ def ledger_rows(target: ExportTarget, start: datetime, end: datetime) -> list[di
 
 def latest_reports(target: ExportTarget, limit: int = 7) -> list[str]:
     folder = target.reports_dir
-    if not folder.exists():
-        return []
-    names = sorted((p.name for p in folder.iterdir() if REPORT_NAME_RE.fullmatch(p.name)), reverse=True)
+    names = sorted((n for n in listing(folder) if REPORT_NAME_RE.fullmatch(n)), reverse=True)
     return [name for name in names[: limit * 4] if (folder / name / "report.html").exists()][:limit]
 
 

@@ -25,10 +25,11 @@ class ExportedDaySensor(BaseSensorOperator, CloudZeroStagingOperator):
 
     def poke(self, context: Context) -> bool:
         window = self.window(context)
-        store = self.target.manifests
+        spent = self.litellm_hook.hour_spend(window)
+        held = self.target.manifests.get_many(spent)  # one listing, one read per manifest
         pending = []
-        for hour, (requests, spend) in sorted(self.litellm_hook.hour_spend(window).items()):
-            manifest = store.get(hour)
+        for hour, (requests, spend) in sorted(spent.items()):
+            manifest = held.get(hour)
             source = manifest.source if manifest else None
             if (
                 not manifest

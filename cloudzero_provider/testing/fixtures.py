@@ -143,3 +143,67 @@ def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpInbox]:
         yield inbox
     finally:
         controller.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3 HTTP API on a loopback port (moto's server), and ``aws_default`` pointing at it for the session;
+    its endpoint URL. Needs ``airflow-provider-cloudzero[s3]`` and ``moto[server]``."""
+    pytest.importorskip("s3fs", reason="staging on S3 needs the [s3] extra")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in ("AIRFLOW_CONN_AWS_DEFAULT", "AWS_EC2_METADATA_DISABLED")}
+    os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = json.dumps({
+        "conn_type": "aws", "login": "testing", "password": "testing",
+        "extra": {"endpoint_url": endpoint, "region_name": "us-east-1",
+                  "config_kwargs": {"connect_timeout": 2, "read_timeout": 30,
+                                    "retries": {"total_max_attempts": 2, "mode": "standard"}}},
+    })  # fmt: skip
+    os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def s3_staging(s3_server: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Any:
+    """A fresh bucket on the session's S3 server as the staging root (``s3://aws_default@<bucket>/staging``);
+    a boto3 client of that server, the bucket and the URI."""
+    import re
+    import uuid
+
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")  # fmt: skip
+    bucket = (
+        re.sub(r"[^a-z0-9-]", "-", f"cz-{request.node.name.lower()}")[:40].strip("-")
+        + f"-{uuid.uuid4().hex[:8]}"
+    )
+    client.create_bucket(Bucket=bucket)
+    uri = f"s3://aws_default@{bucket}/staging"
+    monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_URI", uri)
+    monkeypatch.setenv("CLOUDZERO_STAGING_URI", uri)
+
+    class S3Staging:
+        def __init__(self) -> None:
+            self.client, self.bucket, self.uri, self.endpoint = client, bucket, uri, s3_server
+
+        def object_keys(self, prefix: str = "staging/") -> list[str]:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+            return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+        def read_json(self, key: str) -> Any:
+            return json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+    return S3Staging()

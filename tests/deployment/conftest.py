@@ -40,7 +40,9 @@ def deployed(catchup_start):
         "CLOUDZERO_MAX_ACTIVE_RUNS": "4",
         "CLOUDZERO_TELEMETRY_METRIC": "llm-cost",
     }
-    deployment = Deployment(settings, workers=2).start()
+    # Nothing shared between the components but a bucket on a real S3 API: staging only on S3, each process with
+    # its own AIRFLOW_HOME and working folder, as on machines of their own.
+    deployment = Deployment(settings, workers=2, staging="s3").start()
     try:
         for i, offset in enumerate(SPEND_HOURS):
             if offset < CATCHUP_HOURS:

@@ -86,12 +86,20 @@ class Deployment:
 
     :param settings: Extra environment for every Airflow process (``CLOUDZERO_*`` settings, connections).
     :param workers: How many Celery workers.
+    :param staging: ``s3``: nothing is shared between the components but a bucket on a real S3 API (moto's
+        server): each process has its own ``AIRFLOW_HOME`` and working folder, as on separate machines, and the
+        staging root is ``s3://aws_default@<bucket>/staging``. ``local``: one staging folder on this disk.
     """
 
-    def __init__(self, settings: dict[str, str] | None = None, *, workers: int = 2) -> None:
+    def __init__(
+        self, settings: dict[str, str] | None = None, *, workers: int = 2, staging: str = "local"
+    ) -> None:
         self.settings = settings or {}
         self.workers = workers
+        self.staging = staging
         self.home = Path(tempfile.mkdtemp(prefix="cz-deploy-"))
+        self.s3: Any = None
+        self.bucket = "cz-deployment-staging"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.pg: ThrowawayPostgres | None = None
         self.double: CloudZeroDoubleServer | None = None
@@ -116,6 +124,7 @@ class Deployment:
         meta_url = self.pg.create_database(None)
         self.litellm_url = self.pg.create_database("2026-10")
         self.double = CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={CONNECTION_ID})).start()
+        staging = self._start_staging()
         redis_port = self.start_redis()
         parts = urlsplit(meta_url)
         sqlalchemy = f"postgresql+psycopg2://{parts.netloc}{parts.path}"
@@ -133,7 +142,7 @@ class Deployment:
                 "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(48),
                 "AIRFLOW__API__SECRET_KEY": secrets.token_urlsafe(48),
                 "AIRFLOW__CORE__FERNET_KEY": base64.urlsafe_b64encode(os.urandom(32)).decode(),
-                "AIRFLOW__CLOUDZERO__STAGING_URI": str(self.home / "staging"),
+                **staging,
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
                 "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
@@ -178,9 +187,53 @@ class Deployment:
             self._healthy, 240, "api-server health: metadatabase, scheduler, triggerer, dag-processor"
         )
 
+    def _start_staging(self) -> dict[str, str]:
+        """The staging settings: a bucket on moto's S3 server (``s3``), or a folder on this disk (``local``)."""
+        if self.staging == "local":
+            return {"AIRFLOW__CLOUDZERO__STAGING_URI": str(self.home / "staging")}
+        import boto3
+        from moto.server import ThreadedMotoServer
+
+        self.s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.s3.start()
+        host, port = self.s3.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket=self.bucket)  # fmt: skip
+        return {
+            "AIRFLOW__CLOUDZERO__STAGING_URI": f"s3://aws_default@{self.bucket}/staging",
+            "AIRFLOW_CONN_AWS_DEFAULT": json.dumps(
+                {
+                    "conn_type": "aws",
+                    "login": "testing",
+                    "password": "testing",
+                    "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
+                }
+            ),
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def s3_keys(self, prefix: str = "staging/") -> list[str]:
+        """The keys in the staging bucket (``s3`` staging)."""
+        import boto3
+
+        host, port = self.s3.get_host_and_port()
+        client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1",
+                              aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
+
+    def component_home(self, name: str) -> Path:
+        """A component's own ``AIRFLOW_HOME`` and working folder (``s3`` staging: as on a machine of its own)."""
+        if self.staging == "local":
+            return self.home
+        home = self.home / "homes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        return home
+
     def _env_for_api_port(self, port: int) -> dict[str, str]:
         self.env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"http://127.0.0.1:{port}/execution/"
-        return self.env
+        return {**self.env, "AIRFLOW_HOME": str(self.component_home("api-server"))}
 
     def start_redis(self) -> int:
         """Start the Celery broker on a free loopback port; return the port."""
@@ -214,6 +267,9 @@ class Deployment:
         if self.pg is not None:
             self.pg.stop()
             self.pg = None
+        if self.s3 is not None:
+            self.s3.stop()
+            self.s3 = None
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self.procs.pop(name, None)
@@ -241,8 +297,9 @@ class Deployment:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         log = open(self.home / f"proc-{name}.log", "ab")  # noqa: SIM115 -- handed to the child, closed with it
-        return subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                cwd=self.home)  # fmt: skip
+        home = self.component_home(name)
+        return subprocess.Popen(argv, env={**env, "AIRFLOW_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=home)  # fmt: skip
 
     def _listen(
         self,
@@ -353,7 +410,7 @@ class Deployment:
         return f"http://127.0.0.1:{self.api_port}"
 
     def password(self, user: str = "admin") -> str:
-        path = self.home / "simple_auth_manager_passwords.json.generated"
+        path = self.component_home("api-server") / "simple_auth_manager_passwords.json.generated"
         return str(json.loads(path.read_text())[user])
 
     def token(self, user: str = "admin") -> str:
@@ -410,6 +467,8 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployment(settings: dict[str, str] | None = None, workers: int = 2) -> Iterator[Deployment]:
-    with Deployment(settings, workers=workers) as d:
+def deployment(
+    settings: dict[str, str] | None = None, workers: int = 2, staging: str = "local"
+) -> Iterator[Deployment]:
+    with Deployment(settings, workers=workers, staging=staging) as d:
         yield d

@@ -27,6 +27,7 @@ from cloudzero_provider.testing.double import hour_key
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.seed import seed_synthetic, spend_by_hour
 from cloudzero_provider.testing.server import Fault
+from cloudzero_provider.windows import hour_label, parse_hour
 
 HOURLY = "litellm_cloudzero_hourly"
 RANGE = "litellm_cloudzero_range"
@@ -140,6 +141,14 @@ def test_hourly_catchup_exports_every_hour_exactly_on_two_workers_under_faults(
     for ti in tis:
         states[ti["task_id"], ti["state"]] += 1
     assert states["settle", "failed"] == 0 and states["settle", "up_for_retry"] == 0
+    # nothing shared but the bucket: the manifests are there, no component staged anything on its own disk
+    keys = deployed.s3_keys()
+    spent = {
+        hour_label(parse_hour(h)) for h in between(spend_by_hour(deployed.litellm_url), catchup_start, end)
+    }
+    assert spent and {k.rsplit("/", 1)[-1].removesuffix(".json") for k in keys if "/manifests/" in k} >= spent
+    staged_locally = [*deployed.home.rglob("*.jsonl"), *deployed.home.rglob("manifests")]
+    assert staged_locally == [], f"staging on S3 only, yet on disk: {staged_locally[:5]}"
 
 
 @CATCHUP_TIMEOUT

@@ -1,0 +1,233 @@
+"""Staging on a real S3 API (moto's server on loopback): the export, the late pass, reconciliation, housekeeping and
+the ledger's reads exact as on a local disk, manifests in the bucket, nothing staged on local disk."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from cloudzero_provider.testing.fixtures import CONNECTION_ID
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
+
+H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
+HOURS = [H0 + timedelta(hours=i) for i in range(3)]
+CONF = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
+
+
+@pytest.fixture
+def schema_age() -> str:
+    return "2026-10"
+
+
+def local_staged_files() -> list[Path]:
+    import os
+
+    root = Path(os.environ["AIRFLOW_HOME"])
+    return [
+        p
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix in (".jsonl", ".json") and "logs" not in p.parts
+    ]
+
+
+def test_export_late_pass_reconciliation_and_housekeeping_on_s3(env, s3_staging, monkeypatch):
+    from cloudzero_provider.ready_dags import (
+        build_hourly_dag,
+        build_housekeeping_dag,
+        build_range_dag,
+        build_reconcile_dag,
+    )
+
+    for i, hour in enumerate(HOURS):
+        seed_synthetic(env["db"], hour, 80 + i, id_prefix=f"s3{i}")
+    for hour in HOURS[:2]:
+        assert build_hourly_dag().test(logical_date=hour + timedelta(hours=1)).state == "success"
+    insert_spend_logs(
+        env["db"], [spend_log("late", HOURS[0] + timedelta(minutes=58), 2.25, team_id="t-late")]
+    )
+    assert build_hourly_dag().test(logical_date=HOURS[2] + timedelta(hours=1)).state == "success"  # late pass
+    double = env["double"].double
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"]), "exact, the late row included"
+    keys = s3_staging.object_keys()
+    manifests = [k for k in keys if "/manifests/" in k and k.endswith(".json")]
+    assert manifests == [
+        f"staging/cloudzero_default/manifests/2026-11-01T{h}Z.json" for h in ("10", "11", "12")
+    ]
+    first = s3_staging.read_json(manifests[0])
+    assert first["status"] == "exported" and first["late_corrections"] == 1 and first["receipts"]
+    assert any(k.startswith("staging/cloudzero_default/late/") for k in keys), (
+        "the late pass staged in the bucket"
+    )
+
+    assert build_range_dag().test(run_conf=CONF).state == "success"  # a run area of its own, in the bucket
+    assert double.lose_hour(CONNECTION_ID, "2026-11-01T11:00:00Z") > 0
+    run = build_reconcile_dag().test(run_conf=CONF)
+    assert run.state == "success"
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"]), (
+        "the lost hour repaired from S3 staging"
+    )
+    assert s3_staging.read_json(manifests[1])["reconcile"]["status"] == "repaired"
+
+    before = [k for k in s3_staging.object_keys() if "/manifests/" in k and k.endswith(".json")]
+    assert len(before) == 24, "the range checked the whole day: every hour has its record, 21 of them empty"
+    monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_RETENTION_DAYS", "1")
+    assert (
+        build_housekeeping_dag().test(logical_date=datetime(2026, 11, 8, 1, tzinfo=timezone.utc)).state
+        == "success"
+    )
+    left = s3_staging.object_keys()
+    assert [
+        k for k in left if k.endswith(("extract.jsonl", "cbf.jsonl", "extract.json", "transform.json"))
+    ] == []
+    assert [k for k in left if "/manifests/" in k and k.endswith(".json")] == before, "every manifest kept"
+    posts = sum(1 for r in double.requests if r["method"] == "POST")
+    assert build_reconcile_dag().test(run_conf=CONF).state == "success"
+    assert sum(1 for r in double.requests if r["method"] == "POST") == posts, (
+        "nothing to send after housekeeping"
+    )
+    assert local_staged_files() == [], "nothing staged on local disk"
+
+
+def test_the_ledger_reads_a_window_with_one_listing(env, s3_staging):
+    """31 days of ledger: one LIST of the manifests and one GET per manifest that exists, no per-hour HEAD."""
+    from cloudzero_provider.plugins.ledger import ledger_rows
+    from cloudzero_provider.ready_dags import build_hourly_dag
+    from cloudzero_provider.target import ExportTarget
+
+    seed_synthetic(env["db"], H0, 40, id_prefix="led")
+    assert build_hourly_dag().test(logical_date=H0 + timedelta(hours=1)).state == "success"
+    seen: list[tuple[str, str]] = []
+
+    def count(request, **_):
+        seen.append((request.method, request.url))
+
+    target = ExportTarget("cloudzero_default")
+    fs = target.dir.fs
+    fs.s3.meta.events.register("before-send.s3", count)
+    try:
+        rows = ledger_rows(target, H0 - timedelta(days=30, hours=10), H0 + timedelta(days=1, hours=-10))
+    finally:
+        fs.s3.meta.events.unregister("before-send.s3", count)
+    assert len(rows) == 31 * 24 and sum(1 for r in rows if r["status"] == "exported") == 1
+    lists = [u for m, u in seen if m == "GET" and "list-type=2" in u]
+    heads = [u for m, u in seen if m == "HEAD"]
+    gets = [u for m, u in seen if m == "GET" and "list-type=2" not in u]
+    assert len(lists) == 1 and heads == [] and len(gets) == 1, seen
+
+
+def _aws_connection(monkeypatch, name: str, endpoint: str, *, secret: str = "testing") -> None:
+    import json
+
+    monkeypatch.setenv(
+        f"AIRFLOW_CONN_{name.upper()}",
+        json.dumps({
+            "conn_type": "aws", "login": "testing", "password": secret,
+            "extra": {"endpoint_url": endpoint, "region_name": "us-east-1",
+                      "config_kwargs": {"connect_timeout": 1, "retries": {"total_max_attempts": 1}}},
+        }),
+    )  # fmt: skip
+
+
+def test_a_missing_bucket_fails_the_first_task_with_what_to_fix(env, s3_staging, monkeypatch):
+    from cloudzero_provider.ready_dags import build_hourly_dag
+    from cloudzero_provider.target import ExportTarget, StagingUnreachable
+
+    uri = f"s3://aws_default@{s3_staging.bucket}-missing/staging"
+    with pytest.raises(StagingUnreachable) as caught:
+        ExportTarget("cloudzero_default", uri).check_reachable()
+    assert str(caught.value) == (
+        f"Staging {uri}: the bucket '{s3_staging.bucket}-missing' does not exist, or connection 'aws_default' "
+        "cannot see it. Create it, or correct [cloudzero] staging_uri."
+    )
+    assert not caught.value.retryable
+    ExportTarget("cloudzero_default", f"s3://aws_default@{s3_staging.bucket}/never-written").check_reachable()
+
+    seed_synthetic(env["db"], H0, 20, id_prefix="nob")
+    monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_URI", uri)
+    assert build_hourly_dag().test(logical_date=H0 + timedelta(hours=1)).state == "failed"
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == {}, "nothing sent without a place to stage it"
+    assert s3_staging.client.list_buckets()["Buckets"] == [
+        b for b in s3_staging.client.list_buckets()["Buckets"] if not b["Name"].endswith("-missing")
+    ], "no bucket created behind the user's back"
+
+
+def test_refused_credentials_are_named_without_the_secret(s3_staging, monkeypatch):
+    from moto import settings as moto_settings
+
+    from cloudzero_provider.target import ExportTarget, StagingUnreachable
+
+    secret = "wJalrXUtnFEMI-K7MDENG-not-a-real-key"
+    _aws_connection(monkeypatch, "aws_wrong", s3_staging.endpoint, secret=secret)
+    monkeypatch.setattr(moto_settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)  # moto checks keys from now on
+    uri = f"s3://aws_wrong@{s3_staging.bucket}/staging"
+    with pytest.raises(StagingUnreachable) as caught:
+        ExportTarget("cloudzero_default", uri).check_reachable()
+    message = str(caught.value)
+    assert message.startswith(
+        f"Staging {uri}: the store refused the credentials of connection 'aws_wrong' (PermissionError: "
+    ), message
+    assert message.endswith("Check that connection's keys or role and the bucket's policy."), message
+    assert secret not in message and "testing" not in message
+    assert not caught.value.retryable, "only a person can fix credentials: the task fails without retrying"
+
+
+def test_an_unreachable_endpoint_is_an_outage_a_retry_may_pass(s3_staging, monkeypatch):
+    import socket
+
+    from cloudzero_provider.target import ExportTarget, StagingUnreachable
+
+    with socket.socket() as sock:  # a port bound and never listened on: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        _aws_connection(monkeypatch, "aws_nowhere", f"http://127.0.0.1:{sock.getsockname()[1]}")
+        uri = f"s3://aws_nowhere@{s3_staging.bucket}/staging"
+        with pytest.raises(StagingUnreachable) as caught:
+            ExportTarget("cloudzero_default", uri).check_reachable()
+    message = str(caught.value)
+    assert message.startswith(f"Staging {uri}: cannot reach the store ("), message
+    assert message.endswith(
+        "Check connection 'aws_nowhere''s endpoint_url, the network, and that the service runs."
+    ), message
+    assert caught.value.retryable, "an outage: Airflow's retries may pass it"
+
+
+def test_failed_torn_and_lost_puts_are_retried_and_never_read_as_a_manifest(env, s3_staging, monkeypatch):
+    """Every 3rd PUT answered 503, every 4th cut off half-way through its body, every 5th applied with its answer
+    lost: botocore retries each, a conditional manifest write whose first attempt landed finds its own change and
+    applies the step again on what is there; every hour exact, every manifest whole."""
+    from cloudzero_provider.ready_dags import build_hourly_dag
+    from cloudzero_provider.testing.s3_faults import S3FaultProxy
+
+    def plan(n: int) -> str | None:
+        return "503" if n % 3 == 0 else "torn" if n % 4 == 0 else "lost" if n % 5 == 0 else None
+
+    for i, hour in enumerate(HOURS[:2]):
+        seed_synthetic(env["db"], hour, 60 + i, id_prefix=f"flt{i}")
+    with S3FaultProxy(s3_staging.endpoint, plan) as proxy:
+        import json
+
+        monkeypatch.setenv(
+            "AIRFLOW_CONN_AWS_FLAKY",
+            json.dumps({
+                "conn_type": "aws", "login": "testing", "password": "testing",
+                "extra": {"endpoint_url": proxy.url, "region_name": "us-east-1",
+                          "config_kwargs": {"connect_timeout": 2, "read_timeout": 10,
+                                            "retries": {"total_max_attempts": 4, "mode": "standard"}}},
+            }),
+        )  # fmt: skip
+        monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_URI", f"s3://aws_flaky@{s3_staging.bucket}/staging")
+        for hour in HOURS[:2]:
+            assert build_hourly_dag().test(logical_date=hour + timedelta(hours=1)).state == "success"
+    assert set(proxy.injected) == {"503", "torn", "lost"} and proxy.puts >= 12, (proxy.puts, proxy.injected)
+    assert {f for f, path in proxy.spoiled if "/manifests/" in path} == {"503", "torn", "lost"}, (
+        "each fault met a conditional manifest write too"
+    )
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
+    keys = s3_staging.object_keys()
+    manifests = [k for k in keys if "/manifests/" in k and k.endswith(".json")]
+    assert len(manifests) == 2
+    for key in manifests:
+        record = s3_staging.read_json(key)
+        assert record["status"] == "exported" and record["receipts"], record
+    assert [k for k in keys if k.endswith(".tmp") or "/." in k] == [], "no temporary object left behind"
