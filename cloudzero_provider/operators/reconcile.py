@@ -15,7 +15,7 @@ from cloudzero_provider.pipeline.reexport import reexport_hours
 from cloudzero_provider.pipeline.upload import clear_hours
 from cloudzero_provider.readback import ReadBackError, held_by_hour
 from cloudzero_provider.verdicts import CLEARED, FOREIGN, MATCHES, PURGED, REPAIRED, HourCheck, decide
-from cloudzero_provider.windows import Window, day_start, hour_label, month_label, utc_now
+from cloudzero_provider.windows import Window, day_start, hour_label, iso_instant, month_label, utc_now
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -117,9 +117,17 @@ class ReconcileOperator(ExportStepOperator):
                 continue
             done.append(check)
         done.sort(key=lambda c: c.hour)
-        for check in checks:  # the verdict goes where the ledger looks: the hours this stream has a record of
+        # The verdict goes where the ledger looks: the hours this stream has a record of, with when and by which
+        # task attempt it was reached (the ledger links it).
+        noted = {
+            "basis": basis,
+            "run": attempt.key,
+            "at": iso_instant(utc_now()),
+            "decided_by": attempt.as_record(),
+        }
+        for check in checks:
             if check.action != "none" or manifests.get(check.hour) is not None:
-                manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": attempt.key})
+                manifests.note_reconcile(check.hour, {**check.as_dict(), **noted})
         self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {
             s: sum(1 for c in checks if c.status == s) for s in (MATCHES, REPAIRED, CLEARED, FOREIGN, PURGED)
