@@ -656,7 +656,8 @@ def _headline_html(h: Headline, page: LedgerPage) -> str:
 STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:20px;color:#1b2631}
 h1{font-size:20px;margin:0 0 8px} h2{font-size:16px;margin:0 0 4px} h3{font-size:15px;margin:18px 0 6px}
 table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #d5d8dc;padding:3px 7px;text-align:left;vertical-align:top}
-th{background:#eaf2f8} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+th{background:#eaf2f8} #ledger td:first-child,#ledger td:last-child,#days td:first-child{white-space:nowrap} td.st a{color:inherit}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.diff{background:#fdebd0;font-weight:600} .headline{display:inline-block;vertical-align:top;border-left:6px solid;padding:6px 14px;margin:0 16px 10px 0;background:#f8f9f9}
 .headline p{margin:3px 0} .behind{border-color:#c0392b} .behind .lag{color:#c0392b} .current{border-color:#1e8449} .current .lag{color:#1e8449}
 .bad{color:#c0392b;font-weight:600} .hint{color:#b9770e} nav a{margin-right:14px} .note{color:#566573;font-size:12px}
