@@ -6,12 +6,15 @@ The tests share one deployment and run in file order: catchup first, then what b
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import signal
 import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
@@ -26,6 +29,7 @@ RANGE = "litellm_cloudzero_range"
 TELEMETRY = "litellm_cloudzero_telemetry"
 CATCHUP_HOURS = int(os.environ.get("CZ_DEPLOY_CATCHUP_HOURS", "48"))
 FIGURES: dict[str, float] = {}
+HOUR = timedelta(hours=1)
 
 
 def iso(moment: datetime) -> str:
@@ -157,20 +161,89 @@ def test_the_range_dag_triggered_through_the_rest_api_exports_its_hours(deployed
     assert labels == {day.strftime("%Y-%m-%d")}
 
 
-def test_the_ledger_page_needs_a_login(deployed):
-    anonymous = requests.get(f"{deployed.url}/cloudzero/ledger", timeout=10)
-    assert anonymous.status_code in (401, 403) and "exported" not in anonymous.text
-    report = requests.get(
-        f"{deployed.url}/cloudzero/reports/cloudzero_default/2026-11-01/report.html", timeout=10
-    )
-    assert report.status_code in (401, 403)
+LEDGER_ROUTES = ("/cloudzero/ledger", "/cloudzero/ledger.csv", "/cloudzero/ledger.json")
+
+
+def ledger(deployed, route: str = "/cloudzero/ledger", **params: str) -> requests.Response:
+    """A ledger route through the real api-server, as an admin with a token."""
+    response = requests.get(f"{deployed.url}{route}", params=params, timeout=60,
+                            headers={"Authorization": f"Bearer {deployed.token()}"})  # fmt: skip
+    assert response.status_code == 200, (route, params, response.status_code, response.text[:500])
+    return response
+
+
+def test_the_ledger_needs_a_login_and_answers_is_cloudzero_current_and_right(deployed, catchup_start):
+    for route in (*LEDGER_ROUTES, "/cloudzero/reports/cloudzero_default/2026-11-01/report.html"):
+        for query in ("", f"?dag_id={HOURLY}", f"?dag_id={RANGE}&tab=1"):
+            anonymous = requests.get(f"{deployed.url}{route}{query}", timeout=10)
+            assert anonymous.status_code in (401, 403) and "exported" not in anonymous.text, (route, query)
     token = deployed.token()
-    page = requests.get(f"{deployed.url}/cloudzero/ledger", headers={"Authorization": f"Bearer {token}"},
-                        timeout=30)  # fmt: skip
-    assert page.status_code == 200 and 'id="count-exported"' in page.text
+    page = ledger(deployed)
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert page.headers["x-frame-options"] == "SAMEORIGIN"
     cookie = requests.get(f"{deployed.url}/cloudzero/ledger", cookies={"_token": token}, timeout=30)
     assert cookie.status_code == 200, "the UI's session cookie is accepted too"
+
+    # Is it current? The newest hour CloudZero holds is the newest hour the catchup exported: green.
+    exported = [r["data_interval_start"] for r in deployed.runs(HOURLY) if r["state"] == "success"]
+    newest = max(datetime.fromisoformat(h.replace("Z", "+00:00")) for h in exported)
+    assert '<section class="headline current" id="headline-cloudzero_default">' in page.text
+    # (an hour may end meanwhile, and its run export it)
+    assert any(
+        f"newest hour in CloudZero: <b>{h:%Y-%m-%d %H:00} UTC</b>" in page.text
+        for h in (newest, newest + HOUR)
+    )
+    window = {"start": iso(catchup_start), "end": iso(catchup_start + timedelta(hours=CATCHUP_HOURS))}
+    data = ledger(deployed, "/cloudzero/ledger.json", **window).json()
+    (head,) = data["headline"]
+    assert head["newest_hour_held"] in (iso(newest), iso(newest + HOUR)) and head["behind"] is False
+    assert 0 <= head["lag_hours"] < 2
+    assert (head["hours_failed"], head["hours_waiting"], head["max_lag_hours"]) == (0, 0, 6)
+
+    # Is it right? Every hour of the catchup exported (or checked and empty), each exactly the source's spend,
+    # each linking to the task instance that sent it -- a page the api-server knows.
+    source = {
+        h: v for h, v in spend_by_hour(deployed.litellm_url).items() if window["start"] <= h < window["end"]
+    }
+    hours = data["hours"]
+    assert len(hours) == CATCHUP_HOURS
+    for hour in hours:
+        if hour["hour"] in source:
+            assert hour["status"] in ("exported", "late-corrected"), hour
+            assert Decimal(hour["sent_usd"]) == Decimal(hour["source_usd"]) == source[hour["hour"]], hour
+        else:
+            assert hour["status"] == "no spend", hour
+        assert hour["airflow_path"].startswith(f"/dags/{HOURLY}/runs/"), hour
+    dag, run_id = [unquote(p) for p in hours[5]["airflow_path"].split("/")[2:5:2]]
+    assert deployed.api("GET", f"/dags/{dag}/dagRuns/{quote(run_id, safe='')}")["state"] == "success"
+    assert '<svg id="chart-hourly-svg"' in ledger(deployed, **window).text
+
+    # The same window as CSV: exact, one line an hour.
+    csv_text = ledger(deployed, "/cloudzero/ledger.csv", **window)
+    assert csv_text.headers["content-type"] == "text/csv; charset=utf-8"
+    assert csv_text.headers["content-disposition"].startswith('attachment; filename="cloudzero-ledger-')
+    rows = list(csv.DictReader(io.StringIO(csv_text.text)))
+    assert len(rows) == CATCHUP_HOURS
+    assert {
+        r["hour"]: Decimal(r["sent_usd"]) for r in rows if r["sent_usd"] and Decimal(r["sent_usd"])
+    } == source
+
+    # The tab on the DAG pages: offered to the UI, and what its iframe loads.
+    plugins = deployed.api("GET", "/plugins")["plugins"]
+    views = next(p for p in plugins if p["name"] == "cloudzero_ledger")["external_views"]
+    tab = next(v for v in views if v["destination"] == "dag")
+    assert (
+        tab["url_route"] == "cloudzero-export-ledger"
+        and tab["href"] == "cloudzero/ledger?dag_id={DAG_ID}&tab=1"
+    )
+    assert any(v["destination"] == "nav" and v["category"] == "browse" for v in views)
+    framed = requests.get(f"{deployed.url}/{tab['href'].replace('{DAG_ID}', RANGE)}", cookies={"_token": token},
+                          timeout=30)  # fmt: skip
+    assert framed.status_code == 200 and f"(the stream of {RANGE})" in framed.text
+    assert "Links open inside this tab" in framed.text
+    other = requests.get(f"{deployed.url}/{tab['href'].replace('{DAG_ID}', TELEMETRY)}", cookies={"_token": token},
+                         timeout=30)  # fmt: skip
+    assert other.status_code == 200 and f"{TELEMETRY} does not export to CloudZero" in other.text
 
 
 def test_a_worker_killed_mid_upload_is_retried_and_the_hour_ends_exact(deployed, catchup_start):
@@ -245,6 +318,17 @@ def test_a_poisoned_hour_fails_alone_and_clearing_its_task_after_the_fix_sends_o
     good = [(day + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z") for h in (2, 4)]
     bad = (day + timedelta(hours=3)).strftime("%Y-%m-%dT%H:00:00Z")
     assert {h: held.get(h) for h in good} == {h: source[h] for h in good} and bad not in held
+    # The ledger names the failed hour, says why and links the task instance that failed it.
+    window = {"start": iso(day), "end": iso(day + timedelta(days=1))}
+    page = ledger(deployed, **window).text
+    row = page[page.index(f'id="h-{day + timedelta(hours=3):%Y-%m-%dT%H}"') :].split("</tr>", 1)[0]
+    assert 'class="st"' in row and ">failed</a>" in row and "spend is NaN" in row
+    upload = f"/dags/{RANGE}/runs/{quote(run_id, safe='')}/tasks/chunk.upload/mapped/0"
+    assert f'href="..{upload}"' in row
+    failed = next(
+        h for h in ledger(deployed, "/cloudzero/ledger.json", **window).json()["hours"] if h["hour"] == bad
+    )
+    assert failed["status"] == "failed" and failed["airflow_path"] == upload
     with psycopg2.connect(deployed.litellm_url) as conn, conn.cursor() as cur:
         cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.5 WHERE request_id = 'poison-nan'""")
     before = len(deployed.double.double.requests)
@@ -260,6 +344,10 @@ def test_a_poisoned_hour_fails_alone_and_clearing_its_task_after_the_fix_sends_o
     sent = [hours for hours in sent if any(h.startswith(day.strftime("%Y-%m-%d")) for h in hours)]
     assert sent == [[bad]], "only the fixed hour is sent"
     assert held_by_hour(deployed)[bad] == spend_by_hour(deployed.litellm_url)[bad]
+    fixed = next(
+        h for h in ledger(deployed, "/cloudzero/ledger.json", **window).json()["hours"] if h["hour"] == bad
+    )
+    assert fixed["status"] == "exported" and fixed["airflow_path"] == upload
 
 
 def test_a_missing_pool_is_named_in_the_dag_docs_and_the_scheduler_log(deployed, catchup_start):
