@@ -17,7 +17,6 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
     """
 
     def callback(context: Any) -> None:
-        from cloudzero_provider.manifests import FAILED
         from cloudzero_provider.operators.base import attempt_of
         from cloudzero_provider.target import ExportTarget
         from cloudzero_provider.windows import Window
@@ -31,9 +30,9 @@ def mark_hours_failed(cloudzero_conn_id: str, staging_uri: str | None = None) ->
             ti = context.get("ti")
             reason = f"task {getattr(ti, 'task_id', '?')} failed: {context.get('exception') or 'see its log'}"
             for hour in window.hour_starts():
-                current = manifests.get(hour)
-                if current is None or not current.exported:
-                    manifests.mark(hour, status=FAILED, attempt=attempt_of(context), reason=reason)
+                # Checked at the moment of writing, under the manifest's compare-and-swap: an hour another run
+                # (or this run's own upload) exported meanwhile is never flipped to failed.
+                manifests.mark_failed_unless_exported(hour, attempt=attempt_of(context), reason=reason)
         except Exception:  # a callback must never hide the task's own failure
             log.exception("Could not record the failed hours of %s", context.get("run_id"))
 

@@ -13,7 +13,9 @@ A manifest that cannot be read (a torn write from an older version, a hand edit)
 
 from __future__ import annotations
 
+import copy
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -21,7 +23,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from cloudzero_provider.staging import write_atomically
+from cloudzero_provider.staging import exclusive, read_versioned, write_if_unchanged
 from cloudzero_provider.windows import (
     DAY,
     Window,
@@ -37,6 +39,11 @@ SENDING, EXPORTED, FAILED = "sending", "exported", "failed"
 SPEND_LOGS = "spend_logs"
 DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
 MAX_REASON_CHARS = 2000
+CAS_ATTEMPTS = 8
+
+
+class ManifestConflict(RuntimeError):
+    """Other writers kept changing a manifest while this one tried to write it."""
 
 
 @dataclass(frozen=True)
@@ -191,41 +198,114 @@ class ManifestStore:
         return self.dir / f"{hour_label(hour)}.json"
 
     def get(self, hour: datetime) -> Manifest | None:
-        path = self.path(hour)
-        if not path.exists():
+        return self._parse(hour, read_versioned(self.path(hour))[0])
+
+    def _parse(self, hour: datetime, raw: bytes | None) -> Manifest | None:
+        if raw is None:
             return None
         try:
-            return Manifest.from_json(hour, json.loads(path.read_text(encoding="utf-8")))
-        except ValueError as exc:
-            return Manifest(hour, status=FAILED, unreadable=f"{path.name}: {exc}")
+            return Manifest.from_json(hour, json.loads(raw.decode("utf-8")))
+        except (ValueError, UnicodeDecodeError) as exc:
+            return Manifest(hour, status=FAILED, unreadable=f"{self.path(hour).name}: {exc}")
+
+    def update(self, hour: datetime, change: Callable[[Manifest | None], Manifest | None]) -> Manifest | None:
+        """
+        Change an hour's manifest by compare-and-swap: ``change`` gets what is there now (``None``: no manifest)
+        and returns the new record, or ``None`` to leave it as it is. If another writer changed the file between
+        the read and the write, the change is applied again to what that writer left.
+
+        :return: The manifest as it is after the call.
+        :raises ManifestConflict: Other writers kept changing it (more than :data:`CAS_ATTEMPTS` times).
+        """
+        path = self.path(hour)
+        for _ in range(CAS_ATTEMPTS):
+            with exclusive(self.dir):
+                raw, version = read_versioned(path)
+                current = self._parse(hour, raw)
+                new = change(copy.deepcopy(current))
+                if new is None:
+                    return current
+                new.hour = hour
+                body = json.dumps(new.to_json(), indent=1, sort_keys=True).encode("utf-8")
+                if write_if_unchanged(path, body, version):
+                    return new
+        raise ManifestConflict(
+            f"{path.name}: changed by other writers {CAS_ATTEMPTS} times while this one wrote"
+        )
 
     def put(self, manifest: Manifest) -> None:
-        body = json.dumps(manifest.to_json(), indent=1, sort_keys=True).encode("utf-8")
-        write_atomically(self.path(manifest.hour), body)
+        """Replace an hour's manifest whatever it holds (tests and repairs; the pipeline uses :meth:`update`)."""
+        self.update(manifest.hour, lambda _: manifest)
 
     def mark(self, hour: datetime, *, status: str, attempt: Attempt, reason: str | None = None) -> None:
         """Record an attempt's state (and why it failed) without losing what the last export recorded."""
-        manifest = self.get(hour) or Manifest(hour)
-        manifest.unreadable = None
-        manifest.status, manifest.attempt_run, manifest.attempt_at = status, attempt.key, utc_now()
-        manifest.decided_by = attempt.as_record()
-        manifest.reason = reason[:MAX_REASON_CHARS] if reason is not None else None
-        self.put(manifest)
+
+        def change(manifest: Manifest | None) -> Manifest:
+            manifest = manifest or Manifest(hour)
+            manifest.unreadable = None
+            manifest.status, manifest.attempt_run, manifest.attempt_at = status, attempt.key, utc_now()
+            manifest.decided_by = attempt.as_record()
+            manifest.reason = reason[:MAX_REASON_CHARS] if reason is not None else None
+            return manifest
+
+        self.update(hour, change)
+
+    def mark_failed_unless_exported(self, hour: datetime, *, attempt: Attempt, reason: str) -> bool:
+        """Mark an hour failed -- unless it is exported by the time the write happens (another run exported it
+        meanwhile, or this run's own upload did). Returns whether it was marked."""
+        marked = False
+
+        def change(manifest: Manifest | None) -> Manifest | None:
+            nonlocal marked
+            if manifest is not None and manifest.exported:
+                return None
+            marked = True
+            manifest = manifest or Manifest(hour)
+            manifest.unreadable = None
+            manifest.status, manifest.attempt_run, manifest.attempt_at = FAILED, attempt.key, utc_now()
+            manifest.decided_by = attempt.as_record()
+            manifest.reason = reason[:MAX_REASON_CHARS]
+            return manifest
+
+        self.update(hour, change)
+        return marked
 
     def write_exported(self, manifest: Manifest, *, late_correction: bool) -> None:
         """Record an hour CloudZero acknowledged; ``late_corrections`` counts on from the previous record."""
-        previous = self.get(manifest.hour)
-        manifest.status, manifest.unreadable, manifest.reason = EXPORTED, None, None
-        manifest.late_corrections = (previous.late_corrections if previous else 0) + (
-            1 if late_correction else 0
-        )
-        self.put(manifest)
+
+        def change(previous: Manifest | None) -> Manifest:
+            manifest.status, manifest.unreadable, manifest.reason = EXPORTED, None, None
+            base = previous.late_corrections if previous else 0
+            manifest.late_corrections = base + (1 if late_correction else 0)
+            return manifest
+
+        self.update(manifest.hour, change)
+
+    def write_checked_empty(self, manifest: Manifest) -> bool:
+        """Record an hour checked and holding no spend, unless the hour already has a record; returns whether
+        it wrote one."""
+        wrote = False
+
+        def change(previous: Manifest | None) -> Manifest | None:
+            nonlocal wrote
+            if previous is not None:
+                return None
+            wrote = True
+            manifest.status, manifest.empty = EXPORTED, True
+            return manifest
+
+        self.update(manifest.hour, change)
+        return wrote
 
     def note_reconcile(self, hour: datetime, verdict: dict[str, Any]) -> None:
         """Add the last reconciliation's verdict to an hour's manifest, keeping the rest."""
-        manifest = self.get(hour) or Manifest(hour)
-        manifest.reconcile = verdict
-        self.put(manifest)
+
+        def change(manifest: Manifest | None) -> Manifest:
+            manifest = manifest or Manifest(hour)
+            manifest.reconcile = verdict
+            return manifest
+
+        self.update(hour, change)
 
     def hours(self) -> list[datetime]:
         """Every hour with a manifest, oldest first."""

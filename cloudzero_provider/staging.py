@@ -1,4 +1,5 @@
-"""Files under a staging root, through ObjectStoragePath: the root itself and one window's folder.
+"""Files under a staging root, through ObjectStoragePath: the root itself, one window's folder, and the writes
+every other module goes through.
 
 The root is a local folder by default (``$AIRFLOW_HOME/cloudzero-staging``) and any ``s3://``, ``gs://`` ... URI
 when configured: the operator argument ``staging_uri``, else the provider option ``[cloudzero] staging_uri``
@@ -6,16 +7,27 @@ when configured: the operator argument ``staging_uri``, else the provider option
 processor and the API server's ledger page all resolve it here, the same way. Use object storage when tasks run
 on several machines.
 
-Every file is written under a temporary name and renamed into place, so a killed writer never leaves a torn
-file where a reader looks.
+A reader never sees a partial file. On a local disk every file is written under a temporary name and renamed into
+place; staged spend data is private there (files 0600, folders 0700: on object storage, the bucket's policy
+decides). On object storage a rename is a copy and a delete, and one PUT is already atomic for readers, so a file
+is written once, whole, under its own name.
+
+Manifests change by compare-and-swap (:func:`read_versioned`, :func:`write_if_unchanged`): a local folder holds
+an exclusive lock on a lock file while it reads, checks and writes; object storage writes conditionally on the
+version it read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import io
 import json
 import os
 import uuid
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import ObjectStoragePath
@@ -23,6 +35,8 @@ from airflow.sdk import ObjectStoragePath
 from cloudzero_provider.windows import Window
 
 ENV_STAGING = "CLOUDZERO_STAGING_URI"  # kept working; AIRFLOW__CLOUDZERO__STAGING_URI is preferred
+TMP_SUFFIX = ".tmp"
+FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
 def configured_staging_uri() -> str | None:
@@ -43,12 +57,119 @@ def staging_root(uri: str | None = None) -> ObjectStoragePath:
     return ObjectStoragePath(uri)
 
 
+def local_path(path: ObjectStoragePath) -> Path | None:
+    """The path on this machine's disk, or ``None`` for object storage."""
+    return Path(path.path) if path.protocol in ("file", "local") else None
+
+
+def make_dirs(path: ObjectStoragePath) -> None:
+    """Create a folder and its parents; on a local disk only its owner may enter the ones created here."""
+    local = local_path(path)
+    if local is None:
+        return  # object stores have no folders (and mkdir would create a missing bucket, hiding a typo)
+    missing = []
+    for folder in (local, *local.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    local.mkdir(parents=True, exist_ok=True)
+    for folder in missing:
+        with contextlib.suppress(OSError):  # a folder another process made first keeps its own mode
+            folder.chmod(DIR_MODE)
+
+
+def temporary_sibling(path: ObjectStoragePath) -> ObjectStoragePath:
+    return path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+
+
 def write_atomically(path: ObjectStoragePath, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.write_bytes(data)
-    tmp.rename(path)
+    """Write ``data`` to ``path`` so that a reader sees the old file or the new one, never part of one."""
+    local = local_path(path)
+    if local is None:
+        path.write_bytes(data)  # one PUT
+        return
+    make_dirs(path.parent)
+    tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_lines_atomically(path: ObjectStoragePath, lines: Iterable[bytes]) -> None:
+    """Write lines as they come (a local file streams to disk; object storage buffers them for its one PUT, or
+    uploads in parts that become visible only when complete). A failure part-way leaves the previous file."""
+    local = local_path(path)
+    if local is None:
+        buffer = io.BytesIO()
+        for line in lines:
+            buffer.write(line)
+        path.write_bytes(buffer.getvalue())
+        return
+    make_dirs(path.parent)
+    tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            for line in lines:
+                fh.write(line)
+        os.replace(tmp, local)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def read_versioned(path: ObjectStoragePath) -> tuple[bytes | None, str | None]:
+    """A file's bytes and the version a conditional write compares against (``None``, ``None`` when absent)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None, None
+    return data, hashlib.sha256(data).hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(folder: ObjectStoragePath) -> Iterator[None]:
+    """Hold the folder's lock for a read-check-write (local disk; object storage writes conditionally instead).
+    One lock file per folder: writers of manifests are few and brief."""
+    local = local_path(folder)
+    if local is None:
+        yield
+        return
+    make_dirs(folder)
+    fd = os.open(local / ".lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_if_unchanged(path: ObjectStoragePath, data: bytes, version: str | None) -> bool:
+    """Write ``data`` if the file still is at ``version`` (``None``: still absent); False if another writer
+    changed it since it was read. On a local disk call it inside :func:`exclusive` for the file's folder."""
+    if local_path(path) is not None:
+        if read_versioned(path)[1] != version:
+            return False
+        write_atomically(path, data)
+        return True
+    return _object_write_if(path, data, version)
+
+
+def _object_write_if(path: ObjectStoragePath, data: bytes, version: str | None) -> bool:
+    """Conditional write on object storage: compare the content's digest, then write; the store's own
+    conditional PUT (see issue "many machines") closes the remaining window where the backend offers one."""
+    if read_versioned(path)[1] != version:
+        return False
+    path.write_bytes(data)
+    return True
 
 
 class WindowStage:
@@ -69,25 +190,19 @@ class WindowStage:
         return self.dir / name
 
     def ensure(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.dir)
 
     def write_jsonl(self, name: str, rows: Iterable[Any]) -> int:
-        """Write rows as JSON lines (under a temporary name, renamed when complete); returns how many."""
-        self.ensure()
-        final = self.path(name)
-        tmp = self.dir / f".{name}.{uuid.uuid4().hex[:12]}.tmp"
+        """Write rows as JSON lines, whole or not at all; returns how many."""
         count = 0
-        try:
-            with tmp.open("w", encoding="utf-8") as fh:
-                for row in rows:
-                    fh.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
-                    fh.write("\n")
-                    count += 1
-        except BaseException:
-            if tmp.exists():
-                tmp.unlink()
-            raise
-        tmp.rename(final)
+
+        def lines() -> Iterator[bytes]:
+            nonlocal count
+            for row in rows:
+                yield json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+                count += 1
+
+        write_lines_atomically(self.path(name), lines())
         return count
 
     def _existing(self, name: str) -> ObjectStoragePath:

@@ -9,8 +9,12 @@ Statuses, as the ledger and the run's summary show them:
   exported again from the source;
 - ``cleared``: the source holds nothing any more for an hour this exporter sent; the hour was set to exactly 0;
 - ``foreign data removed``: CloudZero held cost this exporter never sent for an hour without source spend (another
-  writer to the stream); the hour was set to exactly 0 -- or re-exported when the source has spend;
-- ``purged at source``: the source lost an hour older than the retention guard; CloudZero keeps its history;
+  writer to the stream) and the run was told to remove it (``remove_foreign``): the hour was set to exactly 0 --
+  or re-exported when the source has spend;
+- ``foreign data kept``: the same, without ``remove_foreign``: nothing was sent, the verdict says so;
+- ``purged at source``: the source may have lost the hour's rows to LiteLLM's retention (the hour is older than
+  the oldest row the source still holds, its whole day is gone from the spend logs while the daily rollup still
+  counts it, or it is older than the configured retention): CloudZero keeps its history, never lowered;
 - ``daily-owned``: the day belongs to the daily-rollup export; this reconciliation leaves it alone.
 """
 
@@ -28,6 +32,7 @@ MATCHES = "matches"
 REPAIRED = "repaired"
 CLEARED = "cleared"
 FOREIGN = "foreign data removed"
+FOREIGN_KEPT = "foreign data kept"
 PURGED = "purged at source"
 DAILY_OWNED = "daily-owned"
 
@@ -68,14 +73,16 @@ def decide(
     held: Decimal,
     manifest: Manifest | None,
     owner: str | None,
-    retention_floor: datetime | None,
+    may_be_purged: bool,
+    remove_foreign: bool = False,
 ) -> HourCheck:
     """
-    The verdict for one hour.
+    The verdict for one hour. A default never destroys data: an hour that may have lost its rows to LiteLLM's
+    retention is never lowered, and cost another writer put in the stream is removed only when asked.
 
     :param owner: Who owns the hour's day in this stream (``spend_logs``, a daily origin, or None).
-    :param retention_floor: Hours before it may have lost their source rows to LiteLLM's retention: they are
-        never lowered for having none.
+    :param may_be_purged: The source may have lost some or all of the hour's rows to retention.
+    :param remove_foreign: Clear an hour holding cost this exporter never sent, when the source has none.
     """
     sent = manifest.sent_cost if manifest and manifest.exported and manifest.was_sent else None
     ours = manifest is not None and manifest.is_ours and not manifest.empty
@@ -89,11 +96,11 @@ def decide(
         return check("export", REPAIRED)  # a torn record: export again, which writes a sound one
     if held == source:
         return check("none", MATCHES)
+    if may_be_purged and source < held:
+        return check("none", PURGED)  # what is left at the source is not the whole hour any more
     if source != 0 or requests:
         # CloudZero lost, missed or changed the hour, or someone else wrote into it: the source wins.
         return check("export", REPAIRED if ours or sent is not None or held == 0 else FOREIGN)
-    if retention_floor is not None and hour < retention_floor:
-        return check("none", PURGED)
     if ours and sent is not None:
         return check("clear", CLEARED)
-    return check("clear", FOREIGN)
+    return check("clear", FOREIGN) if remove_foreign else check("none", FOREIGN_KEPT)

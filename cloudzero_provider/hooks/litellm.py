@@ -558,6 +558,13 @@ SELECT * FROM (
         )
         return {_utc(r[0]): int(r[1]) for r in rows}
 
+    def oldest_spend_log(self) -> datetime | None:
+        """When the oldest spend-log row the source still holds started (``None``: it holds none). What LiteLLM's
+        retention purged lies before it. One index lookup."""
+        rows = list(self._stream(f'SELECT min(s."startTime") FROM {self._table(SPEND_LOGS)} AS s', {},
+                                 "cloudzero_oldest"))  # fmt: skip
+        return _utc(rows[0][0]) if rows and rows[0][0] is not None else None
+
     def daily_spend(self, day: Window, source: Source = "daily_team") -> str:
         """``SUM(spend::numeric)`` of one daily rollup table over whole UTC days ("0" when it holds none)."""
         rows = list(self._stream(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -14,8 +14,27 @@ from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.reexport import reexport_hours
 from cloudzero_provider.pipeline.upload import clear_hours
 from cloudzero_provider.readback import ReadBackError, held_by_hour
-from cloudzero_provider.verdicts import CLEARED, FOREIGN, MATCHES, PURGED, REPAIRED, HourCheck, decide
-from cloudzero_provider.windows import Window, day_start, hour_label, iso_instant, month_label, utc_now
+from cloudzero_provider.verdicts import (
+    CLEARED,
+    FOREIGN,
+    FOREIGN_KEPT,
+    MATCHES,
+    PURGED,
+    REPAIRED,
+    HourCheck,
+    decide,
+)
+from cloudzero_provider.windows import (
+    Window,
+    day_label,
+    day_start,
+    floor_hour,
+    hour_label,
+    iso_hour,
+    iso_instant,
+    month_label,
+    utc_now,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -26,26 +45,71 @@ class ReconcileOperator(ExportStepOperator):
     For every hour of the window compare three things -- the source now (``SUM(spend::numeric)``, requests),
     the manifest (what this exporter sent) and CloudZero's own state read back through the API (the month's
     billing drop, summed per hour) -- and repair each hour that differs, from the source, through the same
-    extract -> transform -> upload steps: stale or lost hours are exported again, hours whose source is empty are
-    cleared to exactly 0, other writers' rows are replaced. A second run with nothing to repair sends nothing.
+    extract -> transform -> upload steps (:func:`~cloudzero_provider.pipeline.reexport.reexport_hours`): stale or
+    lost hours are exported again, hours this exporter sent whose source rows were deleted are cleared to exactly
+    0. A second run with nothing to repair sends nothing.
 
-    Where CloudZero answers 404 for a month, the manifests stand in for its state, and the result says so.
-    Days owned by the daily-rollup export are left alone; hours older than ``retention_days`` whose source rows
-    are gone are reported as purged at source, never lowered. Every hour is tried; the task fails at the end
-    naming each hour it could not repair and why.
+    Purge-safe by default: an hour that may have lost its rows to LiteLLM's retention -- older than the oldest
+    spend-log row the source still holds, in a day the spend logs no longer hold while the daily rollup still counts
+    spend, or older than ``retention_days`` -- is never lowered; its verdict is "purged at source". Cost another
+    writer put into an hour without source spend is removed only with ``remove_foreign``; otherwise the verdict
+    says "foreign data kept". Where CloudZero answers 404 for a month, the manifests stand in for its state, and the
+    result says so. Days owned by the daily-rollup export are left alone. Every hour is tried; the task fails at
+    the end naming each hour it could not repair and why.
 
-    :param retention_days: LiteLLM's ``maximum_spend_logs_retention_period`` in days (0 or None: no guard).
+    :param retention_days: LiteLLM's ``maximum_spend_logs_retention_period`` in days, if known: every hour older
+        than that is treated as possibly purged too (0 or None: only the database's own evidence). (templated)
+    :param remove_foreign: Clear hours holding cost this exporter never sent when the source holds none.
         (templated)
 
     Repaired hours emit the export's Asset event through the :attr:`ExportTarget.alias` in ``outlets``.
     """
 
-    template_fields: Sequence[str] = (*ExportStepOperator.template_fields, "retention_days")
+    template_fields: Sequence[str] = (*ExportStepOperator.template_fields, "retention_days", "remove_foreign")
     ui_color = "#e8daef"
 
-    def __init__(self, *, retention_days: int | str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, *, retention_days: int | str | None = None, remove_foreign: bool | str = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.retention_days = retention_days
+        self.remove_foreign = remove_foreign
+
+    def _purge_evidence(
+        self, window: Window, source: dict[datetime, tuple[int, str]]
+    ) -> Callable[[datetime], bool]:
+        """Which hours may have lost rows to LiteLLM's retention: those before (and the one holding) the oldest
+        spend-log row the source still holds; every hour of a day whose spend logs hold nothing while the daily
+        rollup still counts spend; and, with ``retention_days``, every hour older than that."""
+        oldest = self.litellm_hook.oldest_spend_log()
+        edge = floor_hour(oldest) if oldest is not None else None
+        days_with_rows = {day_start(h) for h in source}
+        gone_days: set[datetime] = set()
+        for day in window.each_day():
+            if day.start in days_with_rows:
+                continue
+            try:
+                if Decimal(self.litellm_hook.daily_spend(day)) > 0:
+                    gone_days.add(day.start)
+            except AirflowFailException:  # no rollup table (a very old LiteLLM): no evidence either way
+                pass
+        days = int(self.retention_days or 0)
+        retained_from = floor_hour(utc_now()) - timedelta(days=days) if days > 0 else None
+        self.log.info(
+            "Purge guard: oldest spend-log row %s; days gone from spend logs but counted by the daily rollup: %s%s",
+            iso_hour(oldest) if oldest else "none (the table is empty)", [day_label(d) for d in sorted(gone_days)],
+            f"; retention {days} day(s): hours before {iso_hour(retained_from)}" if retained_from else "",
+        )  # fmt: skip
+
+        def may_be_purged(hour: datetime) -> bool:
+            return (
+                edge is None
+                or hour <= edge
+                or day_start(hour) in gone_days
+                or (retained_from is not None and hour < retained_from)
+            )
+
+        return may_be_purged
 
     def _cloudzero_state(self, window: Window) -> tuple[dict[datetime, Decimal] | None, str, dict[str, str]]:
         """CloudZero's cost per hour over the window's months (None where no month can be read: 404), how it was
@@ -74,10 +138,10 @@ class ReconcileOperator(ExportStepOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
         options = self.checked_options()
-        days = int(self.retention_days or 0)
-        floor = utc_now() - timedelta(days=days) if days > 0 else None
         manifests = self.target.manifests
         source = self.litellm_hook.hour_spend(window)
+        may_be_purged = self._purge_evidence(window, source)
+        remove_foreign = str(self.remove_foreign).strip().lower() in ("true", "1", "yes")
         held, basis, unreadable = self._cloudzero_state(window)
         owners = {d.start: manifests.day_owner(d.start) for d in window.each_day()}
         checks: list[HourCheck] = []
@@ -92,7 +156,8 @@ class ReconcileOperator(ExportStepOperator):
             else:
                 now_held = Decimal(manifest.cost) if manifest and manifest.drop_ids else Decimal(0)
             checks.append(decide(hour, source=Decimal(spend), requests=requests, held=now_held, manifest=manifest,
-                                 owner=owners[day_start(hour)], retention_floor=floor))  # fmt: skip
+                                 owner=owners[day_start(hour)], may_be_purged=may_be_purged(hour),
+                                 remove_foreign=remove_foreign))  # fmt: skip
         attempt = attempt_of(context).for_pass("reconcile")
         retryable = False
         by_hour = {c.hour: c for c in checks}
@@ -130,7 +195,8 @@ class ReconcileOperator(ExportStepOperator):
                 manifests.note_reconcile(check.hour, {**check.as_dict(), **noted})
         self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {
-            s: sum(1 for c in checks if c.status == s) for s in (MATCHES, REPAIRED, CLEARED, FOREIGN, PURGED)
+            s: sum(1 for c in checks if c.status == s)
+            for s in (MATCHES, REPAIRED, CLEARED, FOREIGN, FOREIGN_KEPT, PURGED)
         }
         moved = exact_decimal(exact_sum(c.moved for c in done))
         summary = {
@@ -140,13 +206,14 @@ class ReconcileOperator(ExportStepOperator):
             **counts,
             "hours_changed": [hour_label(c.hour) for c in done],
             "purged_at_source": [hour_label(c.hour) for c in checks if c.status == PURGED],
+            "foreign_kept": [hour_label(c.hour) for c in checks if c.status == FOREIGN_KEPT],
             "usd_moved": moved,
         }
         self.log.info(
             "Reconciled %s (%s): %d hour(s) checked, %d match, %d repaired, %d cleared, %d with foreign data "
-            "removed, %d purged at source; %s USD moved",
+            "removed, %d with foreign data kept (remove_foreign is off), %d purged at source; %s USD moved",
             window, basis, len(checks), counts[MATCHES], counts[REPAIRED], counts[CLEARED], counts[FOREIGN],
-            counts[PURGED], moved,
+            counts[FOREIGN_KEPT], counts[PURGED], moved,
         )  # fmt: skip
         if failures:
             message = (

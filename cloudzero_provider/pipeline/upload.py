@@ -133,13 +133,10 @@ def _record_checked_empty(
     for hour in window.hour_starts():
         if hour in rows_by_hour or hour in extract.failed_hours or hour in owned_elsewhere:
             continue
-        if manifests.get(hour) is not None:
-            continue
-        manifests.write_exported(
-            Manifest(hour, empty=True, window=window.label, extracted_at=extract.extracted_at,
+        manifests.write_checked_empty(
+            Manifest(hour, window=window.label, extracted_at=extract.extracted_at,
                      source=SourceTotals(extract.requests(hour), extract.spend(hour)), run=attempt.key,
                      decided_by=attempt.as_record()),
-            late_correction=False,
         )  # fmt: skip
 
 

@@ -35,9 +35,11 @@ CloudZero's own state read back (`GET .../billing_drops/{{month}}`, summed per h
 CloudZero answers 404), and repairs each hour that differs through the same extract -> transform -> upload steps
 and the same pool `{settings.pool}`: hours CloudZero lost or never got (rows later than every late pass),
 hours whose source became empty (cleared to exactly 0), hours another writer touched. A second run with nothing
-to repair sends nothing. Days the daily-rollup export owns are left alone; with
-`CLOUDZERO_RECONCILE_RETENTION_DAYS` set to LiteLLM's retention, an hour older than that whose rows are gone is
-reported as "purged at source", never lowered. Each hour's verdict (matches / repaired / cleared / purged at
+to repair sends nothing. Days the daily-rollup export owns are left alone. **Purge-safe by default**: an hour that
+may have lost its rows to LiteLLM's retention (older than the oldest spend-log row the source holds, in a day the
+spend logs no longer hold while the daily rollup counts spend, or older than `CLOUDZERO_RECONCILE_RETENTION_DAYS`
+when set) is reported as "purged at source", never lowered; cost another writer put into an hour without source
+spend is removed only with the `remove_foreign` param (else "foreign data kept"). Each hour's verdict (matches / repaired / cleared / purged at
 source / foreign data removed) goes into its manifest and the ledger; the XCom and log summarise the day (hours
 checked, repaired, USD moved); a repaired hour emits the export's Asset event.
 {COMMON_DOC}
@@ -56,6 +58,13 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
             "start": Param(None, type=["null", "string"], format="date-time", title="Start (manual runs)"),
             "end": Param(
                 None, type=["null", "string"], format="date-time", title="End, exclusive (manual runs)"
+            ),
+            "remove_foreign": Param(
+                False,
+                type="boolean",
+                title="Remove other writers' cost",
+                description="Clear hours that hold cost this exporter never sent while the source holds none "
+                "(another writer to the stream). Off: such hours are reported and left as they are.",
             ),
             **choice_params(settings),
         },
@@ -83,6 +92,7 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
             window_start="{{ params.start or data_interval_start }}",
             window_end="{{ params.end or data_interval_end }}",
             retention_days=settings.reconcile_retention_days,
+            remove_foreign="{{ params.remove_foreign }}",
             **sending(settings),
         )
         check_window() >> settle >> reconcile

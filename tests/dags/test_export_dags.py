@@ -51,7 +51,7 @@ def test_three_hours_exact_then_rerun_identical(env):
     assert double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
     assert Decimal(double.cost_by_hour(CONNECTION_ID)["2026-11-01T11:00:00Z"]) > Decimal(1_000_000)
     snapshot = double.snapshot(CONNECTION_ID)
-    manifests = sorted(p.name for p in (env["staging"] / "manifests").iterdir())
+    manifests = sorted(p.name for p in (env["staging"] / "manifests").iterdir() if not p.name.startswith("."))
     assert manifests == ["2026-11-01T10Z.json", "2026-11-01T11Z.json", "2026-11-01T12Z.json"]
     first = json.loads((env["staging"] / "manifests" / manifests[0]).read_text())
     assert first["status"] == "exported" and first["cost"] == str(

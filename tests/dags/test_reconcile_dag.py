@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import psycopg2
 import pytest
@@ -99,15 +100,79 @@ def test_one_reconciliation_repairs_every_kind_of_drift_and_a_second_sends_nothi
     )
 
 
-def test_with_the_retention_guard_a_purged_hour_is_reported_not_lowered(env, monkeypatch):
+def test_with_a_retention_setting_every_older_hour_is_kept_not_lowered(env, monkeypatch):
     export_day(env)
-    monkeypatch.setenv("CLOUDZERO_RECONCILE_RETENTION_DAYS", "7")  # 2026-11-01 is older than that
-    before = env["double"].double.cost_by_hour(CONNECTION_ID)["2026-11-01T03:00:00Z"]
-    delete_hour(env["db"], HOURS[1])
+    monkeypatch.setenv("CLOUDZERO_RECONCILE_RETENTION_DAYS", "7")
+    # "now" is a week and a day after the exported hours: all of them lie past the retention setting
+    monkeypatch.setattr("cloudzero_provider.operators.reconcile.utc_now", lambda: DAY + timedelta(days=8))
+    before = env["double"].double.cost_by_hour(CONNECTION_ID)
+    delete_hour(
+        env["db"], HOURS[4]
+    )  # a later hour too: inside the data still held, but older than the setting
     run, summary = reconcile()
     assert run.state == "success"
-    assert summary["purged_at_source"] == ["2026-11-01T03Z"] and summary["hours_changed"] == []
-    assert env["double"].double.cost_by_hour(CONNECTION_ID)["2026-11-01T03:00:00Z"] == before, "history kept"
+    assert summary["purged_at_source"] == ["2026-11-01T06Z"] and summary["hours_changed"] == []
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == before, "history kept"
+
+
+def test_by_default_purged_hours_are_kept_and_a_deleted_later_hour_is_cleared(env):
+    """Issue 'leave it running for a year': LiteLLM's retention deletes every spend-log row before a cut-off, and
+    every row of one later hour is deleted too; with default settings (no retention configured) the reconciliation
+    over both days keeps the purged hours exactly as CloudZero held them and clears the later hour to 0."""
+    from cloudzero_provider.ready_dags import build_range_dag, build_reconcile_dag
+
+    hours = [datetime(2026, 11, 1, 21, tzinfo=timezone.utc) + timedelta(hours=i) for i in range(6)]
+    for i, hour in enumerate(hours):
+        seed_synthetic(env["db"], hour, 40 + i, id_prefix=f"ret{i}")
+    conf = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-03T00:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "success"
+    double = env["double"].double
+    held = double.cost_by_hour(CONNECTION_ID)
+    assert len(nonzero(held)) == 6
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:  # retention: everything before 23:00 goes
+        cur.execute(
+            'DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s', (hours[2].replace(tzinfo=None),)
+        )
+    delete_hour(env["db"], hours[4])  # 2026-11-02T01:00, inside the retained data
+    run = build_reconcile_dag().test(run_conf=conf)
+    assert run.state == "success"
+    (summary,) = xcom("litellm_cloudzero_reconcile", run.run_id, "reconcile").values()
+    after = double.cost_by_hour(CONNECTION_ID)
+    for purged in hours[:2]:
+        key = purged.strftime("%Y-%m-%dT%H:00:00Z")
+        assert after[key] == held[key] != 0, f"{key} kept exactly as CloudZero held it"
+    assert after["2026-11-02T01:00:00Z"] == 0, "the deleted later hour is cleared"
+    assert summary["purged_at_source"] == ["2026-11-01T21Z", "2026-11-01T22Z"]
+    assert summary["hours_changed"] == ["2026-11-02T01Z"] and summary["cleared"] == 1
+    verdicts = {h: json.loads((env["staging"] / "manifests" / f"{h}.json").read_text())["reconcile"]["status"]
+                for h in ("2026-11-01T21Z", "2026-11-02T01Z", "2026-11-02T00Z")}  # fmt: skip
+    assert verdicts == {
+        "2026-11-01T21Z": "purged at source",
+        "2026-11-02T01Z": "cleared",
+        "2026-11-02T00Z": "matches",
+    }
+
+
+def test_other_writers_cost_is_kept_unless_the_run_is_told_to_remove_it(env):
+    from cloudzero_provider.ready_dags import build_reconcile_dag
+
+    export_day(env)
+    foreign = {"month": "2026-11-01T00:00:00Z", "operation": "sum",
+               "data": [{"time/usage_start": "2026-11-01T15:00:00Z", "cost/cost": "7.25", "lineitem/type": "Usage"}]}  # fmt: skip
+    requests.post(f"{env['double'].url}/v2/connections/billing/anycost/{CONNECTION_ID}/billing_drops",
+                  json=foreign, headers={"Authorization": API_KEY}, timeout=10).raise_for_status()  # fmt: skip
+    double = env["double"].double
+    run, summary = reconcile()
+    assert (
+        run.state == "success"
+        and summary["foreign_kept"] == ["2026-11-01T15Z"]
+        and summary["hours_changed"] == []
+    )
+    assert double.cost_by_hour(CONNECTION_ID)["2026-11-01T15:00:00Z"] == Decimal("7.25")
+    run = build_reconcile_dag().test(run_conf={**CONF, "remove_foreign": True})
+    (summary,) = xcom("litellm_cloudzero_reconcile", run.run_id, "reconcile").values()
+    assert run.state == "success" and summary["hours_changed"] == ["2026-11-01T15Z"]
+    assert double.cost_by_hour(CONNECTION_ID)["2026-11-01T15:00:00Z"] == 0
 
 
 def test_torn_files_are_recovered_without_a_hand(env):

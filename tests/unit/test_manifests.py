@@ -96,3 +96,82 @@ def test_one_owner_per_day(store):
     third = DAY + timedelta(days=2, hours=4)
     store.mark(third, status="sending", attempt=Attempt(run_id="r"))
     assert store.day_owner(third.replace(hour=0)) == "spend_logs", "an hour in flight claims its day"
+
+
+def _count_up(root: str, times: int) -> None:
+    """In another process: add one to an hour's ``rows``, ``times`` times, by compare-and-swap."""
+    store = ManifestStore(staging_root(root))
+
+    def add(m):
+        m = m or Manifest(DAY)
+        m.rows += 1
+        return m
+
+    for _ in range(times):
+        store.update(DAY, add)
+
+
+def test_writers_in_several_processes_lose_no_update(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = [ctx.Process(target=_count_up, args=(str(tmp_path), 40)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert ManifestStore(staging_root(str(tmp_path))).get(DAY).rows == 120
+
+
+def test_the_failure_callback_never_flips_an_hour_another_run_exported(store):
+    """The race of issue 'leave it running for a year': a failed run's callback decides to mark the hour failed
+    while a slow upload of another run is about to record it exported. Whatever the interleaving, the hour ends
+    exported, and the callback reports that it did not mark it."""
+    import threading
+    import time
+
+    hour = DAY.replace(hour=9)
+    store.mark(hour, status="sending", attempt=Attempt(run_id="upload"))
+    read_it = threading.Event()
+    original = store._parse
+
+    def slow_parse(h, raw):  # the callback's read happens, then the upload's whole write tries to slip in
+        m = original(h, raw)
+        if threading.current_thread().name == "callback":
+            read_it.set()
+            time.sleep(0.3)
+        return m
+
+    store._parse = slow_parse  # type: ignore[method-assign]
+    outcome = {}
+    callback = threading.Thread(
+        name="callback",
+        target=lambda: outcome.update(marked=store.mark_failed_unless_exported(
+            hour, attempt=Attempt(run_id="failed-run"), reason="task extract failed")),
+    )  # fmt: skip
+    callback.start()
+    read_it.wait(5)
+    store.write_exported(exported(hour, run="upload"), late_correction=False)
+    callback.join(5)
+    final = store.get(hour)
+    assert final.status == "exported" and final.run == "upload"
+    assert outcome["marked"] is True, (
+        "the callback marked it before the upload, which then recorded it exported"
+    )
+
+    # and the other way round: the upload recorded first, the callback then finds it exported and leaves it
+    later = DAY.replace(hour=10)
+    store.write_exported(exported(later), late_correction=False)
+    assert store.mark_failed_unless_exported(later, attempt=Attempt(run_id="failed-run"), reason="x") is False
+    assert store.get(later).status == "exported"
+
+
+def test_staged_files_are_private_on_a_local_disk(tmp_path):
+    import stat
+
+    store = ManifestStore(staging_root(str(tmp_path / "root")))
+    store.write_exported(exported(DAY), late_correction=False)
+    for path in (tmp_path / "root", tmp_path / "root" / "manifests"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
+    assert stat.S_IMODE(store.path(DAY).stat().st_mode) == 0o600

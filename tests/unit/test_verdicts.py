@@ -8,46 +8,106 @@ from decimal import Decimal
 import pytest
 
 from cloudzero_provider.manifests import Manifest
-from cloudzero_provider.verdicts import CLEARED, DAILY_OWNED, FOREIGN, MATCHES, PURGED, REPAIRED, decide
+from cloudzero_provider.verdicts import (
+    CLEARED,
+    DAILY_OWNED,
+    FOREIGN,
+    FOREIGN_KEPT,
+    MATCHES,
+    PURGED,
+    REPAIRED,
+    decide,
+)
 
 H = datetime(2026, 11, 1, 5, tzinfo=timezone.utc)
 OURS = Manifest(H, status="exported", cost="3", origin="spend_logs", drop_ids=["d"])
+EMPTY = Manifest(H, status="exported", empty=True)
 
 
 @pytest.mark.parametrize(
-    ("source", "requests", "held", "manifest", "owner", "floor", "action", "status"),
+    ("source", "requests", "held", "manifest", "owner", "purged", "foreign", "action", "status", "moved"),
     [
-        ("3", 5, "3", OURS, "spend_logs", None, "none", MATCHES),
-        ("0", 0, "0", None, None, None, "none", MATCHES),
-        ("4.5", 6, "3", OURS, "spend_logs", None, "export", REPAIRED),  # rows later than every late pass
-        ("3", 5, "0", OURS, "spend_logs", None, "export", REPAIRED),  # CloudZero lost the hour
-        ("3", 5, "0", None, None, None, "export", REPAIRED),  # never exported
+        ("3", 5, "3", OURS, "spend_logs", False, False, "none", MATCHES, "0"),
+        ("0", 0, "0", None, None, False, False, "none", MATCHES, "0"),
+        (
+            "4.5",
+            6,
+            "3",
+            OURS,
+            "spend_logs",
+            False,
+            False,
+            "export",
+            REPAIRED,
+            "1.5",
+        ),  # rows later than every pass
+        ("3", 5, "0", OURS, "spend_logs", False, False, "export", REPAIRED, "3"),  # CloudZero lost the hour
+        ("3", 5, "0", None, None, False, False, "export", REPAIRED, "3"),  # never exported
         (
             "3",
             5,
             "102.5",
             None,
             None,
-            None,
+            False,
+            False,
             "export",
             FOREIGN,
-        ),  # someone else wrote into an hour we never sent
-        ("0", 0, "3", OURS, "spend_logs", None, "clear", CLEARED),  # the source emptied
-        ("0", 0, "99.5", None, None, None, "clear", FOREIGN),
-        ("0", 0, "3", OURS, "spend_logs", datetime(2026, 11, 2, tzinfo=timezone.utc), "none", PURGED),
-        ("5", 5, "1", OURS, "daily_team", None, "none", DAILY_OWNED),
+            "99.5",
+        ),  # another writer, source has spend
+        (
+            "0",
+            0,
+            "3",
+            OURS,
+            "spend_logs",
+            False,
+            False,
+            "clear",
+            CLEARED,
+            "3",
+        ),  # the source's rows were deleted
+        (
+            "0",
+            0,
+            "99.5",
+            None,
+            None,
+            False,
+            True,
+            "clear",
+            FOREIGN,
+            "99.5",
+        ),  # asked to remove other writers' cost
+        ("0", 0, "99.5", None, None, False, False, "none", FOREIGN_KEPT, "0"),  # ... and by default not
+        (
+            "0",
+            0,
+            "99.5",
+            EMPTY,
+            "spend_logs",
+            False,
+            False,
+            "none",
+            FOREIGN_KEPT,
+            "0",
+        ),  # checked empty is not ours
+        ("0", 0, "3", OURS, "spend_logs", True, True, "none", PURGED, "0"),  # purged: never lowered
+        ("1", 2, "3", OURS, "spend_logs", True, False, "none", PURGED, "0"),  # partly purged: never lowered
+        ("4", 2, "3", OURS, "spend_logs", True, False, "export", REPAIRED, "1"),  # more at the source: raised
+        ("5", 5, "1", OURS, "daily_team", False, True, "none", DAILY_OWNED, "0"),
     ],
 )
-def test_verdicts(source, requests, held, manifest, owner, floor, action, status):
+def test_verdicts(source, requests, held, manifest, owner, purged, foreign, action, status, moved):
     check = decide(H, source=Decimal(source), requests=requests, held=Decimal(held), manifest=manifest,
-                   owner=owner, retention_floor=floor)  # fmt: skip
+                   owner=owner, may_be_purged=purged, remove_foreign=foreign)  # fmt: skip
     assert (check.action, check.status) == (action, status)
-    assert check.moved == (abs(Decimal(source) - Decimal(held)) if action != "none" else 0)
+    assert check.moved == Decimal(moved)
 
 
 def test_a_torn_manifest_is_repaired_even_when_the_sums_agree():
     torn = Manifest(H, status="failed", unreadable="x.json: Expecting value")
     check = decide(
-        H, source=Decimal(3), requests=5, held=Decimal(3), manifest=torn, owner=None, retention_floor=None
+        H, source=Decimal(3), requests=5, held=Decimal(3), manifest=torn, owner=None, may_be_purged=False
     )
     assert (check.action, check.status) == ("export", REPAIRED)
