@@ -279,12 +279,15 @@ def classify(
         if verdict is not None and verdict.status in REPAIR_VERDICTS:
             return LedgerHour(hour, REPAIRED, _verdict_detail(verdict), verdict.link or decided,
                               verdict=verdict, **figures)  # fmt: skip
+        # A verdict that found a difference and changed nothing (another writer's cost kept) is said, not hidden.
+        said = _verdict_detail(verdict) if verdict is not None and verdict.differed else ""
         if manifest.empty and not manifest.was_sent:
-            return LedgerHour(hour, NO_SPEND, "", decided, verdict=verdict, **figures)
+            return LedgerHour(hour, NO_SPEND, said, decided, verdict=verdict, **figures)
         if manifest.late_corrections > 0:
             detail = f"corrected {manifest.late_corrections} time(s) after its first export"
-            return LedgerHour(hour, LATE_CORRECTED, detail, decided, verdict=verdict, **figures)
-        return LedgerHour(hour, EXPORTED, "", decided, verdict=verdict, **figures)
+            return LedgerHour(hour, LATE_CORRECTED, "; ".join(filter(None, [detail, said])), decided,
+                              verdict=verdict, **figures)  # fmt: skip
+        return LedgerHour(hour, EXPORTED, said, decided, verdict=verdict, **figures)
     if hour < export_start:
         return LedgerHour(hour, BEFORE_START)
     if run is not None and run.in_flight:

@@ -104,6 +104,11 @@ def test_exported_hours_read_as_exported_no_spend_late_corrected_repaired_or_pur
         2026, 11, 2, 2, 5, tzinfo=timezone.utc
     )
     assert status(exported(), RUNNING).status == lv.EXPORTED, "CloudZero holds it while a re-run is in flight"
+    empty = Manifest(H, status="exported", empty=True, source=SourceTotals(0, "0"),
+                     reconcile={**verdict, "status": "foreign data kept", "source": "0", "held": "99.5"})  # fmt: skip
+    kept = status(empty)
+    assert kept.status == lv.NO_SPEND and kept.differs
+    assert kept.detail == "foreign data kept: source 0.00 USD, CloudZero held 99.50 USD"
 
 
 def test_daily_rollup_days_show_as_such():
