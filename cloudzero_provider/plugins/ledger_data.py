@@ -5,6 +5,7 @@ query per view). The decisions are :mod:`cloudzero_provider.ledger_view`'s.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -121,6 +122,11 @@ class _Reader:
             self._cache[hour] = self.store.get(hour)
         return self._cache[hour]
 
+    def any_in(self, start: datetime, end: datetime) -> bool:
+        """Whether any hour of ``[start, end)`` has a manifest (without reading one)."""
+        i = bisect_left(self.listed, start)
+        return i < len(self.listed) and self.listed[i] < end
+
     def newest_held(self) -> datetime | None:
         """The newest hour CloudZero holds from this exporter (or that was checked and held no spend); a
         daily-rollup record covers its whole day."""
@@ -154,8 +160,7 @@ def read_stream(
     while hour < end:
         day = day_start(hour)
         if day not in owners:
-            has_any = any(day <= h < day + DAY for h in _around(reader.listed, day))
-            owner = reader.store.day_owner(day) if has_any else None
+            owner = reader.store.day_owner(day) if reader.any_in(day, day + DAY) else None
             owners[day] = owner if owner in DAILY_ORIGINS else None
         if daily:
             run, due = runs.get((DAILY_ROLLUP_DAG_ID, day)), day + DAY
@@ -200,13 +205,6 @@ def read_stream(
             newest_path=path,
         ),
     )
-
-
-def _around(listed: list[datetime], day: datetime) -> list[datetime]:
-    from bisect import bisect_left
-
-    i = bisect_left(listed, day)
-    return listed[i : i + 1]
 
 
 def latest_reports(target: ExportTarget, limit: int = 7) -> list[str]:

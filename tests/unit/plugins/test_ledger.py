@@ -357,3 +357,38 @@ def test_the_plugin_offers_a_dag_tab_the_ui_can_route():
     assert tab.href == "cloudzero/ledger?dag_id={DAG_ID}&tab=1"
     slugs = [v.url_route or v.name.lower().replace(" ", "-", 1) for v in views]
     assert len(set(slugs)) == 2, slugs
+
+
+def test_the_headline_finds_the_newest_hour_and_the_last_reconciliation_outside_the_window(target, client):
+    """Opened without parameters (the last 48 hours) a year after the last export: the headline still names the
+    newest hour held, how far behind that is, links the hours around it, and the reconciliation of the day before."""
+    verdict = {"status": "matches", "source": "1", "held": "1", "run": "scheduled__x/-1/1/reconcile",
+               "at": "2025-03-10T02:05:00.000Z",
+               "decided_by": {"dag_id": "litellm_cloudzero_reconcile", "run_id": "scheduled__x", "task_id": "reconcile",
+                              "map_index": -1, "try_number": 1, "pass": "reconcile"}}  # fmt: skip
+    for offset in range(4):
+        hour = H - timedelta(hours=offset + 2)
+        target.manifests.write_exported(Manifest(hour, rows=1, cost="1", sent_at=hour, drop_ids=["d"],
+                                                 reconcile=verdict), late_correction=False)  # fmt: skip
+    target.manifests.write_exported(
+        Manifest(H, rows=1, cost="2", sent_at=H, drop_ids=["d"]), late_correction=False
+    )
+    target.manifests.mark(H + timedelta(hours=1), status="failed", attempt=Attempt(), reason="boom")
+    page = client(authenticated=True).get("/ledger").text
+    assert '<section class="headline behind" id="headline-cloudzero_default">' in page
+    assert "newest hour in CloudZero: <b>2025-03-10 00:00 UTC</b>" in page, (
+        "a failed hour after it is not held"
+    )
+    assert (
+        'href="?stream=cloudzero_default&amp;start=2025-03-08T13%3A00%3A00Z&amp;end=2025-03-10T13%3A00%3A00Z"'
+        in page
+    )
+    assert (
+        'last reconciliation: <a href="../dags/litellm_cloudzero_reconcile/runs/scheduled__x/tasks/reconcile"'
+        in page
+    )
+    assert "2025-03-10 02:05 UTC</a> &mdash; 4 matches" in page
+    data = client(authenticated=True).get("/ledger.json").json()
+    assert data["headline"][0]["newest_hour_held"] == "2025-03-10T00:00:00Z" and data["headline"][0]["behind"]
+    assert data["headline"][0]["last_reconciliation"]["verdicts"] == {"matches": 4}
+    assert len(data["hours"]) == 48 and {h["status"] for h in data["hours"]} <= {"late", "not yet due"}
