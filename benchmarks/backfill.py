@@ -1,5 +1,5 @@
 """Benchmark: history imports under a real, distributed Airflow (scheduler, dag-processor, triggerer, api-server,
-Celery workers, PostgreSQL metadata DB; see cloudzero_provider.testing.deployment).
+Celery workers, PostgreSQL metadata DB; see tests/deployment/harness.py).
 
     ./dev bench --backfill                  # 30 days x 10,000 requests/hour through the range DAG
     ./dev bench --backfill --days 7 --rows 2000
@@ -79,9 +79,9 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is needed (apt-get install redis-server)")
-    from cloudzero_provider.testing.deployment import Deployment
     from cloudzero_provider.testing.fixtures import CONNECTION_ID
     from cloudzero_provider.testing.seed import seed_synthetic, spend_by_hour
+    from tests.deployment.harness import Deployment
 
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
     catchup_start = now - timedelta(hours=6)

@@ -43,6 +43,7 @@ def get_provider_info() -> dict[str, Any]:
                     "cloudzero_provider.operators.report",
                     "cloudzero_provider.operators.telemetry",
                     "cloudzero_provider.operators.reconcile",
+                    "cloudzero_provider.operators.housekeeping",
                 ],
             }
         ],
@@ -65,7 +66,23 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "s3://finops-bucket/cloudzero-staging",
                         "default": "",
-                    }
+                    },
+                    "staging_retention_days": {
+                        "description": "Days the staged data of an hour or a run is kept before the housekeeping DAG "
+                        "deletes it (manifests are always kept). A positive whole number.\n",
+                        "version_added": "0.2.0",
+                        "type": "integer",
+                        "example": "30",
+                        "default": "30",
+                    },
+                    "report_retention_days": {
+                        "description": "Days the daily reports are kept before the housekeeping DAG deletes them. "
+                        "A positive whole number.\n",
+                        "version_added": "0.2.0",
+                        "type": "integer",
+                        "example": "400",
+                        "default": "400",
+                    },
                 },
             }
         },

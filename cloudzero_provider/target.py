@@ -8,6 +8,7 @@ manifests beside another target's.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from functools import cached_property
@@ -15,11 +16,12 @@ from functools import cached_property
 from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
 
 from cloudzero_provider.manifests import ManifestStore
-from cloudzero_provider.staging import WindowStage, staging_root
+from cloudzero_provider.staging import WindowStage, staging_root, write_atomically
 from cloudzero_provider.windows import Window, day_label
 
 # An Airflow connection id as used in a path: no separators, never "." or "..".
 TARGET_NAME_RE = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,200}")
+RUN_MARKER = ".run.json"
 # One folder of a staging area (``range-<run>``, ``late``): no separators, no dots.
 AREA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -58,6 +60,22 @@ class ExportTarget:
                 raise ValueError(f"staging area {part!r} is not a folder name: use letters, digits, _ -")
             folder = folder / part
         return WindowStage(folder, window)
+
+    def claim_area(self, area: str, *, dag_id: str, run_id: str) -> None:
+        """Record which DAG run owns a per-run staging area (``<area>/.run.json``), once."""
+        if not AREA_RE.fullmatch(area):
+            raise ValueError(f"staging area {area!r} is not a folder name: use letters, digits, _ -")
+        marker = self.dir / area / RUN_MARKER
+        if not marker.exists():
+            write_atomically(marker, json.dumps({"dag_id": dag_id, "run_id": run_id}).encode("utf-8"))
+
+    def area_owner(self, area: str) -> tuple[str, str] | None:
+        """``(dag_id, run_id)`` of the run that owns a per-run staging area, if it recorded itself."""
+        try:
+            value = json.loads((self.dir / area / RUN_MARKER).read_text(encoding="utf-8"))
+            return str(value["dag_id"]), str(value["run_id"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
 
     @cached_property
     def manifests(self) -> ManifestStore:

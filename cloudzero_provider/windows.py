@@ -104,6 +104,18 @@ def parse_hour(value: str | datetime, *, what: str = "hour") -> datetime:
     return hour
 
 
+def parse_window_label(label: str) -> Window:
+    """The window a folder name names: an hour label (``2026-11-01T13Z``), ``<start label>--<end label>``, or a
+    UTC day (``2026-11-01``). Raises ValueError for any other name."""
+    if "--" in label:
+        start, _, end = label.partition("--")
+        return Window.of(parse_hour(start, what="window label"), parse_hour(end, what="window label"))
+    if len(label) == 10:
+        day = parse_day(label, what="window label")
+        return Window(day, day + DAY)
+    return Window.hour(parse_hour(label, what="window label"))
+
+
 def hour_of(value: str) -> datetime:
     """The hour an ISO-8601 date-time falls in, read as UTC when it has no offset (as CloudZero reads a CBF
     ``time/usage_start``). Raises ValueError for anything else."""

@@ -135,9 +135,31 @@ class CloudZeroStagingOperator(CloudZeroBaseOperator):
     def stage(self, window: Window, *, area: str | None = None) -> WindowStage:
         """The window's stage in this operator's staging area; ``area`` nests a pass of its own inside it."""
         try:
-            return self.target.stage(window, area=(self.staging_area, area))
+            stage = self.target.stage(window, area=(self.staging_area, area))
         except ValueError as exc:
             raise AirflowFailException(str(exc)) from None
+        if self.staging_area:
+            self._claim_area()
+        return stage
+
+    def _claim_area(self) -> None:
+        """Name the run that owns this staging area (once), so housekeeping leaves the area alone while that run
+        is in flight: a retry or a clear of one of its tasks reads what another task staged."""
+        if self.__dict__.get("_area_claimed"):
+            return
+        self.__dict__["_area_claimed"] = True
+        try:
+            from airflow.sdk import get_current_context
+
+            context = get_current_context()
+        except Exception:  # outside a running task (tests, scripts): no run to name
+            return
+        ti = context.get("ti")
+        self.target.claim_area(
+            str(self.staging_area),
+            dag_id=str(getattr(ti, "dag_id", "")),
+            run_id=str(context.get("run_id", "")),
+        )
 
 
 class ExportStepOperator(CloudZeroStagingOperator):

@@ -16,6 +16,7 @@ from cloudzero_provider.ready_dags.common import (
 )
 from cloudzero_provider.ready_dags.daily_rollup import DAILY_DIMENSIONS, build_daily_rollup_dag, rollup_days
 from cloudzero_provider.ready_dags.hourly import build_hourly_dag
+from cloudzero_provider.ready_dags.housekeeping import build_housekeeping_dag, build_watch_dag
 from cloudzero_provider.ready_dags.range import build_range_dag, plan_chunks, range_hours, range_window
 from cloudzero_provider.ready_dags.reconcile import build_reconcile_dag
 from cloudzero_provider.ready_dags.report import alert_notifiers, build_report_dag
@@ -33,10 +34,12 @@ __all__ = [
     "alert_notifiers",
     "build_daily_rollup_dag",
     "build_hourly_dag",
+    "build_housekeeping_dag",
     "build_range_dag",
     "build_reconcile_dag",
     "build_report_dag",
     "build_telemetry_dag",
+    "build_watch_dag",
     "plan_chunks",
     "range_hours",
     "range_window",

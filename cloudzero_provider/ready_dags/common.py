@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.sdk import Param
 
+from cloudzero_provider.notify import Channels, failure_callback
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.retries import retry_policy_args
 from cloudzero_provider.settings import ExportSettings
@@ -21,6 +22,8 @@ TELEMETRY_DAG_ID = "litellm_cloudzero_telemetry"
 REPORT_DAG_ID = "litellm_cloudzero_daily_report"
 DAILY_ROLLUP_DAG_ID = "litellm_cloudzero_daily_rollup"
 RECONCILE_DAG_ID = "litellm_cloudzero_reconcile"
+HOUSEKEEPING_DAG_ID = "litellm_cloudzero_housekeeping"
+WATCH_DAG_ID = "litellm_cloudzero_watch"
 MAX_RANGE_HOURS = 24 * 366
 MAX_SETTLE_MINUTES = 24 * 60
 MAX_CHUNK_HOURS = 168
@@ -62,6 +65,8 @@ def default_args(settings: ExportSettings, *, options: ExportOptions | None = No
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=1),
+        # A task that failed after its retries tells the notifier settings' channels (none set: nothing sent).
+        "on_failure_callback": failure_callback(Channels.from_settings(settings)),
         **retry_policy_args(),
     }
 

@@ -6,6 +6,7 @@ from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
 from cloudzero_provider.callbacks import mark_hours_failed
+from cloudzero_provider.notify import Channels, failure_callback
 from cloudzero_provider.operators.late_data import LateDataOperator
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
@@ -56,7 +57,10 @@ most 168). A value outside is refused when the run is triggered.
         max_active_runs=settings.max_active_runs,
         default_args={
             **default_args(settings),
-            "on_failure_callback": mark_hours_failed(settings.cloudzero_conn_id, settings.staging_uri),
+            "on_failure_callback": [
+                mark_hours_failed(settings.cloudzero_conn_id, settings.staging_uri),
+                failure_callback(Channels.from_settings(settings)),
+            ],
         },
         params={
             "settle_minutes": Param(

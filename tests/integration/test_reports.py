@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import email
 import io
@@ -69,6 +70,14 @@ def sql_totals(db: str, column: str) -> dict[str, Decimal]:
         return {k: v for k, v in cur.fetchall()}
 
 
+def model_spend_and_tokens(db: str) -> dict[str, tuple[Decimal, int]]:
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute(
+            """SELECT model, SUM(spend::numeric), SUM(total_tokens) FROM "LiteLLM_SpendLogs" GROUP BY 1"""
+        )
+        return {model: (spend, int(tokens)) for model, spend, tokens in cur.fetchall()}
+
+
 def test_report_totals_equal_the_source_for_every_grouping(exported_day):
     db, summary, _, staging = exported_day
     report = json.loads((staging / "reports" / "2026-11-01" / "report.json").read_text())
@@ -87,8 +96,16 @@ def test_report_totals_equal_the_source_for_every_grouping(exported_day):
     )
     assert exact_sum(r["spend_usd"] for r in csv_rows if r["model"] == "(all)") == total
     per_1k = {r["model"]: r for r in report["cost_per_1k_tokens"]}
-    m0 = per_1k["model-0"]
-    assert Decimal(m0["usd_per_1k_tokens"]) == round(Decimal(m0["spend"]) * 1000 / m0["tokens"], 6)
+    by_model = model_spend_and_tokens(db)
+    assert set(per_1k) == set(by_model)
+    for model, (spend, tokens) in by_model.items():
+        shown = per_1k[model]
+        assert Decimal(shown["spend"]) == spend, model
+        assert shown["tokens"] == tokens, model
+        # Shown to 6 places: within half a unit of the 6th place of the exact figure from the source's sums.
+        exact = spend * 1000 / tokens
+        assert re.fullmatch(r"\d+\.\d{6}", shown["usd_per_1k_tokens"]), model
+        assert abs(Decimal(shown["usd_per_1k_tokens"]) - exact) <= Decimal("0.0000005"), model
 
 
 def test_threshold_check_lists_every_breach(exported_day):
@@ -115,10 +132,12 @@ def test_notifiers_are_airflow_notifiers():
     settings = ExportSettings(alert_limits={"team": 5}, alert_email=["finops@example.com"])
     (notifier,) = alert_notifiers(settings)
     assert isinstance(notifier, SmtpNotifier)
+    assert notifier.to == ["finops@example.com"]
     dag = build_report_dag(settings)
-    assert dag.get_task("check_limits").on_failure_callback == [notifier] or isinstance(
-        dag.get_task("check_limits").on_failure_callback[0], SmtpNotifier
-    )
+    callbacks = dag.get_task("check_limits").on_failure_callback
+    assert isinstance(callbacks, list) and len(callbacks) == 1, "one notifier: the one configured"
+    assert isinstance(callbacks[0], SmtpNotifier)
+    assert (callbacks[0].to, callbacks[0].subject) == (notifier.to, notifier.subject)
     assert "check_limits" not in build_report_dag(ExportSettings()).task_dict, "no limits, no check, no noise"
     with pytest.raises(ImportError, match="apache-airflow-providers-slack"):
         alert_notifiers(ExportSettings(alert_slack_conn_id="slack"))
@@ -174,19 +193,26 @@ def ledger_server(monkeypatch):
 
     for dependency in ACCESS_DEPENDENCIES:
         monkeypatch.setitem(app.dependency_overrides, dependency, lambda: None)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    # The server is handed a socket bound to port 0 and already listening, so no other process can take the
+    # port between choosing it and serving on it.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     try:
+        deadline = time.monotonic() + 30
         while not server.started:
+            assert thread.is_alive(), "the ledger's uvicorn server stopped before it started serving"
+            assert time.monotonic() < deadline, "the ledger's uvicorn server did not start within 30 s"
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        listener.close()
 
 
 def hourly_run(hour: datetime):
@@ -339,7 +365,7 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
     airflow_db, exported_day, monkeypatch
 ):
     """A real SMTP server on loopback receives the SmtpNotifier's mail, and only when a limit is crossed."""
-    from aiosmtpd.controller import Controller
+    from aiosmtpd.controller import UnthreadedController
 
     from cloudzero_provider.ready_dags import build_report_dag
 
@@ -353,11 +379,13 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
 
     _, summary, _, _ = exported_day
     inbox = Inbox()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
+    loop = asyncio.new_event_loop()
+    controller = UnthreadedController(inbox, hostname="127.0.0.1", port=0, loop=loop)
+    # Binds port 0 and reads the port back: no other process can take it between its choice and the bind.
+    controller.begin()
+    port = controller.server.sockets[0].getsockname()[1]
+    serving = threading.Thread(target=loop.run_forever, daemon=True)
+    serving.start()
     try:
         monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps({
             "conn_type": "smtp", "host": "127.0.0.1", "port": port,
@@ -378,4 +406,7 @@ def test_breach_emails_through_smtp_notifier_and_no_breach_stays_silent(
         )
         assert f"total spend spent {summary['spend']} USD, over the limit of 4.5 USD" in body
     finally:
-        controller.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        serving.join(timeout=10)
+        controller.end()
+        loop.close()

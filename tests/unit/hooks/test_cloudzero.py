@@ -326,6 +326,7 @@ def test_request_exceptions_are_scrubbed_of_the_key(double, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url))
     hook = fast_hook()
 
+    # Raised by requests before anything is sent, from a header value: no answer of the double can cause it.
     def explode(*args, **kwargs):
         raise requests.exceptions.InvalidHeader(f"Invalid leading whitespace in header value: {API_KEY!r}")
 
@@ -335,16 +336,43 @@ def test_request_exceptions_are_scrubbed_of_the_key(double, monkeypatch):
     assert "InvalidHeader" in str(info.value) and API_KEY not in str(info.value) and "***" in str(info.value)
 
 
-def test_test_key_is_masked_and_sent_only_as_its_header(double, monkeypatch):
-    masked = []
-    monkeypatch.setattr("airflow.sdk.log.mask_secret", lambda value, *a, **k: masked.append(value))
+@pytest.fixture
+def secrets_masker():
+    """Airflow's real secrets masker -- the task SDK's, which ``mask_secret`` feeds and task logs go through --
+    emptied for this test and given back its patterns after."""
+    from airflow.sdk._shared.secrets_masker import _secrets_masker
+
+    masker = _secrets_masker()
+    saved = (masker.patterns, masker.replacer)
+    masker.reset_masker()
+    yield masker
+    masker.patterns, masker.replacer = saved
+
+
+def test_key_and_test_key_are_masked_once_the_hook_resolved_them(double, monkeypatch, secrets_masker):
+    from airflow.sdk._shared.secrets_masker import redact
+
+    test_key = "cz-test-namespace-key-7731"
+    # Pasted with blanks around them, as keys often are: what Airflow itself may mask is the raw value, so only
+    # the hook's own masking covers the keys as they are sent.
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        cloudzero_conn_json(double.url, key=f" {API_KEY}\n", test_key=f"{test_key} "),
+    )
+    line = f"Authorization: {API_KEY}; cloudzero-test-key: {test_key}"
+    assert redact(line) == line, "nothing masked them before the hook"
+    hook = fast_hook()
+    assert hook.settings.api_key == API_KEY and hook.settings.test_key == test_key
+    assert redact(line) == "Authorization: ***; cloudzero-test-key: ***"
+
+
+def test_test_key_is_sent_only_as_its_header(double, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
         cloudzero_conn_json(double.url, test_key="cz-test-namespace-key-7731"),
     )
     hook = fast_hook()
     hook.post_billing_drop(BODY)
-    assert API_KEY in masked and "cz-test-namespace-key-7731" in masked
     assert "cz-test-namespace-key-7731" not in repr(hook.settings) and API_KEY not in repr(hook.settings)
     assert double.double.cost_by_hour(CONNECTION_ID, namespace="cz-test-namespace-key-7731") == {
         H13: Decimal("0.25")
@@ -362,6 +390,26 @@ def test_key_pasted_with_a_line_break_works_and_is_sent_stripped(double, monkeyp
     assert hook.list_billing_drops() == []
 
 
+def test_a_connection_dropped_on_every_attempt_fails_naming_it_without_the_key(
+    double, monkeypatch, caplog, capsys
+):
+    from airflow.sdk.exceptions import AirflowException
+
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=f"{API_KEY}\n"))
+    double.drop_next(2)
+    with caplog.at_level(logging.DEBUG), pytest.raises(CloudZeroTransientError) as info:
+        fast_hook(max_attempts=2).post_billing_drop(BODY)
+    text = str(info.value)
+    assert "still failing after 2 attempts: connection failed:" in text and "Connection aborted" in text
+    assert isinstance(info.value, AirflowException), "Airflow's retry takes over"
+    assert API_KEY not in text and API_KEY not in caplog.text and API_KEY not in capsys.readouterr().out
+    assert info.value.__cause__ is None and info.value.__suppress_context__, "the original text stays out"
+    assert double.double.requests == [] and double.double.cost_by_hour(CONNECTION_ID) == {}, "nothing applied"
+
+
+# requests raises these from what it is given (a header value, a URL) or from deep in a transport, never from an
+# answer: the double cannot produce them, nor a dropped connection whose text carries the key (the drop itself
+# is the double's, above), so they are raised in place of the session's request.
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
@@ -410,9 +458,9 @@ def test_test_key_a_header_cannot_carry_is_refused_without_showing_it(double, mo
 
 
 def test_test_key_is_never_logged(double, monkeypatch, caplog, capsys):
-    """With Airflow's masker out of the way, the test key still shows in no log line: the hook never logs it."""
-    masked = []
-    monkeypatch.setattr("airflow.sdk.log.mask_secret", lambda value, *a, **k: masked.append(value))
+    """With Airflow's masker out of the way, the test key still shows in no log line: the hook never logs it.
+    (That the hook masks it is proven with the real masker above.)"""
+    monkeypatch.setattr("airflow.sdk.log.mask_secret", lambda value, *a, **k: None)
     test_key = "cz-test-namespace-key-4410"
     monkeypatch.setenv(
         "AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, test_key=f" {test_key}\n")
@@ -424,7 +472,6 @@ def test_test_key_is_never_logged(double, monkeypatch, caplog, capsys):
         assert hook.test_connection()[0] is True
     assert hook.get_conn().headers[TEST_KEY_HEADER] == test_key
     assert statuses(double)[0] == 503, "a retry was logged"
-    assert test_key in masked, "masked all the same, for what others might log"
     assert test_key not in caplog.text and test_key not in capsys.readouterr().out
     assert test_key not in repr(hook.settings) and test_key not in str(hook.settings)
 

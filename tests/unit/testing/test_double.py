@@ -233,3 +233,23 @@ def test_periodic_faults_hit_every_nth_request():
             for _ in range(7)
         ]  # fmt: skip
     assert got == [200, 429, 503, 429, 200, 503, 200]
+
+
+def test_clearing_faults_stops_periodic_and_queued_ones_and_keeps_the_data():
+    from cloudzero_provider.testing.server import Fault
+
+    with CloudZeroDoubleServer(CloudZeroDouble(KEY, connections={CONN})) as srv:
+        srv.fail_every(2, Fault("status", status=503, method="POST"))
+        codes = [post(srv, {"operation": "sum", "data": [row(H13, "1")]}).status_code for _ in range(4)]
+        assert codes == [200, 503, 200, 503]
+        srv.fail_next(1, 500, method="POST")
+        srv.clear_faults()
+        codes = [post(srv, {"operation": "sum", "data": [row(H13, "1")]}).status_code for _ in range(4)]
+        assert codes == [200] * 4, "no queued or periodic fault is left"
+        assert srv.double.cost_by_hour(CONN) == {H13: Decimal(6)}, "the data stays"
+        assert len(srv.double.requests) == 8, "the request log stays"
+        srv.fail_every(1, Fault("status", status=503, method="POST"))
+        srv.fail_next(1, 500, method="POST")
+        assert requests.delete(f"{srv.url}/_double/faults", timeout=5).json() == {"queued": 0, "periodic": 0}
+        assert post(srv, {"operation": "sum", "data": [row(H13, "1")]}).status_code == 200
+        assert srv.double.cost_by_hour(CONN) == {H13: Decimal(7)}
