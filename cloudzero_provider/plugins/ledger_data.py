@@ -40,7 +40,6 @@ RUN_DAGS = (HOURLY_DAG_ID, DAILY_ROLLUP_DAG_ID)  # whose runs are scheduled per 
 VERDICT_LOOKBACK = timedelta(
     days=7
 )  # before the newest held hour, where the last reconciliation is looked for
-MAX_NEWEST_READS = 2000  # manifests read back from the newest to find the newest exported hour
 
 
 def streams_of(dag_id: str | None, settings: ExportSettings) -> list[str]:
@@ -127,15 +126,6 @@ class _Reader:
         i = bisect_left(self.listed, start)
         return i < len(self.listed) and self.listed[i] < end
 
-    def newest_held(self) -> datetime | None:
-        """The newest hour CloudZero holds from this exporter (or that was checked and held no spend); a
-        daily-rollup record covers its whole day."""
-        for hour in list(reversed(self.listed))[:MAX_NEWEST_READS]:
-            manifest = self.get(hour)
-            if manifest is not None and manifest.exported:
-                return hour + 23 * HOUR if manifest.is_daily else hour
-        return None
-
 
 def read_stream(
     stream: str,
@@ -180,7 +170,7 @@ def read_stream(
             )
         )
         hour += HOUR
-    newest = reader.newest_held()
+    newest = reader.store.newest_held()  # the lag alert's answer too
     verdicts = [(h.hour, h.verdict) for h in hours if h.verdict is not None]
     if newest is not None:
         for h in reader.listed:
