@@ -160,6 +160,8 @@ def test_pages_and_downloads_carry_the_full_security_policy(target, client):
         )
         assert response.headers["x-frame-options"] == "SAMEORIGIN"
         assert response.headers["x-content-type-options"] == "nosniff"
+    page = client(authenticated=True).get(URL).text
+    assert '<li><a href="reports/cloudzero_default/2026-11-01/report.html">2026-11-01</a></li>' in page
     report = client(authenticated=True).get("/reports/cloudzero_default/2026-11-01/report.html")
     assert report.status_code == 200 and "ok" in report.text
     assert report.headers["content-security-policy"] == f"sandbox; {PAGE_POLICY}"
