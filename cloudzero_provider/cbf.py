@@ -245,3 +245,52 @@ def fold_rare_values(
             if current.get(counter) is not None or row.get(counter) is not None:
                 current[counter] = int(current.get(counter) or 0) + int(row.get(counter) or 0)
     return list(merged.values()), folded
+
+
+def _merge_into(target: dict[str, Any], row: Mapping[str, Any]) -> None:
+    """Add ``row``'s spend (exactly) and counters to ``target``."""
+    target["spend"] = str(EXACT.add(Decimal(str(target["spend"])), Decimal(str(row["spend"]))))
+    for counter in (
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "successes",
+        "failures",
+    ):
+        if target.get(counter) is not None or row.get(counter) is not None:
+            target[counter] = int(target.get(counter) or 0) + int(row.get(counter) or 0)
+
+
+def fold_smallest_groups(rows: Sequence[Mapping[str, Any]], cap: int) -> tuple[list[dict[str, Any]], int]:
+    """
+    One hour's aggregated rows, at most ``cap`` of them: the ``cap - 1`` groups with the most spend are kept and
+    every other group is summed into one row whose every dimension reads ``(other)`` -- spend exact, counters
+    added -- so the hour's totals do not move by a digit, however the dimensions multiply.
+
+    :return: The rows, and how many groups were folded.
+    """
+    if len(rows) <= cap:
+        return [dict(r) for r in rows], 0
+    ranked = sorted(rows, key=lambda r: (-Decimal(str(r["spend"])), json.dumps(r["dims"], sort_keys=True)))
+    kept = [dict(r) for r in ranked[: cap - 1]]
+    rest = ranked[cap - 1 :]
+    other: dict[str, Any] = {**rest[0], "dims": dict.fromkeys(rest[0]["dims"], OTHER), "spend": "0"}
+    for counter in (
+        "requests",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "successes",
+        "failures",
+    ):
+        if counter in other:
+            other[counter] = 0 if other[counter] is not None else None
+    for row in rest:
+        _merge_into(other, row)
+    same = next((r for r in kept if r["dims"] == other["dims"]), None)
+    if same is not None:
+        _merge_into(same, other)
+    else:
+        kept.append(other)
+    return kept, len(rest)

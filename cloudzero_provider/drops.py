@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -131,35 +131,46 @@ def plan(
     Whole hours of one month are packed together while the body stays within ``max_bytes``; an hour that does
     not fit one request is split (``replace_hourly`` then ``sum``) and travels in requests of its own.
     """
-    requests: list[DropRequest] = []
-    pack_month, pack_hours, pack_rows = "", [], []  # type: ignore[var-annotated]
+    return list(plan_stream(((h, rows_by_hour[h]) for h in sorted(rows_by_hour)), max_bytes))
 
-    def flush() -> None:
-        nonlocal pack_hours, pack_rows
-        if pack_hours:
-            requests.append(_build(pack_month, "replace_hourly", pack_hours, 0, 1, pack_rows))
-        pack_hours, pack_rows = [], []
 
-    for hour in sorted(rows_by_hour):
-        rows = list(rows_by_hour[hour])
+def plan_stream(
+    hours: Iterable[tuple[datetime, Sequence[bytes]]], max_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+) -> Iterator[DropRequest]:
+    """
+    As :func:`plan`, for hours that arrive one by one in ascending order: each request is yielded as soon as it is
+    complete, so memory holds one request's rows and the hour being packed, never a window.
+    """
+    pack_month, pack_hours, pack_rows, pack_bytes = "", [], [], 0  # type: ignore[var-annotated]
+    previous: datetime | None = None
+    for hour, hour_rows in hours:
+        if previous is not None and hour <= previous:
+            raise ValueError(
+                f"hours must arrive in ascending order: {iso_hour(hour)} after {iso_hour(previous)}"
+            )
+        previous = hour
+        rows = list(hour_rows)
         if not rows:
             continue
         month = month_of(hour)
-        alone = body_size(month, "replace_hourly", (len(r) for r in rows))
-        if alone > max_bytes:
-            flush()
-            requests.extend(plan_hour(hour, rows, max_bytes))
+        size = sum(len(r) for r in rows)
+        if body_size(month, "replace_hourly", (len(r) for r in rows)) > max_bytes:
+            if pack_hours:
+                yield _build(pack_month, "replace_hourly", pack_hours, 0, 1, pack_rows)
+            pack_month, pack_hours, pack_rows, pack_bytes = "", [], [], 0
+            yield from plan_hour(hour, rows, max_bytes)
             continue
-        if (
-            month != pack_month
-            or body_size(month, "replace_hourly", [len(r) for r in pack_rows + rows]) > max_bytes
-        ):
-            flush()
-            pack_month = month
+        head, tail = _envelope(month, "replace_hourly")
+        together = len(head) + len(tail) + pack_bytes + size + len(pack_rows) + len(rows) - 1
+        if pack_hours and (month != pack_month or together > max_bytes):
+            yield _build(pack_month, "replace_hourly", pack_hours, 0, 1, pack_rows)
+            pack_hours, pack_rows, pack_bytes = [], [], 0
+        pack_month = month
         pack_hours.append(hour)
         pack_rows.extend(rows)
-    flush()
-    return requests
+        pack_bytes += size
+    if pack_hours:
+        yield _build(pack_month, "replace_hourly", pack_hours, 0, 1, pack_rows)
 
 
 def group_by_hour(rows: Iterable[Mapping[str, str]]) -> dict[datetime, list[bytes]]:

@@ -15,6 +15,9 @@ from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 
 INVALID_POLICIES = ("fail", "quarantine")
 DEFAULT_MAX_VALUES_PER_HOUR = 1000
+# CloudZero keeps 1,000,000 rows per stream and month (about 1,300 an hour): an hour above this is a runaway
+# combination of dimensions, folded before it costs memory, requests and the month's budget.
+DEFAULT_MAX_ROWS_PER_HOUR = 5000
 MIN_REQUEST_BYTES = 16_384
 
 
@@ -28,6 +31,8 @@ class ExportOptions:
     :param max_values_per_hour: Distinct values per hour of a dimension LLM callers choose (``end_user``,
         request tags) before the rest are folded into ``(other)``; 0 or ``None``: no cap.
     :param max_request_bytes: Upper bound of one request's exact body (CloudZero's limit is 5 MB).
+    :param max_rows_per_hour: CBF rows an hour keeps across all dimensions before its smallest groups are summed
+        into one ``(other)`` row; 0 or ``None``: no cap.
     """
 
     template_fields: ClassVar[tuple[str, ...]] = ("dimensions", "on_invalid")
@@ -36,6 +41,7 @@ class ExportOptions:
     on_invalid: str = "fail"
     max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_rows_per_hour: int | None = DEFAULT_MAX_ROWS_PER_HOUR
 
     def dimension_names(self) -> list[str] | None:
         """The dimensions as a list (``None``: the default set)."""
@@ -52,6 +58,10 @@ class ExportOptions:
     @property
     def value_cap(self) -> int | None:
         return int(self.max_values_per_hour) if self.max_values_per_hour else None
+
+    @property
+    def row_cap(self) -> int | None:
+        return int(self.max_rows_per_hour) if self.max_rows_per_hour else None
 
     def checked(self) -> ExportOptions:
         """These options, validated; a ValueError names what is wrong."""

@@ -52,6 +52,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
         "CLOUDZERO_MAX_VALUES_PER_HOUR",
         "Distinct values per hour of a dimension LLM callers choose (end_user, tag:*) before the rest are folded into `(other)`, cost and all (default 1000; 0: no cap).",
     ),
+    "max_rows_per_hour": (
+        "CLOUDZERO_MAX_ROWS_PER_HOUR",
+        "CBF rows an hour keeps across all dimensions before its smallest groups are summed into one `(other)` row with their exact cost (default 5000; 0: no cap).",
+    ),
     "staging_uri": (
         "CLOUDZERO_STAGING_URI",
         "Where window files and manifests live: a local folder or s3://, gs:// ... (default `$AIRFLOW_HOME/cloudzero-staging`). Prefer the provider option `[cloudzero] staging_uri` (`AIRFLOW__CLOUDZERO__STAGING_URI`), which the API server's ledger page reads too; this variable is its older spelling. Use object storage with several workers.",
@@ -142,6 +146,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "settle_minutes": (0, 24 * 60),
     "late_lookback_hours": (0, 168),
     "max_values_per_hour": (0, 100_000),
+    "max_rows_per_hour": (0, 1_000_000),
     "max_active_runs": (1, 64),
     "retries": (0, 20),
     "retry_delay_seconds": (1, 24 * 3600),
@@ -179,6 +184,7 @@ class ExportSettings:
     dimensions: list[str] | None = None
     on_invalid: str = "fail"
     max_values_per_hour: int = 1000
+    max_rows_per_hour: int = 5000
     staging_uri: str | None = None
     pool: str = "cloudzero_anycost"
     max_active_runs: int = 4

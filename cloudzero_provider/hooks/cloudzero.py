@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import random
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -138,6 +139,18 @@ def _json_field(response: requests.Response, key: str) -> list[Any]:
             f"HTTP {response.status_code} without the expected {key!r} list: {_body_excerpt(response)!r}"
         )
     return value
+
+
+def _json_stream(response: requests.Response) -> Iterator[bytes]:
+    """The body of a streamed answer, in chunks, once its first bytes show a JSON object (a gateway's HTML page
+    in CloudZero's place is retried like a 503, not read as a month without rows)."""
+    chunks = response.iter_content(chunk_size=65_536)
+    first = next(chunks, b"")
+    if not first.lstrip().startswith(b"{"):
+        raise _Retryable(
+            f"HTTP {response.status_code} that is not a JSON object: {first[:200].decode('utf-8', 'replace')!r}"
+        )
+    return itertools.chain([first], chunks)
 
 
 def _is_loopback(host: str | None) -> bool:
@@ -526,6 +539,7 @@ class CloudZeroHook(HttpHook):
         body: bytes | None,
         headers: Mapping[str, str],
         accept: Callable[[requests.Response], Any] | None,
+        stream: bool = False,
     ) -> tuple[requests.Response, Any]:
         """
         One attempt: a transient failure raises :class:`_Retryable`, any other requests failure fails.
@@ -545,6 +559,7 @@ class CloudZeroHook(HttpHook):
                 headers=dict(headers),
                 timeout=self.settings.timeout,
                 allow_redirects=False,
+                stream=stream,
             )
         except requests.exceptions.Timeout as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
@@ -586,6 +601,7 @@ class CloudZeroHook(HttpHook):
         idempotency_key: str | None = None,
         expect: Sequence[int] = (200,),
         accept: Callable[[requests.Response], Any] | None = None,
+        stream: bool = False,
     ) -> tuple[requests.Response, Any]:
         """
         Send one request with in-task retries of transient failures, and check the answer.
@@ -597,6 +613,7 @@ class CloudZeroHook(HttpHook):
         :param idempotency_key: Sent as ``cloudzero-idempotency-key``: CloudZero replays its first answer.
         :param expect: Status codes returned to the caller rather than raised.
         :param accept: Reads a 2xx answer inside the retry loop (see :meth:`_attempt`).
+        :param stream: Leave the body unread for ``accept`` to stream (a month of rows can be hundreds of MB).
         :return: The response, and what ``accept`` read from it (``None`` without ``accept``).
         :raises CloudZeroAPIError: A 4xx other than 429. Airflow does not retry it.
         :raises CloudZeroTransientError: Still failing after the in-task retries (429, 5xx, a redirect -- never
@@ -633,7 +650,7 @@ class CloudZeroHook(HttpHook):
             reraise=True,
         )
         try:
-            response, accepted = retrying(self._attempt, session, method, path, body, headers, accept)
+            response, accepted = retrying(self._attempt, session, method, path, body, headers, accept, stream)
         except _Retryable as exc:
             settings = self.settings
             if exc.retry_after is not None and exc.retry_after > settings.max_retry_time:
@@ -712,18 +729,45 @@ class CloudZeroHook(HttpHook):
         self, month: str, *, connection_id: str | None = None
     ) -> list[dict[str, Any]] | None:
         """
-        The CBF rows CloudZero holds for one month, or ``None`` when it holds none (404).
+        The CBF rows CloudZero holds for one month, or ``None`` when it holds none (404). Holds the whole month in
+        memory: prefer :meth:`iter_billing_drop`.
 
         :param month: ``YYYY-MM``.
         :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
         """
+        rows = self.iter_billing_drop(month, connection_id=connection_id)
+        return None if rows is None else list(rows)
+
+    def iter_billing_drop(self, month: str, *, connection_id: str | None = None) -> Iterator[Any] | None:
+        """
+        The rows CloudZero holds for one month, streamed one at a time as they arrive (memory holds one chunk and
+        one row), or ``None`` when it holds none (404). Rows are not checked here: see :mod:`readback`.
+
+        :param month: ``YYYY-MM``.
+        :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
+        :raises CloudZeroTransientError: While iterating, if the answer stops part-way.
+        :raises ReadBackError: While iterating, if the answer is not a list of rows.
+        """
+        from cloudzero_provider.readback import iter_json_array
+
         path = f"{self._drops_path(connection_id)}/{quote(month, safe='')}"
-        response, rows = self.request(
-            "GET", path, expect=(200, 404), accept=lambda r: _json_field(r, "billing_drop")
-        )
+        response, chunks = self.request("GET", path, expect=(200, 404), accept=_json_stream, stream=True)
         if response.status_code == 404:
+            response.close()
             return None
-        return list(rows)
+
+        def rows() -> Iterator[Any]:
+            try:
+                yield from iter_json_array(chunks, "billing_drop")
+            except requests.exceptions.RequestException as exc:
+                raise CloudZeroTransientError(
+                    f"CloudZero GET {path}: the answer stopped part-way ({type(exc).__name__}: "
+                    f"{self._scrub(str(exc))[:200]}); the task will be retried by Airflow"
+                ) from None
+            finally:
+                response.close()
+
+        return rows()
 
     def validate_billing_drop(self, body: bytes | Mapping[str, Any]) -> dict[str, Any]:
         """

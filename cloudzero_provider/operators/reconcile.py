@@ -118,7 +118,7 @@ class ReconcileOperator(ExportStepOperator):
         months = sorted({month_label(h) for h in window.hour_starts()})
         missing, unreadable = [], {}
         for month in months:
-            rows = self.cloudzero_hook.get_billing_drop(month)
+            rows = self.cloudzero_hook.iter_billing_drop(month)  # streamed: a month is never held whole
             if rows is None:
                 missing.append(month)
                 continue

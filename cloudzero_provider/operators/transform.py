@@ -26,4 +26,5 @@ class CBFTransformOperator(ExportStepOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         window = self.window(context)
-        return transform_window(window, self.stage(window), max_values_per_hour=self.options.value_cap)
+        return transform_window(window, self.stage(window), max_values_per_hour=self.options.value_cap,
+                                max_rows_per_hour=self.options.row_cap)  # fmt: skip

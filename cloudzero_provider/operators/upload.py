@@ -125,7 +125,8 @@ class AnyCostUploadOperator(ExportStepOperator):
         stage = self.stage(window)
         extract, recorded = read_extract(stage), read_transform(stage)
         options = self.options.but(dimensions=extract.dimensions, on_invalid="fail",
-                                   max_values_per_hour=recorded.max_values_per_hour)  # fmt: skip
+                                   max_values_per_hour=recorded.max_values_per_hour,
+                                   max_rows_per_hour=recorded.max_rows_per_hour)  # fmt: skip
         outcome = reexport_hours(
             self.litellm_hook, self.cloudzero_hook, self.target.manifests, sorted(result.failed_hours),
             stage_of=lambda w: self.stage(w, area="retry"), options=options, attempt=attempt.for_pass("retry"),

@@ -11,7 +11,6 @@ from datetime import datetime
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.drops import serialize_row
 from cloudzero_provider.manifests import DAILY_ORIGINS, SPEND_LOGS, ManifestStore
 from cloudzero_provider.windows import DAY, Window, day_label, day_start, iso_hour
 
@@ -46,16 +45,16 @@ class Ownership:
 
 
 def apply_ownership(
-    rows_by_hour: dict[datetime, list[bytes]],
+    present: set[datetime],
     window: Window,
     manifests: ManifestStore,
     *,
     origin: str,
     take_over: bool,
 ) -> Ownership:
-    """Drop the hours another source owns (or, with ``take_over``, add the clearing rows that switch them), in
-    place."""
-    days = sorted({day_start(h) for h in rows_by_hour} | {d.start for d in window.each_day()})
+    """Of the hours about to be sent (``present``), which another source's day owns (not to be sent), and which
+    hours must be cleared to 0 to switch a day with ``take_over`` (send :func:`clearing_row` for them)."""
+    days = sorted({day_start(h) for h in present} | {d.start for d in window.each_day()})
     out = Ownership()
     for day in days:
         owner = manifests.day_owner(day)
@@ -67,15 +66,13 @@ def apply_ownership(
                     f"{day_label(day)} of this stream is owned by the {owner} export, not {origin}: the two "
                     f"rollup tables count the same requests. Nothing was sent. To switch, {SWITCH_HINT['daily']}."
                 )
-            if day not in rows_by_hour:
+            if day not in present:
                 out.cleared.add(day)
             continue
         hours = Window(day, day + DAY).hour_starts()
         if not take_over:
             if origin == SPEND_LOGS:
-                owned = [h for h in hours if h in rows_by_hour]
-                for h in owned:
-                    del rows_by_hour[h]
+                owned = [h for h in hours if h in present]
                 out.owned_elsewhere.extend(owned)
                 log.warning(
                     "%s of this stream is owned by the daily-rollup export (%s): not sending %d hour(s) from spend "
@@ -89,17 +86,15 @@ def apply_ownership(
                 f"daily rollup, {SWITCH_HINT['daily']}; to keep hourly data, leave it to litellm_cloudzero_hourly."
             )
         if origin == SPEND_LOGS:  # the daily rows sit at 00:00: replace them, with nothing if need be
-            if day not in rows_by_hour:
+            if day not in present:
                 out.cleared.add(day)
         else:  # every hour the spend-log export sent that day goes back to 0
             for hour in hours[1:]:
                 m = manifests.get(hour)
                 if m and m.is_ours and m.drop_ids:
                     out.cleared.add(hour)
-            if day not in rows_by_hour:
+            if day not in present:
                 out.cleared.add(day)
         log.warning("Taking %s of this stream over from %s to %s: clearing %d hour(s)", day_label(day), owner,
                     origin, len(out.cleared))  # fmt: skip
-    for hour in out.cleared:
-        rows_by_hour[hour] = [serialize_row(clearing_row(hour))]
     return out

@@ -83,7 +83,9 @@ def reexport_hours(
         stage = stage_of(window)
         try:
             extract_window(litellm, window, stage, options=options, source=source)
-            transform_window(window, stage, max_values_per_hour=options.value_cap)
+            transform_window(
+                window, stage, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap
+            )
             result = upload_window(cloudzero, window, stage, manifests, max_request_bytes=options.max_request_bytes,
                                    attempt=attempt, late_correction=late_correction, origin=source)  # fmt: skip
         except AirflowException as exc:

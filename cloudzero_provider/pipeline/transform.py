@@ -3,6 +3,7 @@ integrity check of staged CBF rows against what the transform recorded, which th
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,12 +21,13 @@ from cloudzero_provider.cbf import (
     exact_decimal,
     exact_sum,
     fold_rare_values,
+    fold_smallest_groups,
     is_caller_controlled,
     transform_pairs,
 )
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.drops import serialize_row
-from cloudzero_provider.options import DEFAULT_MAX_VALUES_PER_HOUR
+from cloudzero_provider.drops import content_digest, serialize_row
+from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
 from cloudzero_provider.pipeline.extract import read_extract, staged_rows
 from cloudzero_provider.staging import WindowStage
@@ -60,6 +62,7 @@ class TransformSummary:
     hours: dict[datetime, HourFigures] = field(default_factory=dict)
     extracted_at: datetime | None = None
     max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR
+    max_rows_per_hour: int | None = DEFAULT_MAX_ROWS_PER_HOUR
 
 
 def read_transform(stage: WindowStage) -> TransformSummary:
@@ -75,11 +78,16 @@ def read_transform(stage: WindowStage) -> TransformSummary:
         if raw.get("extracted_at")
         else None,
         max_values_per_hour=raw.get("max_values_per_hour"),
+        max_rows_per_hour=raw.get("max_rows_per_hour", DEFAULT_MAX_ROWS_PER_HOUR),
     )
 
 
 def transform_window(
-    window: Window, stage: WindowStage, *, max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR
+    window: Window,
+    stage: WindowStage,
+    *,
+    max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR,
+    max_rows_per_hour: int | None = DEFAULT_MAX_ROWS_PER_HOUR,
 ) -> dict[str, Any]:
     """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals.
 
@@ -87,7 +95,9 @@ def transform_window(
     never a window's. ``transform.json`` records each hour's rows, cost and tokens; the upload checks
     ``cbf.jsonl`` against them and writes them into the hour's manifest. Values LLM callers choose (``end_user``,
     request tags) are capped at ``max_values_per_hour`` distinct values per hour, the rest folded into ``(other)``
-    with their cost; rows of exactly zero cost are not sent (both counted in the result).
+    with their cost; then an hour keeps at most ``max_rows_per_hour`` rows across all dimensions, its smallest groups
+    summed into one ``(other)`` row (so caps on several dimensions cannot multiply); rows of exactly zero cost are
+    not sent (all counted in the result).
     """
     extract = read_extract(stage)
     dims = resolve(extract.dimensions)
@@ -96,6 +106,7 @@ def transform_window(
     tokens: dict[datetime, int] = {}
     rows: dict[datetime, int] = {}
     folded: dict[datetime, dict[str, int]] = {}
+    row_capped: dict[datetime, int] = {}
     zero_cost = 0
 
     def hour_rows() -> Iterator[dict[str, Any]]:
@@ -105,6 +116,10 @@ def transform_window(
                 one_hour, hour_folded = fold_rare_values(one_hour, capped, max_values_per_hour)
                 if hour_folded:
                     folded[hour] = hour_folded
+            if max_rows_per_hour:
+                one_hour, groups_folded = fold_smallest_groups(one_hour, max_rows_per_hour)
+                if groups_folded:
+                    row_capped[hour] = groups_folded
             yield from one_hour
 
     def cbf_rows() -> Iterator[dict[str, str]]:
@@ -147,6 +162,13 @@ def transform_window(
             window, max_values_per_hour, OTHER,
             "; ".join(f"{iso_hour(h)}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())),
         )  # fmt: skip
+    if row_capped:
+        log.warning(
+            "Window %s: more than %d CBF rows in an hour; its smallest groups were summed into one %s row with their "
+            "exact cost: %s",
+            window, max_rows_per_hour, OTHER,
+            "; ".join(f"{iso_hour(h)}: {n} group(s)" for h, n in sorted(row_capped.items())),
+        )  # fmt: skip
     projection = _month_projection(hours)
     stage.write_json(
         "transform.json",
@@ -159,6 +181,8 @@ def transform_window(
             "zero_cost_rows": zero_cost,
             "month_projection": projection,
             "max_values_per_hour": max_values_per_hour,
+            "max_rows_per_hour": max_rows_per_hour,
+            "row_capped": {iso_hour(h): n for h, n in sorted(row_capped.items())},
         },
     )
     log.info(
@@ -174,6 +198,8 @@ def transform_window(
         "hours": len(hours),
         "max_values_per_hour": max_values_per_hour,
         "folded_values": sum(n for f in folded.values() for n in f.values()),
+        "max_rows_per_hour": max_rows_per_hour,
+        "groups_folded_by_row_cap": sum(row_capped.values()),
         "zero_cost_rows": zero_cost,
         **({"month_projection": projection} if projection else {}),
     }
@@ -195,47 +221,82 @@ def _month_projection(hours: Mapping[datetime, HourFigures]) -> int | None:
     return projected
 
 
-def staged_cbf(window: Window, stage: WindowStage) -> tuple[dict[datetime, list[bytes]], TransformSummary]:
-    """``cbf.jsonl`` grouped by hour (serialized rows), checked against what the transform recorded.
+class StagedOrderError(ValueError):
+    """``cbf.jsonl`` is not in hour order (the transform writes it so): an edited or foreign file."""
 
-    A ``cbf.jsonl`` that does not hold the rows and cost the transform reconciled (a torn or edited file) is
-    rebuilt once from ``extract.jsonl`` with the transform's own settings; if it still disagrees nothing is sent.
+
+@dataclass
+class StagedHour:
+    """What ``cbf.jsonl`` holds of one hour: rows, exact cost, and the digest of the rows as they would be sent."""
+
+    rows: int
+    cost: Decimal
+    digest: str
+
+
+def cbf_hours(stage: WindowStage) -> Iterator[tuple[datetime, list[bytes]]]:
+    """``cbf.jsonl`` one hour at a time, each row serialized as it is sent: memory holds one hour's rows.
+
+    :raises StagedOrderError: An hour's rows are not together (the transform writes them in hour order).
+    """
+    hours_of: dict[str, datetime] = {}  # an hour's rows share one text: parse it once
+    current: datetime | None = None
+    rows: list[bytes] = []
+    done: set[datetime] = set()
+    for row in stage.read_jsonl("cbf.jsonl"):
+        text = row["time/usage_start"]
+        hour = hours_of.get(text) or hours_of.setdefault(text, hour_of(text))
+        if hour != current:
+            if current is not None:
+                done.add(current)
+                yield current, rows
+            if hour in done:
+                raise StagedOrderError(f"the rows of hour {iso_hour(hour)} are not together")
+            current, rows = hour, []
+        rows.append(serialize_row(row))
+    if current is not None:
+        yield current, rows
+
+
+def check_staged_cbf(
+    window: Window, stage: WindowStage
+) -> tuple[dict[datetime, StagedHour], TransformSummary]:
+    """Read ``cbf.jsonl`` once, hour by hour, and check it against what the transform recorded.
+
+    A ``cbf.jsonl`` that does not hold the rows and cost the transform reconciled (a torn, reordered or edited file)
+    is rebuilt once from ``extract.jsonl`` with the transform's own settings; if it still disagrees nothing is sent.
+    Memory holds one hour's rows and a few figures per hour.
     """
     problems: list[str] = []
     for attempt in (1, 2):
         recorded = read_transform(stage)
+        staged: dict[datetime, StagedHour] = {}
+        torn = ""
         try:
-            cbf = list(stage.read_jsonl("cbf.jsonl"))
-        except ValueError as exc:  # a line cut in the middle
-            cbf, torn = [], f"cbf.jsonl cannot be read ({exc})"
-        else:
-            torn = ""
-        by_hour: dict[datetime, list[bytes]] = {}
-        cost: dict[datetime, Decimal] = {}
-        hours_of: dict[str, datetime] = {}  # an hour's rows share one text: parse it once
-        for row in cbf:
-            text = row["time/usage_start"]
-            hour = hours_of.get(text) or hours_of.setdefault(text, hour_of(text))
-            by_hour.setdefault(hour, []).append(serialize_row(row))
-            cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), Decimal(row["cost/cost"]))
+            for hour, rows in cbf_hours(stage):
+                cost = exact_sum(json.loads(r)["cost/cost"] for r in rows)
+                staged[hour] = StagedHour(len(rows), cost, content_digest(rows))
+        except (ValueError, KeyError, TypeError) as exc:  # a line cut in the middle, rows out of order
+            torn = f"cbf.jsonl cannot be read ({exc})"
         problems = [
-            f"hour {iso_hour(h)}: cbf.jsonl holds {len(by_hour.get(h, []))} rows / "
-            f"{exact_decimal(cost.get(h, Decimal(0)))} USD, the transform recorded {fig.rows} / {fig.cost}"
+            f"hour {iso_hour(h)}: cbf.jsonl holds {staged[h].rows if h in staged else 0} rows / "
+            f"{exact_decimal(staged[h].cost) if h in staged else '0'} USD, the transform recorded {fig.rows} / {fig.cost}"
             for h, fig in sorted(recorded.hours.items())
-            if len(by_hour.get(h, [])) != fig.rows or cost.get(h, Decimal(0)) != Decimal(fig.cost)
+            if h not in staged or staged[h].rows != fig.rows or staged[h].cost != Decimal(fig.cost)
         ]
         problems += [
             f"hour {iso_hour(h)}: in cbf.jsonl but not in transform.json"
-            for h in by_hour
+            for h in staged
             if h not in recorded.hours
         ]
         if torn:
             problems.append(torn)
         if not problems:
-            return by_hour, recorded
+            return staged, recorded
         if attempt == 1:
             log.warning("Window %s: staged CBF rows do not match the transform (%s); transforming again",
                         window, "; ".join(problems))  # fmt: skip
-            transform_window(window, stage, max_values_per_hour=recorded.max_values_per_hour)
+            transform_window(window, stage, max_values_per_hour=recorded.max_values_per_hour,
+                             max_rows_per_hour=recorded.max_rows_per_hour)  # fmt: skip
     raise AirflowFailException(f"Window {window}: refusing to send CBF rows that do not match the transform: "
                                + "; ".join(problems))  # fmt: skip

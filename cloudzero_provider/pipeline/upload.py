@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,7 +25,7 @@ from cloudzero_provider.manifests import (
 from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract
 from cloudzero_provider.pipeline.ownership import apply_ownership, clearing_row
 from cloudzero_provider.pipeline.sending import Receipts, send_hours
-from cloudzero_provider.pipeline.transform import HourFigures, staged_cbf
+from cloudzero_provider.pipeline.transform import HourFigures, cbf_hours, check_staged_cbf
 from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.windows import Window, hour_label, utc_now
 
@@ -70,7 +71,7 @@ def clear_hours(
 
 def _emptied_hours(
     window: Window,
-    rows_by_hour: Mapping[datetime, Sequence[bytes]],
+    present: set[datetime],
     extract: ExtractSummary,
     manifests: ManifestStore,
     *,
@@ -80,12 +81,32 @@ def _emptied_hours(
     clearing row, CloudZero would keep their old cost forever (an empty hour sends no request)."""
     out = []
     for hour in window.hour_starts():
-        if hour in rows_by_hour or hour in extract.failed_hours:
+        if hour in present or hour in extract.failed_hours:
             continue
         m = manifests.get(hour)
         if m and m.exported and m.origin == origin and not m.cleared and m.sent_cost != 0:
             out.append(hour)
     return out
+
+
+def _record_checked_empty(
+    window: Window,
+    present: set[datetime],
+    extract: ExtractSummary,
+    manifests: ManifestStore,
+    owned_elsewhere: set[datetime],
+    attempt: Attempt,
+) -> None:
+    """An hour checked and holding no spend gets a record saying so (nothing is sent), so that "no spend" and
+    "not done yet" read differently on the ledger. An hour that already has a record keeps it."""
+    for hour in window.hour_starts():
+        if hour in present or hour in extract.failed_hours or hour in owned_elsewhere:
+            continue
+        manifests.write_checked_empty(
+            Manifest(hour, window=window.label, extracted_at=extract.extracted_at,
+                     source=SourceTotals(extract.requests(hour), extract.spend(hour)), run=attempt.key,
+                     decided_by=attempt.as_record()),
+        )  # fmt: skip
 
 
 @dataclass
@@ -120,26 +141,6 @@ class UploadResult:
         }
 
 
-def _record_checked_empty(
-    window: Window,
-    rows_by_hour: Mapping[datetime, Sequence[bytes]],
-    extract: ExtractSummary,
-    manifests: ManifestStore,
-    owned_elsewhere: set[datetime],
-    attempt: Attempt,
-) -> None:
-    """An hour checked and holding no spend gets a record saying so (nothing is sent), so that "no spend" and
-    "not done yet" read differently on the ledger. An hour that already has a record keeps it."""
-    for hour in window.hour_starts():
-        if hour in rows_by_hour or hour in extract.failed_hours or hour in owned_elsewhere:
-            continue
-        manifests.write_checked_empty(
-            Manifest(hour, window=window.label, extracted_at=extract.extracted_at,
-                     source=SourceTotals(extract.requests(hour), extract.spend(hour)), run=attempt.key,
-                     decided_by=attempt.as_record()),
-        )  # fmt: skip
-
-
 def upload_window(
     hook: CloudZeroHook,
     window: Window,
@@ -168,51 +169,54 @@ def upload_window(
     :param take_over: Switch the days of the window to ``origin``: the other source's hours of those days are
         cleared (left at exactly 0) as the new rows are sent.
     """
-    rows_by_hour, recorded = staged_cbf(window, stage)
+    staged, recorded = check_staged_cbf(window, stage)
     extract = read_extract(stage)
-    emptied = _emptied_hours(window, rows_by_hour, extract, manifests, origin=origin)
-    ownership = apply_ownership(rows_by_hour, window, manifests, origin=origin, take_over=take_over)
-    cleared = ownership.cleared
-    for hour in emptied:
-        rows_by_hour[hour] = [serialize_row(clearing_row(hour))]
-        cleared.add(hour)
+    present = set(staged)
+    emptied = _emptied_hours(window, present, extract, manifests, origin=origin)
+    ownership = apply_ownership(present, window, manifests, origin=origin, take_over=take_over)
+    cleared = set(ownership.cleared) | set(emptied)
     if emptied:
         log.warning("Clearing %d hour(s) to 0 in CloudZero: exported before, they hold no spend now: %s",
                     len(emptied), [hour_label(h) for h in emptied])  # fmt: skip
     for hour, reason in extract.failed_hours.items():
-        rows_by_hour.pop(hour, None)
         manifests.mark(hour, status=FAILED, attempt=attempt, reason=reason)
     if origin == SPEND_LOGS:
-        _record_checked_empty(
-            window, rows_by_hour, extract, manifests, set(ownership.owned_elsewhere), attempt
-        )
+        _record_checked_empty(window, present, extract, manifests, set(ownership.owned_elsewhere), attempt)
+    digests = {h: fig.digest for h, fig in staged.items()}
+    digests.update({h: content_digest([serialize_row(clearing_row(h))]) for h in cleared})
+    candidates = (present - set(ownership.owned_elsewhere) - set(extract.failed_hours)) | cleared
     skipped, unchanged = [], []
-    for hour in list(rows_by_hour):
+    for hour in sorted(candidates):
         current = manifests.get(hour)
         if current and current.extracted_at and current.extracted_at > extract.extracted_at:
             # A newer extract of this hour was already sent: never overwrite it with older data.
             skipped.append(hour)
-            del rows_by_hour[hour]
         elif (
             skip_unchanged
             and current
             and current.status == EXPORTED
-            and current.content_sha256 == content_digest(rows_by_hour[hour])
+            and current.content_sha256 == digests[hour]
         ):
             unchanged.append(hour)
-            del rows_by_hour[hour]
+    to_send = candidates - set(skipped) - set(unchanged)
     if skipped:
         log.warning("Not sending hour(s) %s: a newer extract of them was already exported",
                     [hour_label(h) for h in skipped])  # fmt: skip
     if unchanged:
         log.info("%d hour(s) already exported with exactly these rows, not sent again", len(unchanged))
     connection_id = hook.connection_id
-    total_hours = len(rows_by_hour)
     started = time.monotonic()
     done: list[datetime] = []
 
+    def groups() -> Iterator[tuple[datetime, list[bytes]]]:
+        """The hours to send in hour order: staged rows read hour by hour, clearing rows merged in."""
+        staged_groups = ((h, rows) for h, rows in cbf_hours(stage) if h in to_send and h not in cleared)
+        clearing = ((h, [serialize_row(clearing_row(h))]) for h in sorted(to_send & cleared))
+        return heapq.merge(staged_groups, clearing, key=lambda group: group[0])
+
     def record(hour: datetime, receipts: Receipts) -> None:
-        fig = recorded.hours.get(hour) or HourFigures(0, "0", 0)  # a cleared hour
+        fig = recorded.hours.get(hour) if hour not in cleared else None
+        fig = fig or HourFigures(0, "0", 0)
         manifests.write_exported(
             Manifest(
                 hour,
@@ -221,7 +225,7 @@ def upload_window(
                 rows=fig.rows,
                 cost=fig.cost,
                 tokens=fig.tokens,
-                content_sha256=content_digest(rows_by_hour[hour]),
+                content_sha256=digests[hour],
                 drop_ids=[r["drop_id"] for r in receipts],
                 receipts=receipts,
                 sent_at=utc_now(),
@@ -238,13 +242,15 @@ def upload_window(
         elapsed = max(time.monotonic() - started, 1e-9)
         requests_done = sum(extract.requests(h) for h in done)
         log.info("Hour %s exported: %d/%d hour(s) of %s done, %.0f source requests/s", hour_label(hour), len(done),
-                 total_hours, window, requests_done / elapsed)  # fmt: skip
+                 len(to_send), window, requests_done / elapsed)  # fmt: skip
 
-    sent = send_hours(hook, rows_by_hour, max_request_bytes=max_request_bytes, attempt=attempt, manifests=manifests,
+    sent = send_hours(hook, groups, max_request_bytes=max_request_bytes, attempt=attempt, manifests=manifests,
                       on_hour_sent=record)  # fmt: skip
-    exported = sorted(rows_by_hour)
-    total = exact_decimal(exact_sum(recorded.hours[h].cost for h in exported if h in recorded.hours))
-    rows = sum(len(v) for v in rows_by_hour.values())
+    exported = sorted(to_send)
+    total = exact_decimal(
+        exact_sum(recorded.hours[h].cost for h in exported if h in recorded.hours and h not in cleared)
+    )
+    rows = sum(staged[h].rows if h in staged and h not in cleared else 1 for h in exported)
     drops = sorted({d for h in exported for d in (manifests.get(h) or Manifest(h)).drop_ids})
     log.info(
         "Uploaded %s to AnyCost connection %s: %d hour(s), %d rows, cost %s USD, %d request(s); drops %s",

@@ -49,6 +49,7 @@ def export_options(settings: ExportSettings, *, per_run: bool = True) -> ExportO
         on_invalid=ON_INVALID_PARAM if per_run else settings.on_invalid,
         max_values_per_hour=settings.max_values_per_hour,
         max_request_bytes=settings.max_request_bytes,
+        max_rows_per_hour=settings.max_rows_per_hour,
     )
 
 

@@ -115,7 +115,9 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
 
         options = ExportOptions(dimensions=dimensions, on_invalid=settings.on_invalid,
                                 max_values_per_hour=settings.max_values_per_hour,
-                                max_request_bytes=settings.max_request_bytes)  # fmt: skip
+                                max_request_bytes=settings.max_request_bytes,
+                                # a day's rows share one "hour" (00:00): a day's worth of the hourly cap
+                                max_rows_per_hour=settings.max_rows_per_hour * 24)  # fmt: skip
         upload = {"dry_run": "{{ params.dry_run }}", "skip_unchanged": True}
         days = plan_days()
         chunk_group(

@@ -31,10 +31,19 @@ def db(litellm_db, monkeypatch, tmp_path):
 
 
 def run_window(
-    start=H13, end=None, max_values_per_hour=1000, dimensions=None, on_invalid="fail", **extract_kw
+    start=H13,
+    end=None,
+    max_values_per_hour=1000,
+    dimensions=None,
+    on_invalid="fail",
+    max_rows_per_hour=5000,
+    **extract_kw,
 ):
     options = ExportOptions(
-        dimensions=dimensions, on_invalid=on_invalid, max_values_per_hour=max_values_per_hour
+        dimensions=dimensions,
+        on_invalid=on_invalid,
+        max_values_per_hour=max_values_per_hour,
+        max_rows_per_hour=max_rows_per_hour,
     )
     ex = LiteLLMSpendExtractOperator(
         task_id="extract", window_start=start, window_end=end, options=options, **extract_kw
@@ -179,7 +188,8 @@ def test_ten_thousand_distinct_tag_values(db):
     rows = [spend_log(f"r{i}", "2026-11-01T13:00:00", 0.000001 * (i + 1), request_tags=[f"taskName:job-{i}"])
             for i in range(10_000)]  # fmt: skip
     insert_spend_logs(db, rows)
-    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"], max_values_per_hour=0)
+    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"], max_values_per_hour=0,
+                                             max_rows_per_hour=0)  # fmt: skip
     assert extracted["rows"] == transformed["rows"] == len(cbf) == 10_000
     assert len({r["resource/id"] for r in cbf}) == 10_000
     assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db)
@@ -189,6 +199,12 @@ def test_ten_thousand_distinct_tag_values(db):
     kept = {r["resource/tag:tag.taskName"] for r in cbf}
     assert "(other)" in kept and "job-9999" in kept and "job-0" not in kept
     assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db), "folding moves no cost"
+    # with the value cap off, the cap on rows per hour still holds: the 4,999 costliest groups and one (other)
+    extracted, transformed, cbf = run_window(H13, dimensions=["model", "tag:taskName"], max_values_per_hour=0)
+    assert transformed["rows"] == len(cbf) == 5_000 and transformed["groups_folded_by_row_cap"] == 5_001
+    other = [r for r in cbf if r["resource/tag:tag.taskName"] == "(other)"]
+    assert len(other) == 1 and other[0].get("resource/tag:model") in (None, "(other)")
+    assert cbf_sum_by_hour(cbf) == source_sum_by_hour(db), "the row cap moves no cost"
 
 
 def test_both_schema_ages_and_missing_columns(db, schema_age, capsys):

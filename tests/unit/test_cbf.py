@@ -132,3 +132,45 @@ def test_sums_never_round():
     total = exact_sum(parts)
     assert exact_decimal(total) == "1000000000.000000000000000000001" + "0" * 278 + "1"
     assert sum(Decimal(p) for p in parts) != total, "the default context would have rounded"
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "(other)"]),
+            st.sampled_from(["m1", "m2", "m3"]),
+            st.decimals(min_value=0, max_value=100, places=6),
+        ),
+        min_size=0,
+        max_size=40,
+        unique_by=lambda t: (t[0], t[1]),
+    ),
+    st.integers(1, 8),
+)
+@settings(max_examples=300)
+def test_capping_an_hours_rows_keeps_its_totals_exactly(groups, cap):
+    from cloudzero_provider.cbf import fold_smallest_groups
+
+    rows = [{"hour": H13, "dims": {"user": u, "model": m}, "spend": str(s), "requests": 1, "total_tokens": 3}
+            for u, m, s in groups]  # fmt: skip
+    out, folded = fold_smallest_groups(rows, cap)
+    assert len(out) <= cap
+    assert sum(Decimal(r["spend"]) for r in out) == sum(Decimal(r["spend"]) for r in rows)
+    assert sum(r["requests"] for r in out) == len(rows) and sum(r["total_tokens"] for r in out) == 3 * len(
+        rows
+    )
+    assert len({tuple(sorted(r["dims"].items())) for r in out}) == len(out), (
+        "no two rows with the same dimensions"
+    )
+    if len(rows) > cap:
+        assert folded == len(rows) - (cap - 1)
+        kept = [
+            r
+            for r in rows
+            if r["dims"] in [o["dims"] for o in out] and set(r["dims"].values()) != {"(other)"}
+        ]
+        gone = [r for r in rows if r not in kept and set(r["dims"].values()) != {"(other)"}]
+        if kept and gone:
+            assert min(Decimal(r["spend"]) for r in kept) >= max(Decimal(r["spend"]) for r in gone), (
+                "smallest folded"
+            )

@@ -8,8 +8,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.drops import serialize_row
 from cloudzero_provider.manifests import Manifest, ManifestStore, SourceTotals
-from cloudzero_provider.pipeline.ownership import apply_ownership
+from cloudzero_provider.pipeline.ownership import apply_ownership, clearing_row
 from cloudzero_provider.staging import staging_root
 from cloudzero_provider.windows import Window
 
@@ -29,28 +30,29 @@ def sent(store, hour, origin="spend_logs"):
 
 def test_hourly_rows_skip_a_day_the_daily_export_owns(store):
     sent(store, DAY, "daily_team")
-    rows = {DAY + timedelta(hours=h): [b"{}"] for h in (0, 5)}
-    out = apply_ownership(rows, WINDOW, store, origin="spend_logs", take_over=False)
-    assert rows == {} and sorted(out.owned_elsewhere) == [DAY, DAY + timedelta(hours=5)] and not out.cleared
+    present = {DAY + timedelta(hours=h) for h in (0, 5)}
+    out = apply_ownership(present, WINDOW, store, origin="spend_logs", take_over=False)
+    assert sorted(out.owned_elsewhere) == [DAY, DAY + timedelta(hours=5)] and not out.cleared
 
 
 def test_taking_a_day_back_to_hourly_clears_the_daily_row_at_midnight(store):
     sent(store, DAY, "daily_team")
-    rows = {DAY + timedelta(hours=5): [b"{}"]}
-    out = apply_ownership(rows, WINDOW, store, origin="spend_logs", take_over=True)
-    assert out.cleared == {DAY} and json.loads(rows[DAY][0])["cost/cost"] == "0"
+    out = apply_ownership({DAY + timedelta(hours=5)}, WINDOW, store, origin="spend_logs", take_over=True)
+    assert out.cleared == {DAY} and not out.owned_elsewhere
+    assert json.loads(serialize_row(clearing_row(DAY)))["cost/cost"] == "0"
 
 
 def test_a_daily_export_of_an_hourly_day_is_refused_or_clears_the_hours_it_takes_over(store):
     sent(store, DAY + timedelta(hours=7))
     with pytest.raises(AirflowFailException, match="already holds hourly data exported from spend logs"):
-        apply_ownership({DAY: [b"{}"]}, WINDOW, store, origin="daily_team", take_over=False)
-    rows = {DAY: [b'{"daily": 1}']}
-    out = apply_ownership(rows, WINDOW, store, origin="daily_team", take_over=True)
-    assert out.cleared == {DAY + timedelta(hours=7)} and rows[DAY] == [b'{"daily": 1}']
+        apply_ownership({DAY}, WINDOW, store, origin="daily_team", take_over=False)
+    out = apply_ownership({DAY}, WINDOW, store, origin="daily_team", take_over=True)
+    assert out.cleared == {DAY + timedelta(hours=7)}, (
+        "the hourly hours go to 0; the daily rows themselves are sent"
+    )
 
 
 def test_the_two_rollup_tables_never_share_a_day(store):
     sent(store, DAY, "daily_user")
     with pytest.raises(AirflowFailException, match="owned by the daily_user export, not daily_team"):
-        apply_ownership({DAY: [b"{}"]}, WINDOW, store, origin="daily_team", take_over=False)
+        apply_ownership({DAY}, WINDOW, store, origin="daily_team", take_over=False)

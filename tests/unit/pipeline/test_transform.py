@@ -10,7 +10,13 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.pipeline.extract import read_extract
-from cloudzero_provider.pipeline.transform import read_transform, staged_cbf, transform_window
+from cloudzero_provider.pipeline.transform import (
+    StagedOrderError,
+    cbf_hours,
+    check_staged_cbf,
+    read_transform,
+    transform_window,
+)
 from cloudzero_provider.staging import WindowStage, staging_root
 from cloudzero_provider.windows import Window
 
@@ -75,11 +81,13 @@ def test_a_torn_cbf_file_is_rebuilt_once_with_the_transforms_own_cap(tmp_path):
     transform_window(WINDOW, stage, max_values_per_hour=2)
     text = stage.path("cbf.jsonl").read_text()
     stage.path("cbf.jsonl").write_text(text[: len(text) // 2])
-    by_hour, recorded = staged_cbf(WINDOW, stage)
-    assert len(by_hour[H10]) == recorded.hours[H10].rows == 3, (
+    held, recorded = check_staged_cbf(WINDOW, stage)
+    assert held[H10].rows == recorded.hours[H10].rows == 3, (
         "rebuilt with the cap it was made with (2 + other)"
     )
-    assert sum(Decimal(json.loads(r)["cost/cost"]) for r in by_hour[H10]) == 4
+    assert held[H10].cost == 4
+    ((hour, rows),) = list(cbf_hours(stage))
+    assert hour == H10 and sum(Decimal(json.loads(r)["cost/cost"]) for r in rows) == 4
 
 
 def test_staged_rows_that_stay_wrong_are_never_sent(tmp_path):
@@ -90,4 +98,18 @@ def test_staged_rows_that_stay_wrong_are_never_sent(tmp_path):
     cbf.write_text(cbf.read_text().replace('"cost/cost":"1"', '"cost/cost":"9"'))
     stage.path("extract.jsonl").write_text(json.dumps(row("2026-11-01T10:00:00Z", "u", "5")) + "\n")
     with pytest.raises(AirflowFailException, match=r"does not reconcile.*CBF cost/cost sums to 5 .* is 1"):
-        staged_cbf(WINDOW, stage)
+        check_staged_cbf(WINDOW, stage)
+
+
+def test_rows_of_an_hour_out_of_order_are_rebuilt_never_sent_as_they_are(tmp_path):
+    rows = [row("2026-11-01T10:00:00Z", "a", "1"), row("2026-11-01T11:00:00Z", "b", "2")]
+    stage = staged(tmp_path, rows, {"2026-11-01T10:00:00Z": "1", "2026-11-01T11:00:00Z": "2"})
+    transform_window(WINDOW, stage)
+    lines = stage.path("cbf.jsonl").read_text().splitlines()
+    stage.path("cbf.jsonl").write_text(
+        "\n".join([lines[0], lines[1], lines[0]]) + "\n"
+    )  # hour 10 twice, apart
+    with pytest.raises(StagedOrderError, match="the rows of hour 2026-11-01T10:00:00Z are not together"):
+        list(cbf_hours(stage))
+    staged_hours, _ = check_staged_cbf(WINDOW, stage)
+    assert {h: s.rows for h, s in staged_hours.items()} == {H10: 1, H10.replace(hour=11): 1}, "rebuilt"
