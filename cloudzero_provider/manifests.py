@@ -26,6 +26,7 @@ from airflow.sdk import ObjectStoragePath
 from cloudzero_provider.staging import exclusive, listing, read_versioned, write_if_unchanged
 from cloudzero_provider.windows import (
     DAY,
+    HOUR,
     Window,
     hour_label,
     iso_hour,
@@ -39,6 +40,7 @@ SENDING, EXPORTED, FAILED = "sending", "exported", "failed"
 SPEND_LOGS = "spend_logs"
 DAILY_ORIGINS = ("daily_team", "daily_user", "daily_tag")
 MAX_REASON_CHARS = 2000
+NEWEST_LOOK_BACK = 24 * 400  # manifests read, newest first, to find the newest exported hour
 CAS_ATTEMPTS = 8
 
 
@@ -334,6 +336,27 @@ class ManifestStore:
                 except ValueError:
                     continue  # not ours
         return sorted(out)
+
+    def newest_held(
+        self,
+        look_back: int = NEWEST_LOOK_BACK,
+        *,
+        hours: list[datetime] | None = None,
+        read: Callable[[datetime], Manifest | None] | None = None,
+    ) -> datetime | None:
+        """
+        The newest hour CloudZero holds from this exporter -- or that was checked and held no spend: the export is
+        current through its end. A day the daily-rollup export sent counts to its last hour. Reads the newest
+        ``look_back`` manifests at most, newest first. The lag alert and the ledger both ask here.
+
+        :param hours: The caller's :meth:`hours` (one listing less); ``read``: its reader of a manifest (a cache).
+        """
+        read = read or self.get
+        for hour in reversed((self.hours() if hours is None else hours)[-look_back:]):
+            manifest = read(hour)
+            if manifest is not None and manifest.exported:
+                return hour + DAY - HOUR if manifest.is_daily else hour
+        return None
 
     def day_owner(self, day: datetime) -> str | None:
         """

@@ -40,13 +40,7 @@ class ExportLagCheckOperator(CloudZeroStagingOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         now = utc_now()
-        store = self.target.manifests
-        newest = None
-        for hour in reversed(store.hours()[-LOOK_BACK:]):
-            manifest = store.get(hour)
-            if manifest is not None and manifest.exported:
-                newest = hour
-                break
+        newest = self.target.manifests.newest_held(LOOK_BACK)
         lag = (now - (newest + HOUR)) if newest else None
         limit = timedelta(hours=int(self.max_lag_hours))
         lagging = lag is None or lag > limit

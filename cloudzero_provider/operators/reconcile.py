@@ -31,6 +31,7 @@ from cloudzero_provider.windows import (
     floor_hour,
     hour_label,
     iso_hour,
+    iso_instant,
     month_label,
     utc_now,
 )
@@ -184,9 +185,17 @@ class ReconcileOperator(ExportStepOperator):
                 continue
             done.append(check)
         done.sort(key=lambda c: c.hour)
-        for check in checks:  # the verdict goes where the ledger looks: the hours this stream has a record of
+        # The verdict goes where the ledger looks: the hours this stream has a record of, with when and by which
+        # task attempt it was reached (the ledger links it).
+        noted = {
+            "basis": basis,
+            "run": attempt.key,
+            "at": iso_instant(utc_now()),
+            "decided_by": attempt.as_record(),
+        }
+        for check in checks:
             if check.action != "none" or check.hour in records:
-                manifests.note_reconcile(check.hour, {**check.as_dict(), "basis": basis, "run": attempt.key})
+                manifests.note_reconcile(check.hour, {**check.as_dict(), **noted})
         self.emit_hour_events(context, [c.hour for c in done], {"window": window.label, "reconciled": True})
         counts = {
             s: sum(1 for c in checks if c.status == s)

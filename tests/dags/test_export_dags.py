@@ -10,6 +10,7 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -307,8 +308,8 @@ def test_each_exported_hour_emits_an_asset_event_that_queues_the_telemetry_dag(e
 def test_a_failed_run_shows_failed_and_the_next_run_exports_its_hour(env, manifest_left):
     """A run that fails before sending anything is not lost: its hour reads 'failed' on the ledger, and the next
     hourly run's late-data pass exports it -- also when nothing was recorded (a run the scheduler failed)."""
+    from cloudzero_provider.ledger_view import FAILED, classify
     from cloudzero_provider.manifests import Manifest
-    from cloudzero_provider.plugins.ledger import hour_status
 
     seed_hours(env["db"], rows=50)
     insert_spend_logs(env["db"], [spend_log("nan-row", HOURS[0] + timedelta(minutes=1), float("nan"))])
@@ -317,7 +318,12 @@ def test_a_failed_run_shows_failed_and_the_next_run_exports_its_hour(env, manife
     path = env["staging"] / "manifests" / "2026-11-01T10Z.json"
     manifest = json.loads(path.read_text())
     assert manifest["status"] == "failed" and "spend is NaN" in manifest["reason"]
-    assert hour_status(Manifest.from_json(HOURS[0], manifest)) == "failed"
+    shown = classify(HOURS[0], Manifest.from_json(HOURS[0], manifest), None, now=HOURS[2], export_start=HOURS[0],
+                     due_at=HOURS[1], schedule_dag="litellm_cloudzero_hourly")  # fmt: skip
+    assert shown.status == FAILED and "spend is NaN" in shown.detail
+    assert shown.link and shown.link.path.startswith(
+        f"/dags/litellm_cloudzero_hourly/runs/{quote(failed.run_id, safe='')}/tasks/"
+    )
     if not manifest_left:
         path.unlink()
     with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:

@@ -13,6 +13,7 @@ import requests
 from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.runs import xcom
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
+from cloudzero_provider.windows import parse_instant, utc_now
 
 DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
 HOURS = [DAY + timedelta(hours=h) for h in range(2, 10)]  # 02:00 .. 09:00 hold spend
@@ -67,6 +68,7 @@ def test_one_reconciliation_repairs_every_kind_of_drift_and_a_second_sends_nothi
     requests.post(f"{env['double'].url}/v2/connections/billing/anycost/{CONNECTION_ID}/billing_drops",
                   json=foreign, headers={"Authorization": API_KEY}, timeout=10).raise_for_status()  # fmt: skip
 
+    started = utc_now()
     run, summary = reconcile()
     assert run.state == "success"
     held = double.cost_by_hour(CONNECTION_ID)
@@ -79,6 +81,16 @@ def test_one_reconciliation_repairs_every_kind_of_drift_and_a_second_sends_nothi
     assert summary["usd_moved"] != "0"
     verdict = json.loads((env["staging"] / "manifests" / "2026-11-01T06Z.json").read_text())["reconcile"]
     assert verdict["status"] == "cleared" and verdict["action"] == "clear"
+    # when, and which task attempt: the ledger shows the time and links the task instance
+    assert verdict["decided_by"] == {
+        "dag_id": "litellm_cloudzero_reconcile",
+        "run_id": run.run_id,
+        "task_id": "reconcile",
+        "map_index": -1,
+        "try_number": 1,
+        "pass": "reconcile",
+    }
+    assert started <= parse_instant(verdict["at"]) <= utc_now()
 
     posts = sum(1 for r in double.requests if r["method"] == "POST")
     again, summary = reconcile()

@@ -91,9 +91,11 @@ def test_export_late_pass_reconciliation_and_housekeeping_on_s3(env, s3_staging,
 
 
 def test_the_ledger_reads_a_window_with_one_listing(env, s3_staging):
-    """31 days of ledger: one LIST of the manifests and one GET per manifest that exists, no per-hour HEAD."""
-    from cloudzero_provider.plugins.ledger import ledger_rows
+    """31 days of ledger: one LIST of the manifests and one GET per manifest that exists, no per-hour HEAD -- the
+    day owners and the headline's newest hour answered from the same reads."""
+    from cloudzero_provider.plugins.ledger_data import read_stream
     from cloudzero_provider.ready_dags import build_hourly_dag
+    from cloudzero_provider.settings import ExportSettings
     from cloudzero_provider.target import ExportTarget
 
     seed_synthetic(env["db"], H0, 40, id_prefix="led")
@@ -103,14 +105,23 @@ def test_the_ledger_reads_a_window_with_one_listing(env, s3_staging):
     def count(request, **_):
         seen.append((request.method, request.url))
 
-    target = ExportTarget("cloudzero_default")
-    fs = target.dir.fs
+    fs = ExportTarget("cloudzero_default").dir.fs
+    end = H0 + timedelta(days=1, hours=-10)
     fs.s3.meta.events.register("before-send.s3", count)
     try:
-        rows = ledger_rows(target, H0 - timedelta(days=30, hours=10), H0 + timedelta(days=1, hours=-10))
+        ledger = read_stream(
+            "cloudzero_default",
+            end - timedelta(days=31),
+            end,
+            settings=ExportSettings.from_env(),
+            runs={},
+            now=end,
+        )
     finally:
         fs.s3.meta.events.unregister("before-send.s3", count)
-    assert len(rows) == 31 * 24 and sum(1 for r in rows if r["status"] == "exported") == 1
+    assert len(ledger.hours) == 31 * 24
+    assert sum(1 for h in ledger.hours if h.status == "exported") == 1, [h.status for h in ledger.hours][-30:]
+    assert ledger.headline.newest_held == H0
     lists = [u for m, u in seen if m == "GET" and "list-type=2" in u]
     heads = [u for m, u in seen if m == "HEAD"]
     gets = [u for m, u in seen if m == "GET" and "list-type=2" not in u]

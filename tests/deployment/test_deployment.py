@@ -9,6 +9,8 @@ on it (the catchup itself, the telemetry it sets off, a backfill over its hours)
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import re
 import signal
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote, unquote
 
 import pytest
 import requests
@@ -34,6 +37,7 @@ RANGE = "litellm_cloudzero_range"
 TELEMETRY = "litellm_cloudzero_telemetry"
 CATCHUP_HOURS = int(os.environ.get("CZ_DEPLOY_CATCHUP_HOURS", "48"))
 FIGURES: dict[str, float] = {}
+HOUR = timedelta(hours=1)
 
 
 def iso(moment: datetime) -> str:
@@ -221,7 +225,23 @@ def test_the_range_dag_triggered_through_the_rest_api_exports_its_hours(deployed
     assert labels == {day.strftime("%Y-%m-%d")}
 
 
-def test_the_ledger_page_needs_a_login_and_shows_the_exported_figures(deployed, catchup_start):
+LEDGER_ROUTES = ("/cloudzero/ledger", "/cloudzero/ledger.csv", "/cloudzero/ledger.json")
+
+
+def ledger(deployed, route: str = "/cloudzero/ledger", **params: str) -> requests.Response:
+    """A ledger route through the real api-server, as an admin with a token."""
+    response = requests.get(f"{deployed.url}{route}", params=params, timeout=60,
+                            headers={"Authorization": f"Bearer {deployed.token()}"})  # fmt: skip
+    assert response.status_code == 200, (route, params, response.status_code, response.text[:500])
+    return response
+
+
+def ledger_row(page: str, hour: datetime) -> str:
+    start = page.index(f'id="h-{hour:%Y-%m-%dT%H}"')
+    return page[start : page.index("</tr>", start)]
+
+
+def test_the_ledger_needs_a_login_and_shows_the_exported_figures_and_its_dag_tab(deployed, catchup_start):
     hour = (catchup_start - timedelta(days=6)).replace(hour=8)
     seed_synthetic(deployed.litellm_url, hour, 130, id_prefix="ledger")
     run_id = trigger_range(deployed, hour, hour + timedelta(hours=1))
@@ -234,36 +254,97 @@ def test_the_ledger_page_needs_a_login_and_shows_the_exported_figures(deployed, 
     cbf_rows = sum(1 for r in deployed.double.double.rows(CONNECTION_ID) if hour_key(r) == key)
     assert spend > 0 and cbf_rows > 0
     hours = {"start": key, "end": iso(hour + timedelta(hours=1))}
-    row = re.compile(
-        rf"<td>{key}</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td>"
-    )
 
-    anonymous = requests.get(f"{deployed.url}/cloudzero/ledger", params=hours, timeout=10)
-    assert anonymous.status_code in (401, 403) and "exported" not in anonymous.text
-    report = requests.get(
-        f"{deployed.url}/cloudzero/reports/cloudzero_default/2026-11-01/report.html", timeout=10
-    )
-    assert report.status_code in (401, 403)
+    for route in (*LEDGER_ROUTES, "/cloudzero/reports/cloudzero_default/2026-11-01/report.html"):
+        for query in (hours, {**hours, "dag_id": HOURLY}, {**hours, "dag_id": RANGE, "tab": "1"}):
+            anonymous = requests.get(f"{deployed.url}{route}", params=query, timeout=10)
+            assert anonymous.status_code in (401, 403), (route, query)
+            assert "exported" not in anonymous.text and key not in anonymous.text, (
+                "no figures without a login"
+            )
     token = deployed.token()
-    page = requests.get(f"{deployed.url}/cloudzero/ledger", params=hours,
-                        headers={"Authorization": f"Bearer {token}"}, timeout=30)  # fmt: skip
-    assert page.status_code == 200 and '<span id="count-exported">1 exported</span>' in page.text
-    shown = row.search(page.text)
-    assert shown, f"the ledger shows the hour {key}"
-    status, rows, source_cost, sent_cost, drops = shown.groups()
-    assert (status, rows) == ("exported", str(cbf_rows)), "the hour's status and CBF rows"
-    assert source_cost and sent_cost and Decimal(source_cost) == spend == Decimal(sent_cost), (
-        f"the hour's cost at source and sent: {source_cost!r} and {sent_cost!r}, the source holds {spend}"
-    )
-    assert drops.isdigit() and int(drops) >= 1
-    assert key not in anonymous.text and source_cost not in anonymous.text, "no figures without a login"
+    page = ledger(deployed, **hours)
+    assert '<span id="count-exported">1 exported</span>' in page.text
     assert page.headers["content-security-policy"].startswith("default-src 'none'")
+    assert page.headers["x-frame-options"] == "SAMEORIGIN"
+    row = ledger_row(page.text, hour)
+    upload = f"/dags/{RANGE}/runs/{quote(run_id, safe='')}/tasks/chunk.upload/mapped/0"
+    assert f'<td class="st"><a href="..{upload}"' in row and ">exported</a>" in row, (
+        "status, linked to its upload"
+    )
+    exact = re.findall(r'title="([^"]+) USD \(exact\)"', row)
+    assert [Decimal(v) for v in exact] == [spend, spend], "cost at source and sent, exact in the tooltip"
+    (shown,) = ledger(deployed, "/cloudzero/ledger.json", **hours).json()["hours"]
+    assert (shown["status"], shown["rows"], shown["airflow_path"]) == ("exported", cbf_rows, upload)
+    assert Decimal(shown["source_usd"]) == spend == Decimal(shown["sent_usd"]) and shown["drops"] >= 1
     cookie = requests.get(
         f"{deployed.url}/cloudzero/ledger", params=hours, cookies={"_token": token}, timeout=30
     )
     assert cookie.status_code == 200, "the UI's session cookie is accepted too"
-    again = row.search(cookie.text)
-    assert again and again.groups() == shown.groups(), "with the same figures"
+    assert ledger_row(cookie.text, hour) == row, "with the same figures"
+
+    # The tab on the DAG pages: offered to the UI, and what its iframe loads.
+    plugins = deployed.api("GET", "/plugins")["plugins"]
+    views = next(p for p in plugins if p["name"] == "cloudzero_ledger")["external_views"]
+    tab = next(v for v in views if v["destination"] == "dag")
+    assert (tab["url_route"], tab["href"]) == (
+        "cloudzero-export-ledger",
+        "cloudzero/ledger?dag_id={DAG_ID}&tab=1",
+    )
+    assert any(v["destination"] == "nav" and v["category"] == "browse" for v in views)
+    framed = requests.get(f"{deployed.url}/{tab['href'].replace('{DAG_ID}', RANGE)}", params=hours,
+                          cookies={"_token": token}, timeout=30)  # fmt: skip
+    assert framed.status_code == 200 and f"(the stream of {RANGE})" in framed.text
+    assert "Links open inside this tab" in framed.text and ledger_row(framed.text, hour) == row
+    other = requests.get(f"{deployed.url}/{tab['href'].replace('{DAG_ID}', TELEMETRY)}", cookies={"_token": token},
+                         timeout=30)  # fmt: skip
+    assert other.status_code == 200 and f"{TELEMETRY} does not export to CloudZero" in other.text
+
+
+def test_after_the_catchup_the_ledger_says_cloudzero_is_current_and_every_hour_exact(
+    deployed, catchup, catchup_start
+):
+    # Is it current? The newest hour CloudZero holds is the newest hour the catchup exported: green.
+    exported = [r["data_interval_start"] for r in deployed.runs(HOURLY) if r["state"] == "success"]
+    newest = max(datetime.fromisoformat(h.replace("Z", "+00:00")) for h in exported)
+    page = ledger(deployed).text
+    assert '<section class="headline current" id="headline-cloudzero_default">' in page
+    # (an hour may end meanwhile, and its run export it)
+    held = (newest, newest + HOUR)
+    assert any(f"newest hour in CloudZero: <b>{h:%Y-%m-%d %H:00} UTC</b>" in page for h in held)
+    window = {"start": iso(catchup_start), "end": iso(catchup_start + timedelta(hours=CATCHUP_HOURS))}
+    data = ledger(deployed, "/cloudzero/ledger.json", **window).json()
+    (head,) = data["headline"]
+    assert head["newest_hour_held"] in [iso(h) for h in held] and head["behind"] is False
+    assert 0 <= head["lag_hours"] < 2
+    assert (head["hours_failed"], head["hours_waiting"], head["max_lag_hours"]) == (0, 0, 6)
+
+    # Is it right? Every hour of the catchup exported (or checked and empty), each exactly the source's spend,
+    # each linking to the task instance that sent it -- a page the api-server knows.
+    source = between(spend_by_hour(deployed.litellm_url), catchup_start,
+                     catchup_start + timedelta(hours=CATCHUP_HOURS))  # fmt: skip
+    hours = data["hours"]
+    assert len(hours) == CATCHUP_HOURS
+    for hour in hours:
+        if hour["hour"] in source:
+            assert hour["status"] in ("exported", "late-corrected"), hour
+            assert Decimal(hour["sent_usd"]) == Decimal(hour["source_usd"]) == source[hour["hour"]], hour
+        else:
+            assert hour["status"] == "no spend", hour
+        assert hour["airflow_path"].startswith(f"/dags/{HOURLY}/runs/"), hour
+    dag, run_id = [unquote(p) for p in hours[5]["airflow_path"].split("/")[2:5:2]]
+    assert deployed.api("GET", f"/dags/{dag}/dagRuns/{quote(run_id, safe='')}")["state"] == "success"
+    assert '<svg id="chart-hourly-svg"' in ledger(deployed, **window).text
+
+    # The same window as CSV: exact, one line an hour.
+    csv_text = ledger(deployed, "/cloudzero/ledger.csv", **window)
+    assert csv_text.headers["content-type"] == "text/csv; charset=utf-8"
+    assert csv_text.headers["content-disposition"].startswith('attachment; filename="cloudzero-ledger-')
+    rows = list(csv.DictReader(io.StringIO(csv_text.text)))
+    assert len(rows) == CATCHUP_HOURS
+    assert {
+        r["hour"]: Decimal(r["sent_usd"]) for r in rows if r["sent_usd"] and Decimal(r["sent_usd"])
+    } == source
 
 
 def test_a_worker_killed_mid_upload_is_retried_and_the_hour_ends_exact(deployed, catchup_start):
@@ -333,6 +414,17 @@ def test_a_poisoned_hour_fails_alone_and_clearing_its_task_after_the_fix_sends_o
     good = [(day + timedelta(hours=h)).strftime("%Y-%m-%dT%H:00:00Z") for h in (2, 4)]
     bad = (day + timedelta(hours=3)).strftime("%Y-%m-%dT%H:00:00Z")
     assert {h: held.get(h) for h in good} == {h: source[h] for h in good} and bad not in held
+    # The ledger names the failed hour, says why and links the task instance that failed it.
+    window = {"start": iso(day), "end": iso(day + timedelta(days=1))}
+    page = ledger(deployed, **window).text
+    row = page[page.index(f'id="h-{day + timedelta(hours=3):%Y-%m-%dT%H}"') :].split("</tr>", 1)[0]
+    assert 'class="st"' in row and ">failed</a>" in row and "spend is NaN" in row
+    upload = f"/dags/{RANGE}/runs/{quote(run_id, safe='')}/tasks/chunk.upload/mapped/0"
+    assert f'href="..{upload}"' in row
+    failed = next(
+        h for h in ledger(deployed, "/cloudzero/ledger.json", **window).json()["hours"] if h["hour"] == bad
+    )
+    assert failed["status"] == "failed" and failed["airflow_path"] == upload
     with psycopg2.connect(deployed.litellm_url) as conn, conn.cursor() as cur:
         cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.5 WHERE request_id = 'poison-nan'""")
     before = len(deployed.double.double.requests)
@@ -348,6 +440,10 @@ def test_a_poisoned_hour_fails_alone_and_clearing_its_task_after_the_fix_sends_o
     sent = [hours for hours in sent if any(h.startswith(day.strftime("%Y-%m-%d")) for h in hours)]
     assert sent == [[bad]], "only the fixed hour is sent"
     assert held_by_hour(deployed)[bad] == spend_by_hour(deployed.litellm_url)[bad]
+    fixed = next(
+        h for h in ledger(deployed, "/cloudzero/ledger.json", **window).json()["hours"] if h["hour"] == bad
+    )
+    assert fixed["status"] == "exported" and fixed["airflow_path"] == upload
 
 
 def test_a_missing_pool_is_named_in_the_dag_docs_and_the_scheduler_log(deployed, catchup_start):

@@ -12,11 +12,13 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg2
 import pytest
@@ -27,8 +29,9 @@ from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.report import SpendReportOperator, SpendThresholdCheckOperator
 from cloudzero_provider.operators.transform import CBFTransformOperator
 from cloudzero_provider.operators.upload import AnyCostUploadOperator
+from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
-from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
+from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
 
 DAY = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -145,40 +148,51 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
-def chromium(url: str, tmp_path: Path, png: Path) -> str:
+SHOTS_COPY = Path("/tmp/ledger-shots")  # the final screenshots, where a reviewer looks
+
+
+def chromium(url: str, tmp_path: Path, png: Path, height: int = 1400) -> str:
     profile = tmp_path / f"chrome-{png.stem}"
-    base = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", "--window-size=1280,1400"]
+    base = [CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", f"--window-size=1280,{height}"]
     subprocess.run([*base, f"--screenshot={png}", url], check=True, capture_output=True, timeout=120)
     dom = subprocess.run([*base, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=120)
     return dom.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
-def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, monkeypatch):
-    import uvicorn
-
-    from cloudzero_provider.plugins.ledger_app import LEDGER_ACCESS, app
-
-    # This test is about what the pages show; who may see them is proven against a real api-server.
-    monkeypatch.setitem(app.dependency_overrides, LEDGER_ACCESS, lambda: None)
-
-    _db, summary, _, staging = exported_day
-    # the ledger shows a late correction and a failure too
-    m10 = staging / "manifests" / "2026-11-01T10Z.json"
-    manifest = json.loads(m10.read_text())
-    m10.write_text(json.dumps({**manifest, "late_corrections": 1}))
-    m11 = staging / "manifests" / "2026-11-01T11Z.json"
-    m11.write_text(json.dumps({**json.loads(m11.read_text()), "status": "failed"}))
-
-    shots = Path(os.environ.get("CLOUDZERO_SCREENSHOTS", tmp_path))
+def screenshots() -> Path:
+    shots = Path(os.environ.get("CLOUDZERO_SCREENSHOTS") or tempfile.mkdtemp(prefix="cz-shots-"))
     shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def keep(png: Path) -> None:
+    assert png.stat().st_size > 10_000, f"{png} looks blank"
+    SHOTS_COPY.mkdir(parents=True, exist_ok=True)
+    shutil.copy(png, SHOTS_COPY / png.name)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_report_page_in_headless_chromium(exported_day, tmp_path):
+    _db, summary, _, staging = exported_day
+    shots = screenshots()
     report_dom = chromium(
         (staging / "reports" / "2026-11-01" / "report.html").as_uri(), tmp_path, shots / "report.png"
     )
     assert f'id="total-spend">${summary["spend"]}<' in report_dom
     assert 'id="chart-daily"' in report_dom and 'id="chart-teams"' in report_dom and "<svg" in report_dom
-    assert (shots / "report.png").stat().st_size > 10_000
+    keep(shots / "report.png")
 
+
+@pytest.fixture
+def ledger_server(monkeypatch):
+    """The ledger app served by uvicorn on loopback, its URL. This test is about what the pages show; who may see
+    them is proven with Airflow's own dependencies in tests/unit/plugins and against a real api-server."""
+    import uvicorn
+
+    from cloudzero_provider.plugins.ledger_app import ACCESS_DEPENDENCIES, app
+
+    for dependency in ACCESS_DEPENDENCIES:
+        monkeypatch.setitem(app.dependency_overrides, dependency, lambda: None)
     # The server is handed a socket bound to port 0 and already listening, so no other process can take the
     # port between choosing it and serving on it.
     listener = socket.socket()
@@ -194,22 +208,135 @@ def test_report_and_ledger_pages_in_headless_chromium(exported_day, tmp_path, mo
             assert thread.is_alive(), "the ledger's uvicorn server stopped before it started serving"
             assert time.monotonic() < deadline, "the ledger's uvicorn server did not start within 30 s"
             time.sleep(0.05)
-        url = f"http://127.0.0.1:{port}/ledger?start=2026-11-01T08:00:00Z&end=2026-11-01T13:00:00Z"
-        dom = chromium(url, tmp_path, shots / "ledger.png")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
         listener.close()
-    assert '<span id="count-exported">1 exported</span>' in dom
-    assert '<span id="count-late-corrected">1 late-corrected</span>' in dom
-    assert '<span id="count-failed">1 failed</span>' in dom
-    assert '<span id="count-not-yet">2 not yet</span>' in dom
-    assert (
-        f"<td>2026-11-01T10:00:00Z</td><td>late-corrected</td><td>{manifest['rows']}</td><td>{manifest['source']['spend']}</td><td>{manifest['cost']}</td>"
-        in dom
+
+
+def hourly_run(hour: datetime):
+    from cloudzero_provider.ready_dags import build_hourly_dag
+
+    return build_hourly_dag().test(logical_date=hour + timedelta(hours=1))
+
+
+@pytest.fixture
+def run_in_flight(airflow_db):
+    """A run of the hourly DAG the scheduler would have started and not finished: a real row in Airflow's DB."""
+    from airflow.models.dagrun import DagRun
+    from airflow.settings import Session
+
+    added: list[str] = []
+
+    def add(hour: datetime) -> str:
+        run_id = f"scheduled__{hour.isoformat()}"
+        with Session() as session:  # type: ignore[misc]
+            session.add(DagRun(dag_id="litellm_cloudzero_hourly", run_id=run_id, logical_date=hour,
+                               run_after=hour + timedelta(hours=1), data_interval=(hour, hour + timedelta(hours=1)),
+                               state="running", run_type="scheduled"))  # fmt: skip
+            session.commit()
+        added.append(run_id)
+        return run_id
+
+    yield add
+    with Session() as session:  # type: ignore[misc]
+        session.query(DagRun).filter(DagRun.run_id.in_(added)).delete(synchronize_session=False)
+        session.commit()
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it)")
+def test_ledger_after_a_catchup_that_fell_behind_a_failure_and_a_reconciliation_in_headless_chromium(
+    airflow_db, litellm_db, double, cloudzero_conn, monkeypatch, tmp_path, ledger_server, run_in_flight
+):
+    """The story a FinOps reader meets, through the real DAGs (dag.test) and Airflow's DB: a range import of
+    2026-11-01 06:00-12:00 that nothing continued (today is a month later), a late row corrected by the next
+    hourly run, an hour whose run failed on a NaN spend, an overdue hour, a run in flight; then a reconciliation
+    after CloudZero lost an hour and the bad row was fixed. Screenshots of each, and the page's own words."""
+    from cloudzero_provider.ready_dags import build_range_dag, build_reconcile_dag
+
+    for key, value in {"AIRFLOW_CONN_LITELLM_DB": airflow_conn_uri(litellm_db),
+                       "CLOUDZERO_STAGING_URI": str(tmp_path / "staging"), "CLOUDZERO_SETTLE_MINUTES": "0",
+                       "CLOUDZERO_TASK_RETRIES": "0", "CLOUDZERO_RETRY_DELAY_SECONDS": "1",
+                       "CLOUDZERO_EXPORT_START": "2026-11-01T06:00:00Z"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AIRFLOW__CLOUDZERO__STAGING_URI", raising=False)
+    at = {h: DAY + timedelta(hours=h) for h in range(24)}
+    for i, h in enumerate((6, 9, 10, 11, 12)):
+        seed_synthetic(litellm_db, at[h], 120 + 40 * i, id_prefix=f"led{h}")
+    range_run = build_range_dag().test(
+        run_conf={"start": "2026-11-01T06:00:00Z", "end": "2026-11-01T12:00:00Z"}
     )
-    assert 'href="reports/cloudzero_default/2026-11-01/report.html"' in dom
-    assert (shots / "ledger.png").stat().st_size > 10_000
+    assert range_run.state == "success"
+    insert_spend_logs(
+        litellm_db, [spend_log("late-row", at[10] + timedelta(minutes=59), 7.25, team_id="team-0")]
+    )
+    assert hourly_run(at[11]).state == "success"  # its late pass corrects hour 10
+    insert_spend_logs(litellm_db, [spend_log("nan-row", at[12] + timedelta(minutes=3), float("nan"))])
+    failed_run = hourly_run(at[12])
+    assert failed_run.state == "failed"
+    run_in_flight(at[14])
+    shots, base = screenshots(), ledger_server
+    window = "start=2026-11-01T04:00:00Z&end=2026-11-01T16:00:00Z"
+
+    # 1. Opened without parameters: the last 48 hours, a month after the newest hour CloudZero holds.
+    dom = chromium(f"{base}/ledger", tmp_path, shots / "ledger-behind.png", height=1500)
+    keep(shots / "ledger-behind.png")
+    assert '<section class="headline behind" id="headline-cloudzero_default">' in dom
+    assert "newest hour in CloudZero: <b>2026-11-01 11:00 UTC</b>" in dom
+    lag = datetime.now(timezone.utc) - (at[11] + timedelta(hours=1))
+    assert f'<b class="lag">{lag.days} days ' in dom and "alert over 6 h, CLOUDZERO_MAX_LAG_HOURS" in dom
+    assert "show the hours around it" in dom and 'id="count-late"' in dom
+
+    # 2. The window of the range import: every status, the failed hour's reason and its task instance.
+    dom = chromium(f"{base}/ledger?{window}", tmp_path, shots / "ledger-failed.png", height=2300)
+    keep(shots / "ledger-failed.png")
+    statuses = {h: status_of(dom, at[h]) for h in range(4, 16)}
+    assert statuses == {
+        4: "before the export start", 5: "before the export start", 6: "exported", 7: "no spend", 8: "no spend",
+        9: "exported", 10: "late-corrected", 11: "exported", 12: "failed", 13: "late", 14: "running", 15: "late",
+    }  # fmt: skip
+    failed_row = row_of(dom, at[12])
+    assert "spend is NaN" in failed_row
+    run_path = quote(failed_run.run_id, safe="")
+    assert f'href="../dags/litellm_cloudzero_hourly/runs/{run_path}/tasks/' in failed_row
+    assert (
+        f'href="../dags/litellm_cloudzero_range/runs/{quote(range_run.run_id, safe="")}/tasks/chunk.upload/mapped/0"'
+        in row_of(dom, at[6])
+    )
+    assert (
+        'href="../dags/litellm_cloudzero_hourly/runs/scheduled__2026-11-01T14%3A00%3A00%2B00%3A00"'
+        in row_of(dom, at[14])
+    )
+    assert 'id="chart-hourly-svg"' in dom and "no reconciliation recorded" in dom
+
+    # 3. CloudZero loses hour 9, the bad row is fixed, the day is reconciled: two hours repaired.
+    assert double.double.lose_hour(CONNECTION_ID, "2026-11-01T09:00:00Z") > 0
+    with psycopg2.connect(litellm_db) as conn, conn.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_SpendLogs" SET spend = 0.5 WHERE request_id = 'nan-row'""")
+    reconcile_run = build_reconcile_dag().test(
+        run_conf={"start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
+    )
+    assert reconcile_run.state == "success"
+    dom = chromium(f"{base}/ledger?{window}", tmp_path, shots / "ledger-reconciled.png", height=2300)
+    keep(shots / "ledger-reconciled.png")
+    assert status_of(dom, at[9]) == status_of(dom, at[12]) == "repaired"
+    assert {status_of(dom, at[h]) for h in (6, 11)} == {"exported"}
+    assert 'last reconciliation: <a href="../dags/litellm_cloudzero_reconcile/runs/' in dom
+    assert "2 repaired" in dom and "matches" in dom
+    assert 'class="num diff"' in dom, "where CloudZero held less than the source, the row is highlighted"
+    held = double.double.cost_by_hour(CONNECTION_ID)
+    assert {h: v for h, v in held.items() if v} == spend_by_hour(litellm_db)
+
+
+def row_of(dom: str, hour: datetime) -> str:
+    start = dom.index(f'id="h-{hour:%Y-%m-%dT%H}"')
+    return dom[start : dom.index("</tr>", start)]
+
+
+def status_of(dom: str, hour: datetime) -> str:
+    cell = row_of(dom, hour).split('<td class="st">', 1)[1].split("</td>", 1)[0]
+    return re.sub(r"<[^>]+>", "", cell)
 
 
 def test_daily_report_dag_waits_for_the_export_then_reports_and_checks(airflow_db, exported_day, monkeypatch):

@@ -175,3 +175,18 @@ def test_staged_files_are_private_on_a_local_disk(tmp_path):
     for path in (tmp_path / "root", tmp_path / "root" / "manifests"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700, path
     assert stat.S_IMODE(store.path(DAY).stat().st_mode) == 0o600
+
+
+def test_the_newest_held_hour_skips_failed_hours_counts_empty_ones_and_covers_a_daily_day(store):
+    assert store.newest_held() is None
+    store.write_exported(exported(DAY + timedelta(hours=5)), late_correction=False)
+    store.write_exported(Manifest(DAY + timedelta(hours=6), empty=True), late_correction=False)
+    store.mark(DAY + timedelta(hours=7), status="failed", attempt=Attempt(), reason="boom")
+    store.mark(DAY + timedelta(hours=8), status="sending", attempt=Attempt())
+    assert store.newest_held() == DAY + timedelta(hours=6), (
+        "checked and empty counts; failed and sending do not"
+    )
+    assert store.newest_held(look_back=2) is None, "only the newest look_back manifests are read"
+    nov2 = DAY + timedelta(days=1)
+    store.write_exported(exported(nov2, origin="daily_team"), late_correction=False)
+    assert store.newest_held() == nov2 + timedelta(hours=23), "a daily-rollup day covers all its hours"
