@@ -23,7 +23,14 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from cloudzero_provider.staging import exclusive, listing, read_versioned, write_if_unchanged
+from cloudzero_provider.staging import (
+    exclusive,
+    listing,
+    read_bytes,
+    read_many,
+    read_versioned,
+    write_if_unchanged,
+)
 from cloudzero_provider.windows import (
     DAY,
     HOUR,
@@ -201,7 +208,7 @@ class ManifestStore:
 
     def get(self, hour: datetime) -> Manifest | None:
         try:
-            raw: bytes | None = self.path(hour).read_bytes()
+            raw: bytes | None = read_bytes(self.path(hour))
         except FileNotFoundError:
             raw = None
         return self._parse(hour, raw)
@@ -209,14 +216,19 @@ class ManifestStore:
     def get_many(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
         """The manifests of several hours that have one, read with one listing of the folder and one read per
         manifest that exists -- no exists-check per hour (on object storage each would be a request)."""
-        wanted = {hour_label(h): h for h in hours}
         present = set(listing(self.dir))
+        return self.read_listed(h for h in hours if f"{hour_label(h)}.json" in present)
+
+    def read_listed(self, hours: Iterable[datetime]) -> dict[datetime, Manifest]:
+        """The manifests of hours a listing showed, read together (concurrently on object storage); one that
+        vanished since, or cannot be parsed as a manifest, is left out."""
+        paths = {str(self.path(h)): h for h in hours}
+        raw = read_many(self.path(h) for h in paths.values())
         out = {}
-        for label, hour in wanted.items():
-            if f"{label}.json" in present:
-                manifest = self.get(hour)
-                if manifest is not None:
-                    out[hour] = manifest
+        for key, hour in paths.items():
+            manifest = self._parse(hour, raw.get(key))
+            if manifest is not None:
+                out[hour] = manifest
         return out
 
     def _parse(self, hour: datetime, raw: bytes | None) -> Manifest | None:

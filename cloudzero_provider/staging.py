@@ -144,22 +144,77 @@ def listing(folder: ObjectStoragePath) -> list[str]:
     return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
 
+def read_bytes(path: ObjectStoragePath) -> bytes:
+    """A file's bytes (``FileNotFoundError`` when absent). On object storage one GET: no HEAD before it, and a
+    missing object costs no listing to tell it from a folder."""
+    if local_path(path) is None:
+        if path.protocol in (
+            "s3",
+            "s3a",
+        ):  # one stream: s3fs would HEAD first to split a large object in parts
+            return bytes(path.fs.cat_file(path.path, max_concurrency=1))
+        return bytes(path.fs.cat_file(path.path))
+    return path.read_bytes()
+
+
+def read_many(paths: Iterable[ObjectStoragePath]) -> dict[str, bytes]:
+    """The bytes of several files, keyed by ``str(path)``; files that do not exist are left out. On object storage
+    the GETs run concurrently (fsspec's batches), so a month of manifests takes a few round trips, not 744."""
+    paths = list(paths)
+    if not paths:
+        return {}
+    if local_path(paths[0]) is not None:
+        out = {}
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                out[str(path)] = path.read_bytes()
+        return out
+    fs = paths[0].fs
+    by_key = {fs._strip_protocol(p.path): str(p) for p in paths}
+    kwargs = {"max_concurrency": 1} if paths[0].protocol in ("s3", "s3a") else {}
+    got = fs.cat(list(by_key), on_error="omit", **kwargs)
+    if not isinstance(got, dict):  # one path: fsspec answers its bytes
+        got = {next(iter(by_key)): got}
+    return {by_key[key]: bytes(data) for key, data in got.items() if key in by_key}
+
+
+def remove_file(path: ObjectStoragePath) -> None:
+    """Delete a file if it exists (one DELETE on object storage, where deleting nothing is no error)."""
+    local = local_path(path)
+    if local is not None:
+        local.unlink(missing_ok=True)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.fs.rm_file(path.path)
+
+
 def read_versioned(path: ObjectStoragePath) -> tuple[bytes | None, str | None]:
     """A file's bytes and the version a conditional write compares against (``None``, ``None`` when absent): the
-    content's digest on a local disk, the object's ETag on object storage."""
+    content's digest on a local disk, the object's ETag on object storage (a HEAD and a GET; one HEAD when absent).
+    Should the object change between the two, the write that follows is refused and the caller reads again."""
     if local_path(path) is None:
         try:
-            info = path.fs.info(path.path, refresh=True)
-            data = path.read_bytes()
+            etag = _object_etag(path)
+            data = read_bytes(path)
         except FileNotFoundError:
             return None, None
-        etag = info.get("ETag") or info.get("etag")
-        return data, str(etag) if etag else hashlib.sha256(data).hexdigest()
+        return data, etag or hashlib.sha256(data).hexdigest()
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None, None
     return data, hashlib.sha256(data).hexdigest()
+
+
+def _object_etag(path: ObjectStoragePath) -> str | None:
+    fs = path.fs
+    if path.protocol in ("s3", "s3a"):
+        bucket, key, _ = fs.split_path(path.path)
+        head = fs.call_s3("head_object", Bucket=bucket, Key=key)  # a plain HEAD: info() would LIST on a miss
+        return str(head["ETag"]) if head.get("ETag") else None
+    info = fs.info(path.path, refresh=True)
+    etag = info.get("ETag") or info.get("etag")
+    return str(etag) if etag else None
 
 
 @contextlib.contextmanager
@@ -251,16 +306,17 @@ class WindowStage:
         write_lines_atomically(self.path(name), lines())
         return count
 
-    def _existing(self, name: str) -> ObjectStoragePath:
-        path = self.path(name)
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} does not exist: did the previous task of window {self.window} run?"
-            )
-        return path
+    def _missing(self, name: str) -> FileNotFoundError:
+        return FileNotFoundError(
+            f"{self.path(name)} does not exist: did the previous task of window {self.window} run?"
+        )
 
     def read_jsonl(self, name: str) -> Iterator[Any]:
-        with self._existing(name).open("r", encoding="utf-8") as fh:
+        try:
+            fh = self.path(name).open("r", encoding="utf-8")
+        except FileNotFoundError:
+            raise self._missing(name) from None
+        with fh:
             for line in fh:
                 if line.strip():
                     yield json.loads(line)
@@ -272,9 +328,11 @@ class WindowStage:
         return path
 
     def read_json(self, name: str) -> Any:
-        return json.loads(self._existing(name).read_text(encoding="utf-8"))
+        try:
+            raw = read_bytes(self.path(name))
+        except FileNotFoundError:
+            raise self._missing(name) from None
+        return json.loads(raw.decode("utf-8"))
 
     def remove(self, name: str) -> None:
-        path = self.path(name)
-        if path.exists():
-            path.unlink()
+        remove_file(self.path(name))

@@ -115,6 +115,17 @@ class _Reader:
         self._present = set(self.listed)
         self._cache: dict[datetime, Manifest | None] = {}
 
+    def prefetch(self, start: datetime, end: datetime) -> None:
+        """Read the manifests listed in ``[start, end)`` together (concurrent GETs on object storage)."""
+        i, wanted = bisect_left(self.listed, start), []
+        while i < len(self.listed) and self.listed[i] < end:
+            if self.listed[i] not in self._cache:
+                wanted.append(self.listed[i])
+            i += 1
+        got = self.store.read_listed(wanted)
+        for hour in wanted:
+            self._cache[hour] = got.get(hour)
+
     def get(self, hour: datetime) -> Manifest | None:
         if hour not in self._present:
             return None
@@ -153,6 +164,7 @@ def read_stream(
     :param newest_query: ``(start, end) -> page query`` for the link to the hours around the newest held hour.
     """
     reader = _Reader(ExportTarget(stream))
+    reader.prefetch(day_start(start), day_start(end - HOUR) + DAY)  # the window's whole days: owners too
     daily = is_daily_stream(stream, settings)
     settle = timedelta(minutes=settings.settle_minutes)
     owners: dict[datetime, str | None] = {}

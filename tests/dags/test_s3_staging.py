@@ -242,3 +242,39 @@ def test_failed_torn_and_lost_puts_are_retried_and_never_read_as_a_manifest(env,
         record = s3_staging.read_json(key)
         assert record["status"] == "exported" and record["receipts"], record
     assert [k for k in keys if k.endswith(".tmp") or "/." in k] == [], "no temporary object left behind"
+
+
+def test_each_staged_file_is_one_put_and_never_a_rename(env, s3_staging):
+    """On S3 a rename is a copy and a delete: every staged file and manifest write here is a single PUT, every
+    read a single GET (and a HEAD for a stream or a manifest's ETag), a missing file costs no listing."""
+    from cloudzero_provider.ready_dags import build_hourly_dag
+    from cloudzero_provider.target import ExportTarget
+
+    seed_synthetic(env["db"], H0, 30, id_prefix="put")
+    target = ExportTarget("cloudzero_default")
+    target.check_reachable()  # connects the file system whose client the tasks share in this process
+    seen: list[tuple[str, str, bool]] = []
+
+    def count(request, **_):
+        seen.append(
+            (request.method, request.url, "x-amz-copy-source" in {k.lower() for k in request.headers})
+        )
+
+    target.dir.fs.s3.meta.events.register("before-send.s3", count)
+    try:
+        assert build_hourly_dag().test(logical_date=H0 + timedelta(hours=1)).state == "success"
+    finally:
+        target.dir.fs.s3.meta.events.unregister("before-send.s3", count)
+    assert [u for _, u, copy in seen if copy] == [], "no copy: nothing is renamed"
+    puts = sorted(u.split("/cloudzero_default/", 1)[1] for m, u, _ in seen if m == "PUT")
+    stage = "2026-11-01T10Z"
+    assert puts == sorted([
+        f"{stage}/cbf.jsonl", f"{stage}/extract.json", f"{stage}/extract.jsonl", f"{stage}/transform.json",
+        *["manifests/2026-11-01T10Z.json"] * puts.count("manifests/2026-11-01T10Z.json"),
+    ]), puts  # fmt: skip
+    assert 1 <= puts.count("manifests/2026-11-01T10Z.json") <= 3, "sending, exported (and the empty-check)"
+    deletes = [u for m, u, _ in seen if m == "DELETE"]
+    assert all(
+        u.rsplit("/", 1)[-1] in ("extract.json", "quarantine.jsonl", "transform.json") for u in deletes
+    ), "only stale outputs are removed before a step writes anew"
+    assert s3_staging.read_json(f"staging/cloudzero_default/manifests/{stage}.json")["status"] == "exported"

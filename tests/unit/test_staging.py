@@ -71,3 +71,27 @@ def test_a_target_owns_its_folder_asset_and_alias(tmp_path):
     assert target.asset.uri == "cloudzero://anycost/cz_prod/litellm-hours"
     assert target.alias.name == "litellm_cloudzero_hours_alias__cz_prod"
     assert target.report_dir(Window.of("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z")).name == "2026-11-01"
+
+
+def test_reads_of_missing_files_say_so_and_removing_nothing_is_no_error(tmp_path):
+    from cloudzero_provider.staging import read_bytes, read_many, remove_file
+
+    root = staging_root(str(tmp_path))
+    write_atomically(root / "a.json", b"A")
+    write_atomically(root / "b.json", b"B")
+    assert read_bytes(root / "a.json") == b"A"
+    with pytest.raises(FileNotFoundError):
+        read_bytes(root / "gone.json")
+    got = read_many([root / "a.json", root / "gone.json", root / "b.json"])
+    assert got == {str(root / "a.json"): b"A", str(root / "b.json"): b"B"}
+    assert read_many([]) == {}
+    remove_file(root / "a.json")
+    remove_file(root / "a.json")
+    assert not (tmp_path / "a.json").exists()
+    stage = WindowStage(root, HOUR)
+    with pytest.raises(
+        FileNotFoundError, match=r"extract\.json does not exist: did the previous task of window"
+    ):
+        stage.read_json("extract.json")
+    with pytest.raises(FileNotFoundError, match=r"cbf\.jsonl does not exist"):
+        list(stage.read_jsonl("cbf.jsonl"))
