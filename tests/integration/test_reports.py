@@ -223,15 +223,27 @@ def hourly_run(hour: datetime):
 
 @pytest.fixture
 def run_in_flight(airflow_db):
-    """A run of the hourly DAG the scheduler would have started and not finished: a real row in Airflow's DB."""
+    """A run of the hourly DAG the scheduler would have started and not finished: a real row in Airflow's DB.
+    Runs of DAY that earlier tests of the session left in the shared DB go first: the ledger reads runs by interval,
+    and Airflow allows one run per DAG and logical date."""
     from airflow.models.dagrun import DagRun
     from airflow.settings import Session
 
     added: list[str] = []
+    with Session() as session:  # type: ignore[misc]
+        session.query(DagRun).filter(
+            DagRun.dag_id.in_(["litellm_cloudzero_hourly", "litellm_cloudzero_daily_rollup"]),
+            DagRun.logical_date >= DAY - timedelta(days=1),
+            DagRun.logical_date < DAY + timedelta(days=2),
+        ).delete(synchronize_session=False)
+        session.commit()
 
     def add(hour: datetime) -> str:
         run_id = f"scheduled__{hour.isoformat()}"
         with Session() as session:  # type: ignore[misc]
+            session.query(DagRun).filter(
+                DagRun.dag_id == "litellm_cloudzero_hourly", DagRun.logical_date == hour
+            ).delete(synchronize_session=False)
             session.add(DagRun(dag_id="litellm_cloudzero_hourly", run_id=run_id, logical_date=hour,
                                run_after=hour + timedelta(hours=1), data_interval=(hour, hour + timedelta(hours=1)),
                                state="running", run_type="scheduled"))  # fmt: skip
