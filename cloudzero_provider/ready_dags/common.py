@@ -27,6 +27,13 @@ WATCH_DAG_ID = "litellm_cloudzero_watch"
 MAX_RANGE_HOURS = 24 * 366
 MAX_SETTLE_MINUTES = 24 * 60
 MAX_CHUNK_HOURS = 168
+# Every DAG that sends to a stream shares its one-slot pool. By Airflow's default "downstream" rule the hourly
+# upload weighed 2 and a range chunk's upload 1, and among equals a manual run (no logical date) sorted after every
+# scheduled one: a history import waited behind a whole catchup. With absolute weights an import or a repair
+# (range, daily rollup, reconciliation) takes the pool as soon as the request in flight is done, and scheduled
+# hours still go oldest first whenever nothing of it waits.
+SCHEDULED_PRIORITY = 1
+IMPORT_PRIORITY = 10
 
 
 # Per-run choices: trigger-form params whose defaults are the settings; rendered into the operators' options.
@@ -53,8 +60,15 @@ def export_options(settings: ExportSettings, *, per_run: bool = True) -> ExportO
     )
 
 
-def default_args(settings: ExportSettings, *, options: ExportOptions | None = None) -> dict[str, Any]:
-    """What every task of a ready DAG shares; Airflow passes each key only to operators that take it."""
+def default_args(
+    settings: ExportSettings, *, options: ExportOptions | None = None, priority: int = SCHEDULED_PRIORITY
+) -> dict[str, Any]:
+    """
+    What every task of a ready DAG shares; Airflow passes each key only to operators that take it.
+
+    :param priority: The tasks' absolute priority weight: :data:`IMPORT_PRIORITY` for the DAGs that import or
+        repair history, so their uploads go ahead of scheduled hours waiting for the same pool.
+    """
     return {
         "owner": "finops",
         "litellm_conn_id": settings.litellm_conn_id,
@@ -66,6 +80,8 @@ def default_args(settings: ExportSettings, *, options: ExportOptions | None = No
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
         "execution_timeout": timedelta(hours=1),
+        "priority_weight": priority,
+        "weight_rule": "absolute",
         # A task that failed after its retries tells the notifier settings' channels (none set: nothing sent).
         "on_failure_callback": failure_callback(Channels.from_settings(settings)),
         **retry_policy_args(),

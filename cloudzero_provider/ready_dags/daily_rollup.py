@@ -12,6 +12,7 @@ from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     DAILY_ROLLUP_DAG_ID,
+    IMPORT_PRIORITY,
     MAX_RANGE_HOURS,
     RANGE_DAG_ID,
     chunk_group,
@@ -84,7 +85,7 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
         start_date=settings.start_date,
         catchup=True,
         max_active_runs=2,
-        default_args=default_args(settings),
+        default_args=default_args(settings, priority=IMPORT_PRIORITY),
         user_defined_filters=template_filters(),
         params={
             "start": Param(

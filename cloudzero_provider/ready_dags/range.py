@@ -12,6 +12,7 @@ from cloudzero_provider.pipeline.common import check_dry_run_limit
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
     HOURLY_DAG_ID,
+    IMPORT_PRIORITY,
     MAX_CHUNK_HOURS,
     MAX_RANGE_HOURS,
     RANGE_DAG_ID,
@@ -117,7 +118,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
         start_date=settings.start_date,
         catchup=False,
         max_active_runs=2,
-        default_args=default_args(settings),
+        default_args=default_args(settings, priority=IMPORT_PRIORITY),
         user_defined_filters=template_filters(),
         params={
             "start": Param(

@@ -10,6 +10,7 @@ from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetabl
 from cloudzero_provider.notify import Channels, reconciliation_notice, send
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
+    IMPORT_PRIORITY,
     RANGE_DAG_ID,
     RECONCILE_DAG_ID,
     choice_params,
@@ -54,7 +55,7 @@ checked, repaired, USD moved); a repaired hour emits the export's Asset event.
         start_date=settings.start_date,
         catchup=True,
         max_active_runs=1,
-        default_args=default_args(settings),
+        default_args=default_args(settings, priority=IMPORT_PRIORITY),
         params={
             "start": Param(None, type=["null", "string"], format="date-time", title="Start (manual runs)"),
             "end": Param(

@@ -255,6 +255,42 @@ def test_no_import_errors(airflow_db):
     assert proc.returncode == 0 and "No data found" in proc.stdout, proc.stdout + proc.stderr
 
 
+def test_imports_and_repairs_take_the_pool_ahead_of_every_scheduled_hour(env):
+    """By Airflow's default rule the hourly upload outweighed a range chunk's (2 to 1) and a manual run sorted after
+    every scheduled one: a history import waited behind a whole catchup. Weights are absolute now, the same for
+    every task of a DAG, and every pool task of an import or repair outweighs every scheduled one."""
+    from cloudzero_provider.ready_dags import (
+        build_daily_rollup_dag,
+        build_hourly_dag,
+        build_range_dag,
+        build_reconcile_dag,
+        build_report_dag,
+        build_telemetry_dag,
+    )
+
+    def weights(dag) -> dict[str, tuple[int, str]]:
+        return {t.task_id: (t.priority_weight, str(t.weight_rule)) for t in dag.tasks}
+
+    imports = [build_range_dag(), build_daily_rollup_dag(), build_reconcile_dag()]
+    scheduled = [build_hourly_dag(), build_report_dag(), build_telemetry_dag()]
+    for dag in imports + scheduled:
+        assert len(set(weights(dag).values())) == 1, (
+            f"one absolute weight per DAG: {dag.dag_id} {weights(dag)}"
+        )
+        assert {rule for _, rule in weights(dag).values()} == {"absolute"}
+    pool_tasks = {(d.dag_id, t.task_id): t.priority_weight for d in imports + scheduled for t in d.tasks
+                  if t.pool == "cloudzero_anycost"}  # fmt: skip
+    assert set(pool_tasks) == {
+        ("litellm_cloudzero_hourly", "upload"), ("litellm_cloudzero_hourly", "late_data"),
+        ("litellm_cloudzero_range", "chunk.upload"), ("litellm_cloudzero_daily_rollup", "day.upload"),
+        ("litellm_cloudzero_reconcile", "reconcile"),
+    }  # fmt: skip
+    lowest_import = min(w for (dag_id, _), w in pool_tasks.items() if dag_id != "litellm_cloudzero_hourly")
+    assert lowest_import > max(
+        w for (dag_id, _), w in pool_tasks.items() if dag_id == "litellm_cloudzero_hourly"
+    )
+
+
 def test_413_splits_the_request_and_sends_the_hours_again(env, monkeypatch):
     """CloudZero's real limit turns out lower than ours: the 413 halves the requests, hours restart whole."""
     from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator

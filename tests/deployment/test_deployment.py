@@ -17,7 +17,7 @@ import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
@@ -83,7 +83,12 @@ def catchup(deployed, catchup_start) -> Catchup:
     end = iso(catchup_start + timedelta(hours=CATCHUP_HOURS))
 
     def window(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [r for r in runs if r["data_interval_start"] and r["data_interval_start"] < end]
+        # its own hours only: other tests run the hourly DAG over days long before them (a backfill)
+        return [
+            r
+            for r in runs
+            if r["data_interval_start"] and iso(catchup_start) <= r["data_interval_start"] < end
+        ]
 
     def caught_up() -> list[dict[str, Any]] | None:
         runs = window(deployed.runs(HOURLY))
@@ -190,12 +195,16 @@ def test_the_telemetry_dag_runs_by_itself_from_the_exports_asset_events(deployed
 def test_backfill_reprocessing_completed_runs_leaves_cloudzero_identical(deployed, catchup, catchup_start):
     before = deployed.double.double.snapshot(CONNECTION_ID)
     start, end = catchup_start + timedelta(hours=1), catchup_start + timedelta(hours=4)
+
+    def in_window(run: dict[str, Any]) -> bool:  # this backfill's runs, not another test's
+        return iso(start) <= run["data_interval_start"] < iso(end)
+
     deployed.cli("backfill", "create", "--dag-id", HOURLY, "--from-date", start.isoformat(), "--to-date",
                  end.isoformat(), "--reprocess-behavior", "completed", "--max-active-runs", "2")  # fmt: skip
     deployed.wait_for(
         lambda: (
             (lambda rs: rs and all(r["state"] in ("success", "failed") for r in rs))(
-                [r for r in deployed.runs(HOURLY) if r["run_type"] == "backfill"]
+                [r for r in deployed.runs(HOURLY) if r["run_type"] == "backfill" and in_window(r)]
             )
             or None
         ),
@@ -203,7 +212,7 @@ def test_backfill_reprocessing_completed_runs_leaves_cloudzero_identical(deploye
         "the backfill's runs",
         every=3,
     )
-    backfilled = [r for r in deployed.runs(HOURLY) if r["run_type"] == "backfill"]
+    backfilled = [r for r in deployed.runs(HOURLY) if r["run_type"] == "backfill" and in_window(r)]
     assert len(backfilled) >= 3 and {r["state"] for r in backfilled} == {"success"}
     assert deployed.double.double.snapshot(CONNECTION_ID) == before
 
@@ -478,6 +487,78 @@ def test_a_missing_pool_is_named_in_the_dag_docs_and_the_scheduler_log(deployed,
     assert state == "success"
     key = iso(hour)
     assert held_by_hour(deployed)[key] == spend_by_hour(deployed.litellm_url)[key]
+
+
+def when(moment: str | None) -> datetime | None:
+    return datetime.fromisoformat(moment) if moment else None
+
+
+@pytest.mark.timeout(1500)
+def test_a_history_import_during_a_catchup_waits_for_no_more_than_the_request_in_flight(
+    deployed, catchup_start
+):
+    """A 168-hour range triggered while the hourly DAG works through a week of empty hours takes the one-slot pool
+    as soon as the upload in flight is done, and the catchup keeps moving whenever nothing of the range waits for
+    it. The week is a backfill of the hourly DAG, days before anything else here: the same runs, tasks and weights
+    as a catchup (the shared deployment's own catchup is over by now). The range runs alone first, for its time."""
+    alone, during = [(catchup_start - timedelta(days=d)).replace(hour=0) for d in (40, 30)]
+    week = (catchup_start - timedelta(days=20)).replace(hour=0)
+    for tag, first in (("a", alone), ("b", during)):
+        for i, offset in enumerate((2, 29, 53, 77, 101, 149)):
+            seed_synthetic(
+                deployed.litellm_url, first + timedelta(hours=offset), 60 + i, id_prefix=f"fair{tag}{i}"
+            )
+
+    def import_range(first: datetime) -> tuple[str, float, datetime, datetime]:
+        began, started = time.monotonic(), datetime.now(timezone.utc)
+        run_id = trigger_range(deployed, first, first + 168 * HOUR)
+        state = deployed.wait_for(lambda: deployed.run_state(RANGE, run_id), 900, "the range run", every=2)
+        assert state == "success"
+        return run_id, time.monotonic() - began, started, datetime.now(timezone.utc)
+
+    _, seconds_alone, _, _ = import_range(alone)
+    deployed.unpause(HOURLY)
+    backfill = deployed.api("POST", "/backfills", json={
+        "dag_id": HOURLY, "from_date": iso(week), "to_date": iso(week + 167 * HOUR), "max_active_runs": 4,
+    })  # fmt: skip
+
+    def backfilled() -> list[dict[str, Any]]:
+        return [r for r in deployed.runs(HOURLY) if r["run_type"] == "backfill"
+                and iso(week) <= r["data_interval_start"] < iso(week + 168 * HOUR)]  # fmt: skip
+
+    def hourly_pool_tasks() -> list[dict[str, Any]]:
+        runs = {r["dag_run_id"] for r in backfilled()}
+        return [ti for ti in deployed.task_instances(HOURLY)
+                if ti["dag_run_id"] in runs and ti["task_id"] in ("upload", "late_data")]  # fmt: skip
+
+    try:
+        # the catchup is in full flow: its uploads take the pool one after another
+        deployed.wait_for(lambda: sum(ti["state"] == "success" for ti in hourly_pool_tasks()) >= 3, 300,
+                          "the backfilled week's first uploads", every=2)  # fmt: skip
+        run_id, seconds_during, started, ended = import_range(during)
+        hourly = hourly_pool_tasks()
+    finally:
+        deployed.api("PUT", f"/backfills/{backfill['id']}/cancel")
+    # nothing of this test is left running for the next: the backfill's runs in flight end
+    deployed.wait_for(lambda: all(r["state"] in ("success", "failed") for r in backfilled()) or None, 600,
+                      "the cancelled backfill's runs in flight", every=3)  # fmt: skip
+    FIGURES["range_168h_alone_s"], FIGURES["range_168h_during_catchup_s"] = seconds_alone, seconds_during
+    print(f"\n168-hour range alone {seconds_alone:.0f}s, during a catchup {seconds_during:.0f}s "
+          f"({seconds_during / seconds_alone:.1f}x)")  # fmt: skip
+    uploads = [ti for ti in deployed.task_instances(RANGE, run_id) if ti["task_id"] == "chunk.upload"]
+    assert uploads and {ti["state"] for ti in uploads} == {"success"}
+    for upload in uploads:
+        waiting_from, taken = when(upload["scheduled_when"]), when(upload["queued_when"])
+        assert waiting_from and taken
+        jumped = [
+            ti["dag_run_id"] for ti in hourly if (q := when(ti["queued_when"])) and waiting_from < q < taken
+        ]
+        assert jumped == [], f"no scheduled hour takes the pool while an import waits for it: {jumped}"
+    moved = [ti for ti in hourly if (q := when(ti["queued_when"])) and started < q < ended]
+    assert moved, "the catchup kept moving while nothing of the import waited for the pool"
+    assert seconds_during < 4 * seconds_alone + 60, "the import finished within a few times its time alone"
+    source = between(spend_by_hour(deployed.litellm_url), during, during + 168 * HOUR)
+    assert len(source) == 6 and between(held_by_hour(deployed), during, during + 168 * HOUR) == source
 
 
 @pytest.fixture(scope="module", autouse=True)
