@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
@@ -115,6 +115,12 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+@lru_cache(maxsize=1024)
+def _iso_hour(hour: datetime) -> str:
+    """:func:`iso_hour` of an aware hour, remembered: a window's rows share a few hours."""
+    return iso_hour(hour)
+
+
 @dataclass
 class AggregateRow:
     """One group: an hour (aware UTC) and dimension values (``None`` = none)."""
@@ -126,7 +132,7 @@ class AggregateRow:
     def as_dict(self) -> dict[str, Any]:
         """The staged form: ``hour`` (``2026-11-01T13:00:00Z``), ``dims`` and the totals (``spend``, ``requests``,
         ``total_tokens`` ...)."""
-        return {"hour": iso_hour(self.hour), "dims": self.dims, **self.totals.as_dict()}
+        return {"hour": _iso_hour(self.hour), "dims": self.dims, **self.totals.as_dict()}
 
     def as_row(self) -> dict[str, Any]:
         """The form the pure report and telemetry modules read: as :meth:`as_dict`, ``hour`` a datetime."""
@@ -507,8 +513,12 @@ ORDER BY 1{outer_dims}, 2, 3"""
         names = [d.name for d in dims]
         n_dims = len(dims)
         totals: dict[datetime, HourTotal] = {}
+        raw_hour: Any = None
+        hour = datetime.min
         for record in self._stream(sql, params, "cloudzero_extract"):
-            hour, reason, g = _utc(record[0]), record[1], record[2]
+            if record[0] != raw_hour:  # the rows come in hour order: one aware hour for all of an hour's rows
+                raw_hour, hour = record[0], _utc(record[0])
+            reason, g = record[1], record[2]
             values = record[3 : 3 + n_dims]
             req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
             t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
