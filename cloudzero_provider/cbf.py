@@ -12,6 +12,7 @@ usage family ``llm-usage``, ``provider`` and ``model`` tags) so its users recogn
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -20,7 +21,7 @@ from datetime import datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
 from typing import Any
 
-from cloudzero_provider.cbf_rules import row_errors
+from cloudzero_provider.cbf_rules import MAX_NUMBER_CHARS, is_number, row_errors
 from cloudzero_provider.dimensions import Dimension
 from cloudzero_provider.windows import iso_hour
 
@@ -35,6 +36,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_VALUE_CHARS = 256
 MAX_SEGMENT_CHARS = 64
 OTHER = "(other)"
+# Combinations of dimension values whose CBF columns transform_pairs keeps built (a few hundred bytes each).
+MAX_CACHED_COMBINATIONS = 5000
 
 
 # Decimal arithmetic rounds to 28 digits by default; money sums here must never round, so any rounding raises.
@@ -70,6 +73,20 @@ def exact_decimal(value: str | int | Decimal, *, what: str = "value") -> str:
     if "." in text:
         text = text.rstrip("0").rstrip(".")
     return text or "0"
+
+
+_PLAIN_DECIMAL = re.compile(r"(?:0|[1-9][0-9]*)(?:\.[0-9]+)?")
+
+
+def cbf_cost(spend: Any) -> str | None:
+    """:func:`exact_decimal` of a spend written as PostgreSQL writes a non-negative ``numeric`` (``12.50`` ->
+    ``12.5``), by text alone; ``None`` for anything else (a ``Decimal``, an exponent, a sign, leading zeros), which
+    :func:`exact_decimal` must then read."""
+    if type(spend) is not str or len(spend) > MAX_NUMBER_CHARS or not _PLAIN_DECIMAL.fullmatch(spend):
+        return None
+    if "." in spend:
+        spend = spend.rstrip("0").rstrip(".")
+    return spend or "0"
 
 
 def safe_value(value: str, limit: int = MAX_VALUE_CHARS) -> str:
@@ -173,26 +190,86 @@ def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> I
 def transform_pairs(
     rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]
 ) -> Iterator[tuple[Mapping[str, Any], dict[str, str]]]:
-    """As :func:`transform`, each CBF row with the aggregated row it came from."""
+    """As :func:`transform`, each CBF row with the aggregated row it came from.
+
+    What depends only on a row's dimension values (resource id, account, tags) is built and validated once per
+    combination of values, and an hour's text once per hour: a combination repeats across the hours and days of a
+    window. A row this shortcut cannot vouch for (a spend not written as PostgreSQL writes a numeric, a count that
+    is not a non-negative int, a new hour or combination) goes through :func:`to_cbf` and
+    :func:`~cloudzero_provider.cbf_rules.row_errors` whole, so every row and every error is the one they give.
+    """
     tag_keys = {d.name: d.tag for d in dims}
+    by_values: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}  # columns of a combination, validated
+    hour: Any = None
+    hour_text = ""
     for index, row in enumerate(rows):
-        hour = row.get("hour")
-        where = f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
+        fixed: dict[str, str] | None = None
+        cost = amount = None
+        tokens = requests = None
         try:
-            cbf = to_cbf(
-                row["hour"],
-                row["dims"],
-                spend=row["spend"],
-                total_tokens=int(row["total_tokens"]),
-                requests=int(row["requests"]),
-                tag_keys=tag_keys,
+            fixed = by_values.get(tuple(row["dims"].items()))
+            cost = cbf_cost(row["spend"])
+            tokens, requests = row["total_tokens"], row["requests"]
+        except (KeyError, TypeError, AttributeError):  # unhashable or missing: to_cbf names it
+            fixed = None
+        if type(tokens) is int and tokens >= 0:
+            amount = str(tokens)
+        if (
+            fixed is not None
+            and cost is not None
+            and amount is not None
+            and row.get("hour") is hour
+            and type(requests) is int
+            and is_number(cost)
+            and is_number(amount)
+        ):
+            yield (
+                row,
+                {
+                    "time/usage_start": hour_text,
+                    "cost/cost": cost,
+                    "usage/amount": amount,
+                    "usage/units": "tokens",
+                    "lineitem/type": "Usage",
+                    "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
+                    **fixed,
+                },
             )
-        except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CBFError(f"{where}: {exc}") from None
-        errors = row_errors(cbf)
-        if errors:
-            raise CBFError(f"{where}: " + "; ".join(errors))
+            continue
+        cbf = _checked_cbf(index, row, tag_keys)
+        hour, hour_text = row["hour"], cbf["time/usage_start"]
+        if len(by_values) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
+            by_values.clear()
+        with contextlib.suppress(TypeError, AttributeError):
+            by_values[tuple(row["dims"].items())] = {k: v for k, v in cbf.items() if k not in _PER_ROW}
         yield row, cbf
+
+
+# The columns of a CBF row that vary with more than its dimension values (to_cbf writes them first).
+_PER_ROW = frozenset(
+    {"time/usage_start", "cost/cost", "usage/amount", "usage/units", "lineitem/type", "lineitem/description"}
+)
+
+
+def _checked_cbf(index: int, row: Mapping[str, Any], tag_keys: Mapping[str, str]) -> dict[str, str]:
+    """One aggregated row -> its validated CBF row; :class:`CBFError` names the row, its hour and the column."""
+    hour = row.get("hour")
+    where = f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
+    try:
+        cbf = to_cbf(
+            row["hour"],
+            row["dims"],
+            spend=row["spend"],
+            total_tokens=int(row["total_tokens"]),
+            requests=int(row["requests"]),
+            tag_keys=tag_keys,
+        )
+    except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CBFError(f"{where}: {exc}") from None
+    errors = row_errors(cbf)
+    if errors:
+        raise CBFError(f"{where}: " + "; ".join(errors))
+    return cbf
 
 
 def is_caller_controlled(name: str) -> bool:

@@ -40,6 +40,10 @@ TMP_SUFFIX = ".tmp"
 FILE_MODE, DIR_MODE = 0o600, 0o700
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_JSON_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def configured_staging_uri() -> str | None:
     """``[cloudzero] staging_uri`` from Airflow's configuration, else ``CLOUDZERO_STAGING_URI``, else None."""
     from airflow.providers.common.compat.sdk import conf
@@ -300,7 +304,7 @@ class WindowStage:
         def lines() -> Iterator[bytes]:
             nonlocal count
             for row in rows:
-                yield json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+                yield _JSON_LINE.encode(row).encode("utf-8") + b"\n"
                 count += 1
 
         write_lines_atomically(self.path(name), lines())

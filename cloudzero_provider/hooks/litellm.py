@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any, Literal
 
 from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
@@ -37,6 +37,25 @@ _INVALID = """CASE
     WHEN s.spend < 0 THEN 'spend is negative'
     WHEN {tokens_negative} THEN 'token count is negative'
 END"""
+
+
+# The complement of _INVALID, written so that PostgreSQL estimates it from the columns' statistics (it takes an
+# ``IS NULL`` of an expression to hold for 0.5% of the rows, which turns a hash aggregate into a sort). NaN sorts above
+# every number, so ``>= 0`` keeps it: it is named. A NULL token count is not negative, as in _INVALID.
+_VALID = """s.spend >= 0 AND s.spend <> 'NaN'::float8 AND s.spend <> 'Infinity'::float8
+            AND ({tokens_negative}) IS NOT TRUE"""
+
+
+def _valid(total_tokens: str) -> str:
+    """SQL over alias ``s`` that holds exactly when :func:`_invalid_reason` is NULL."""
+    return _VALID.format(
+        tokens_negative=f"s.prompt_tokens < 0 OR s.completion_tokens < 0 OR {total_tokens} < 0"
+    )
+
+
+def _grouping(d_cols: Sequence[str]) -> str:
+    """``GROUPING()`` of the dimension columns of alias ``a``: 0 in a group of dimension values, else a total."""
+    return f"GROUPING({', '.join('a.' + c for c in d_cols)})" if d_cols else "0"
 
 
 def _invalid_reason(total_tokens: str = "s.total_tokens") -> str:
@@ -96,6 +115,12 @@ def _utc(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
+@lru_cache(maxsize=1024)
+def _iso_hour(hour: datetime) -> str:
+    """:func:`iso_hour` of an aware hour, remembered: a window's rows share a few hours."""
+    return iso_hour(hour)
+
+
 @dataclass
 class AggregateRow:
     """One group: an hour (aware UTC) and dimension values (``None`` = none)."""
@@ -107,7 +132,7 @@ class AggregateRow:
     def as_dict(self) -> dict[str, Any]:
         """The staged form: ``hour`` (``2026-11-01T13:00:00Z``), ``dims`` and the totals (``spend``, ``requests``,
         ``total_tokens`` ...)."""
-        return {"hour": iso_hour(self.hour), "dims": self.dims, **self.totals.as_dict()}
+        return {"hour": _iso_hour(self.hour), "dims": self.dims, **self.totals.as_dict()}
 
     def as_row(self) -> dict[str, Any]:
         """The form the pure report and telemetry modules read: as :meth:`as_dict`, ``hour`` a datetime."""
@@ -284,135 +309,192 @@ class LiteLLMSpendHook(PostgresHook):
 
     # -- SQL --------------------------------------------------------------------------------------------
 
-    def _dimension_sql(self, dims: Sequence[Dimension], source: Source, params: dict[str, Any]) -> list[str]:
+    def _dimension_sql(self, dims: Sequence[Dimension], params: dict[str, Any]) -> list[str]:
+        """Each dimension of a spend-log read as SQL over alias ``s`` (``NULL::text`` where a column is missing)."""
         exprs: list[str] = []
         missing: list[str] = []
-        if source == "spend_logs":
-            columns = self.table_columns(SPEND_LOGS)
-            for i, dim in enumerate(dims):
-                if dim.name.startswith(TAG_DIMENSION_PREFIX):
-                    prefix = dim.name[len(TAG_DIMENSION_PREFIX) :] + ":"
-                    params[f"tag{i}"] = prefix
-                    if "request_tags" not in columns:
-                        missing.append(f"{dim.name} (needs request_tags)")
-                        exprs.append("NULL::text")
-                    else:
-                        exprs.append(_TAG_SQL.format(start=len(prefix) + 1, prefix=f"%(tag{i})s::text"))
-                    continue
-                sql, needs = _SPEND_LOG_DIMS[dim.name]
-                absent = [c for c in needs if c not in columns]
-                if absent:
-                    missing.append(f"{dim.name} (needs column {', '.join(absent)})")
-                    sql = "NULL::text"
-                exprs.append(sql)
-        else:
-            self.table_columns(DAILY_TABLES[source])
-            daily = {
-                "api_key": _SPEND_LOG_DIMS["api_key"][0],
-                "model": "NULLIF(s.model, '')",
-                "model_group": "NULLIF(s.model_group, '')",
-                "provider": "NULLIF(s.custom_llm_provider, '')",
-            }
-            daily["api_key_alias"] = (
-                f"(SELECT NULLIF(v.key_alias, '') FROM {self._table(VERIFICATION_TOKENS)} AS v "
-                "WHERE v.token = s.api_key LIMIT 1)"
-            )
-            if source == "daily_team":
-                daily["team_id"] = "NULLIF(s.team_id, '')"
-            elif source == "daily_user":
-                daily["user"] = "NULLIF(s.user_id, '')"
-            else:  # one tag prefix: each request counts once per tag, so the stream holds one prefix only
-                tags = [d for d in dims if d.name.startswith(TAG_DIMENSION_PREFIX)]
-                if len(tags) != 1:
-                    raise AirflowFailException(
-                        "LiteLLM_DailyTagSpend counts a request once per tag: give exactly one tag:<prefix> "
-                        f"dimension for its stream, got {[d.name for d in tags]}"
-                    )
-                prefix = tags[0].name[len(TAG_DIMENSION_PREFIX) :] + ":"
-                params["tag_like"] = (
-                    prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-                )
-                daily[tags[0].name] = f"NULLIF(substr(s.tag, {len(prefix) + 1}), '')"
-            unavailable = [d.name for d in dims if d.name not in daily]
-            if unavailable:
-                raise AirflowFailException(
-                    f"{DAILY_TABLES[source]} cannot give dimension(s) {unavailable}: LiteLLM's daily rollups keep "
-                    f"only {sorted(daily)}. Choose among those for the daily-rollup export (CLOUDZERO_DAILY_DIMENSIONS)."
-                )
-            exprs.extend(daily[d.name] for d in dims)
+        columns = self.table_columns(SPEND_LOGS)
+        for i, dim in enumerate(dims):
+            if dim.name.startswith(TAG_DIMENSION_PREFIX):
+                prefix = dim.name[len(TAG_DIMENSION_PREFIX) :] + ":"
+                params[f"tag{i}"] = prefix
+                if "request_tags" not in columns:
+                    missing.append(f"{dim.name} (needs request_tags)")
+                    exprs.append("NULL::text")
+                else:
+                    exprs.append(_TAG_SQL.format(start=len(prefix) + 1, prefix=f"%(tag{i})s::text"))
+                continue
+            sql, needs = _SPEND_LOG_DIMS[dim.name]
+            absent = [c for c in needs if c not in columns]
+            if absent:
+                missing.append(f"{dim.name} (needs column {', '.join(absent)})")
+                sql = "NULL::text"
+            exprs.append(sql)
         if missing:
             self.log.warning(
                 "LiteLLM database lacks what these dimensions need; they stay empty: %s", "; ".join(missing)
             )
         return exprs
 
+    def _daily_dimension_sql(
+        self, dims: Sequence[Dimension], source: Source, params: dict[str, Any]
+    ) -> tuple[list[str], list[str]]:
+        """Each dimension of a daily-rollup read as SQL over alias ``s`` (the rollup's columns) and ``v`` (the key's
+        row in LiteLLM_VerificationToken), and the rollup columns those need, in a stable order."""
+        self.table_columns(DAILY_TABLES[source])
+        daily: dict[str, tuple[str, str]] = {
+            "api_key": (_SPEND_LOG_DIMS["api_key"][0], "api_key"),
+            "api_key_alias": ("NULLIF(v.key_alias, '')", "api_key"),
+            "model": ("NULLIF(s.model, '')", "model"),
+            "model_group": ("NULLIF(s.model_group, '')", "model_group"),
+            "provider": ("NULLIF(s.custom_llm_provider, '')", "custom_llm_provider"),
+        }
+        if source == "daily_team":
+            daily["team_id"] = ("NULLIF(s.team_id, '')", "team_id")
+        elif source == "daily_user":
+            daily["user"] = ("NULLIF(s.user_id, '')", "user_id")
+        else:  # one tag prefix: each request counts once per tag, so the stream holds one prefix only
+            tags = [d for d in dims if d.name.startswith(TAG_DIMENSION_PREFIX)]
+            if len(tags) != 1:
+                raise AirflowFailException(
+                    "LiteLLM_DailyTagSpend counts a request once per tag: give exactly one tag:<prefix> "
+                    f"dimension for its stream, got {[d.name for d in tags]}"
+                )
+            prefix = tags[0].name[len(TAG_DIMENSION_PREFIX) :] + ":"
+            params["tag_like"] = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            daily[tags[0].name] = (f"NULLIF(substr(s.tag, {len(prefix) + 1}), '')", "tag")
+        unavailable = [d.name for d in dims if d.name not in daily]
+        if unavailable:
+            raise AirflowFailException(
+                f"{DAILY_TABLES[source]} cannot give dimension(s) {unavailable}: LiteLLM's daily rollups keep "
+                f"only {sorted(daily)}. Choose among those for the daily-rollup export (CLOUDZERO_DAILY_DIMENSIONS)."
+            )
+        return [daily[d.name][0] for d in dims], list(dict.fromkeys(daily[d.name][1] for d in dims))
+
     def aggregate_sql(
         self, window: Window, dims: Sequence[Dimension], source: Source = "spend_logs"
     ) -> tuple[str, dict[str, Any]]:
-        """The one statement that aggregates a window: per hour and dimensions, plus per-hour totals."""
+        """The one statement that aggregates a window: per hour and dimensions, plus per-hour totals.
+
+        Its rows: hour, reason (NULL: valid rows), ``GROUPING()`` of the dimensions (0: a group of the hour and its
+        dimension values; else the hour's totals for that reason), the dimension values, requests, successes,
+        failures, exact spend of the valid rows as text, prompt, completion and total tokens, and up to five ids of
+        the invalid rows. The groups come in the order of hour, then dimension values.
+        """
+        if source != "spend_logs":
+            return self._daily_aggregate_sql(window, dims, source)
         start, end = window.naive_utc()
-        if source != "spend_logs" and not window.is_day_aligned:
-            raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
-        params: dict[str, Any] = {}
-        dim_exprs = self._dimension_sql(dims, source, params)
-        if source == "spend_logs":
-            columns = self.table_columns(SPEND_LOGS)
-            params.update(start=start, end=end)
-            table = self._table(SPEND_LOGS)
-            hour_in, hour_out = "date_trunc('hour', s.\"startTime\")", "a.hour"
-            where = 's."startTime" >= %(start)s AND s."startTime" < %(end)s'
-            n, row_id = "1", "s.request_id"
-            total_tokens = "s.total_tokens"
-            if "status" in columns:
-                ok = "CASE WHEN s.status = 'success' THEN 1 ELSE 0 END"
-                failed = "CASE WHEN s.status = 'failure' THEN 1 ELSE 0 END"
-            else:
-                self.log.warning(
-                    "LiteLLM_SpendLogs has no status column: success/failure counts are not available"
-                )
-                ok = failed = "NULL::int"
+        params: dict[str, Any] = {"start": start, "end": end}
+        dim_exprs = self._dimension_sql(dims, params)
+        columns = self.table_columns(SPEND_LOGS)
+        if "status" in columns:
+            ok = "CASE WHEN s.status = 'success' THEN 1 ELSE 0 END"
+            failed = "CASE WHEN s.status = 'failure' THEN 1 ELSE 0 END"
         else:
-            if not window.is_day_aligned:
-                raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
-            params.update(start=day_label(window.start), end=day_label(window.end))
-            table = self._table(DAILY_TABLES[source])
-            # ``date`` is text in LiteLLM's rollups; only the output groups are cast, as ISO dates
-            hour_in, hour_out = "s.date", "a.hour::date::timestamp"
-            where = "s.date >= %(start)s AND s.date < %(end)s"
-            if source == "daily_tag":
-                where += " AND s.tag LIKE %(tag_like)s"
-            n, row_id = "s.api_requests", "s.id"
-            total_tokens = "(s.prompt_tokens + s.completion_tokens)"
-            ok, failed = "s.successful_requests", "s.failed_requests"
-        invalid = _invalid_reason(total_tokens)
+            self.log.warning(
+                "LiteLLM_SpendLogs has no status column: success/failure counts are not available"
+            )
+            ok = failed = "NULL::int"
         d_cols = [f"d{i}" for i in range(len(dims))]
         inner_dims = "".join(
             f",\n        {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True)
         )
         outer_dims = "".join(f", a.{col}" for col in d_cols)
-        grouping = f"GROUPING({', '.join('a.' + c for c in d_cols)})" if d_cols else "0"
         group_by = (
             f"GROUPING SETS ((a.hour, a.reason{outer_dims}), (a.hour, a.reason))"
             if d_cols
             else "a.hour, a.reason"
         )
         sql = f"""
-SELECT {hour_out} AS hour, a.reason, {grouping} AS g{outer_dims},
+SELECT a.hour AS hour, a.reason, {_grouping(d_cols)} AS g{outer_dims},
        sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
        sum(a.spend::numeric) FILTER (WHERE a.reason IS NULL)::text,
        COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
        COALESCE(sum(a.total_tokens), 0)::bigint,
        (array_agg(a.row_id) FILTER (WHERE a.reason IS NOT NULL))[1:{SAMPLES}]
 FROM (
-    SELECT {hour_in} AS hour, {invalid} AS reason, s.spend AS spend,
-        {n} AS n, {ok} AS ok, {failed} AS failed,
+    SELECT date_trunc('hour', s."startTime") AS hour, {_invalid_reason()} AS reason, s.spend AS spend,
+        1 AS n, {ok} AS ok, {failed} AS failed,
         s.prompt_tokens AS prompt_tokens, s.completion_tokens AS completion_tokens,
-        {total_tokens} AS total_tokens, {row_id} AS row_id{inner_dims}
-    FROM {table} AS s
-    WHERE {where}
+        s.total_tokens AS total_tokens, s.request_id AS row_id{inner_dims}
+    FROM {self._table(SPEND_LOGS)} AS s
+    WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
 ) AS a
 GROUP BY {group_by}
 ORDER BY 1"""
+        return sql, params
+
+    def _daily_aggregate_sql(
+        self, window: Window, dims: Sequence[Dimension], source: Source
+    ) -> tuple[str, dict[str, Any]]:
+        """:meth:`aggregate_sql` of a daily rollup, in three steps so that PostgreSQL hashes the rollup's rows once:
+
+        1. the valid rows grouped by day and the raw rollup columns the dimensions read (a hash aggregate: the
+           rollup's own columns carry statistics, so PostgreSQL sees how few groups there are), beside the invalid
+           rows grouped by day and reason (their ids kept as samples);
+        2. the dimensions computed on those groups, the key alias joined from LiteLLM_VerificationToken once per
+           group (its ``token`` is the primary key: one alias at most per key);
+        3. the groups of (day, dimension values) and each day's totals per reason, as for spend logs: numeric sums
+           of numeric sums are exact and keep the largest scale, so every figure is the one a single grouping gives.
+        """
+        if not window.is_day_aligned:
+            raise AirflowFailException(f"the daily source needs a window of whole UTC days, got {window}")
+        params: dict[str, Any] = {"start": day_label(window.start), "end": day_label(window.end)}
+        dim_exprs, raw = self._daily_dimension_sql(dims, source, params)
+        table = self._table(DAILY_TABLES[source])
+        where = "s.date >= %(start)s AND s.date < %(end)s"
+        if source == "daily_tag":
+            where += " AND s.tag LIKE %(tag_like)s"
+        total_tokens = "(s.prompt_tokens + s.completion_tokens)"
+        invalid = _invalid_reason(total_tokens)
+        sums = (
+            "sum(s.api_requests) AS n, sum(s.successful_requests) AS ok, sum(s.failed_requests) AS failed, "
+            "{spend} AS spend, sum(s.prompt_tokens) AS prompt_tokens, sum(s.completion_tokens) AS completion_tokens, "
+            "sum(s.prompt_tokens + s.completion_tokens) AS total_tokens"
+        )
+        raw_valid = "".join(f", s.{c}" for c in raw)
+        raw_invalid = "".join(f", NULL::text AS {c}" for c in raw)
+        d_cols = [f"d{i}" for i in range(len(dims))]
+        middle_dims = "".join(f", {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True))
+        outer_dims = "".join(f", a.{col}" for col in d_cols)
+        group_by = (
+            f"GROUPING SETS ((a.hour, a.reason{outer_dims}), (a.hour, a.reason))"
+            if d_cols
+            else "a.hour, a.reason"
+        )
+        alias_join = (
+            f"\n    LEFT JOIN {self._table(VERIFICATION_TOKENS)} AS v ON v.token = s.api_key"
+            if any(d.name == "api_key_alias" for d in dims)
+            else ""
+        )
+        sql = f"""
+SELECT a.hour::date::timestamp AS hour, a.reason, {_grouping(d_cols)} AS g{outer_dims},
+       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
+       sum(a.spend) FILTER (WHERE a.reason IS NULL)::text,
+       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
+       COALESCE(sum(a.total_tokens), 0)::bigint,
+       max(a.samples)
+FROM (
+    SELECT s.hour, s.reason, s.n, s.ok, s.failed, s.spend, s.prompt_tokens, s.completion_tokens, s.total_tokens,
+        s.samples{middle_dims}
+    FROM (
+        SELECT s.date AS hour, NULL::text AS reason{raw_valid}, {sums.format(spend="sum(s.spend::numeric)")},
+            NULL::text[] AS samples
+        FROM {table} AS s
+        WHERE {where}
+            AND {_valid(total_tokens)}
+        GROUP BY s.date{raw_valid}
+        UNION ALL
+        SELECT s.date, {invalid}{raw_invalid}, {sums.format(spend="NULL::numeric")},
+            (array_agg(s.id ORDER BY s.id))[1:{SAMPLES}]
+        FROM {table} AS s
+        WHERE {where}
+            AND ({_valid(total_tokens)}) IS NOT TRUE
+        GROUP BY 1, 2
+    ) AS s{alias_join}
+) AS a
+GROUP BY {group_by}
+ORDER BY 1{outer_dims}, 2, 3"""
         return sql, params
 
     # -- reading ----------------------------------------------------------------------------------------
@@ -431,8 +513,12 @@ ORDER BY 1"""
         names = [d.name for d in dims]
         n_dims = len(dims)
         totals: dict[datetime, HourTotal] = {}
+        raw_hour: Any = None
+        hour = datetime.min
         for record in self._stream(sql, params, "cloudzero_extract"):
-            hour, reason, g = _utc(record[0]), record[1], record[2]
+            if record[0] != raw_hour:  # the rows come in hour order: one aware hour for all of an hour's rows
+                raw_hour, hour = record[0], _utc(record[0])
+            reason, g = record[1], record[2]
             values = record[3 : 3 + n_dims]
             req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
             t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))

@@ -9,7 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudzero_provider.cbf import CBFError, exact_decimal, resource_id, to_cbf, transform
+from cloudzero_provider.cbf import (
+    CBFError,
+    cbf_cost,
+    exact_decimal,
+    resource_id,
+    to_cbf,
+    transform,
+    transform_pairs,
+)
 from cloudzero_provider.cbf_rules import NUMBER_RE, row_errors
 from cloudzero_provider.dimensions import BUILTIN, DEFAULT_DIMENSIONS, resolve
 
@@ -174,3 +182,82 @@ def test_capping_an_hours_rows_keeps_its_totals_exactly(groups, cap):
             assert min(Decimal(r["spend"]) for r in kept) >= max(Decimal(r["spend"]) for r in gone), (
                 "smallest folded"
             )
+
+
+numeric_texts = st.one_of(
+    decimals.map(lambda d: format(d, "f")),  # as PostgreSQL writes a numeric: plain, trailing zeros kept
+    st.from_regex(r"-?[0-9]{0,3}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,2})?", fullmatch=True),
+    st.sampled_from(
+        ["0", "0.000", "00.5", "-0", "1e-10", "1E+3", " 1", "1.", ".5", "NaN", "Infinity", "", "٣"]
+    ),
+)
+
+
+@given(numeric_texts)
+@settings(max_examples=800)
+def test_cbf_cost_by_text_is_exact_decimal(text):
+    """The text shortcut gives exactly what exact_decimal gives, or declines (never a different answer)."""
+    fast = cbf_cost(text)
+    try:
+        slow = exact_decimal(text)
+    except CBFError:
+        assert fast is None
+        return
+    assert fast in (None, slow)
+    if format(Decimal(text), "f") == text and not text.startswith("-"):  # PostgreSQL's form: always by text
+        assert fast == slow
+
+
+staged_rows = st.fixed_dictionaries(
+    {
+        "hour": st.sampled_from(
+            [H13, H13.replace(hour=14), datetime(2026, 11, 1, 13, 30, tzinfo=timezone.utc)]
+        ),
+        "dims": st.sampled_from(
+            [
+                {"team_id": "t1", "model": "m"},
+                {"team_id": None, "model": "m"},
+                {"team_id": "t\n1", "model": "x"},
+                {"team_id": "t1", "model": ["unhashable"]},
+                {"team_id": 5, "model": "m"},
+            ]
+        ),
+        "spend": st.one_of(numeric_texts, decimals, st.just(None)),
+        "total_tokens": st.one_of(st.integers(-2, 10**6), st.just("12"), st.just(True), st.just(10**500)),
+        "requests": st.one_of(st.integers(0, 3), st.just(1.0)),
+    }
+)
+
+
+@given(st.lists(staged_rows, max_size=12))
+@settings(max_examples=400)
+def test_transform_pairs_equals_row_by_row(rows):
+    """Built once per combination of dimension values or row by row, every CBF row and every error is the same."""
+    dims = resolve(["team_id", "model"])
+    tags = {d.name: d.tag for d in dims}
+    expected: list[dict[str, str]] = []
+    error = None
+    for index, row in enumerate(rows):
+        try:
+            cbf = to_cbf(row["hour"], row["dims"], spend=row["spend"], total_tokens=int(row["total_tokens"]),
+                         requests=int(row["requests"]), tag_keys=tags)  # fmt: skip
+        except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            error = f"aggregated row {index} (hour {row['hour']:'%Y-%m-%dT%H:00:00Z'}): {exc}"
+            break
+        if row_errors(cbf):
+            error = f"aggregated row {index} (hour {row['hour']:'%Y-%m-%dT%H:00:00Z'}): " + "; ".join(
+                row_errors(cbf)
+            )
+            break
+        expected.append(cbf)
+    got: list[dict[str, str]] = []
+    try:
+        for _, cbf in transform_pairs(rows, dims):
+            got.append(cbf)
+    except CBFError as exc:
+        assert str(exc) == error
+    else:
+        assert error is None
+    assert [list(r.items()) for r in got] == [
+        list(r.items()) for r in expected
+    ]  # key order too: the bytes sent

@@ -1,0 +1,130 @@
+"""The daily-rollup read's three-step statement returns what one plain grouping returns, on edge values (both ages)."""
+
+from __future__ import annotations
+
+import math
+
+import psycopg2
+import pytest
+
+from cloudzero_provider.dimensions import resolve
+from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, _invalid_reason, _valid
+from cloudzero_provider.testing.postgres import airflow_conn_uri
+from cloudzero_provider.testing.reference_sql import one_level_daily_sql
+from cloudzero_provider.windows import Window
+
+WINDOW = Window.of("2026-11-01T00:00:00Z", "2026-11-03T00:00:00Z")
+SPENDS = [0.0, -0.0, 1e-10, 5e-324, 2.2250738585072014e-308, 0.1, 0.2, 0.30000000000000004, 1e15, 1.7976931348623157e308,
+          123456789.123456789, 3.0]  # fmt: skip
+INVALID_SPENDS = [math.nan, math.inf, -math.inf, -1e-10, -5.0]
+KEYS = ["k-alias", "k-alias-twin", "k-empty-alias", "k-null-alias", "k-unknown", "", "a" * 64]
+TEAMS = ["t1", "T1", "", None, "t\n1", "团队", "t1 "]
+
+
+@pytest.fixture
+def db(litellm_db, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    with psycopg2.connect(litellm_db) as conn, conn.cursor() as cur:
+        cur.executemany(
+            'INSERT INTO "LiteLLM_VerificationToken" (token, key_alias) VALUES (%s, %s)',
+            [
+                ("k-alias", "shared"),
+                ("k-alias-twin", "shared"),
+                ("k-empty-alias", ""),
+                ("k-null-alias", None),
+            ],
+        )
+        rows = []
+        for i in range(400):
+            spend = SPENDS[i % len(SPENDS)] if i % 23 else INVALID_SPENDS[(i // 23) % len(INVALID_SPENDS)]
+            prompt = -3 if i % 37 == 5 else 1000 + i
+            rows.append((
+                f"r{i:04d}", TEAMS[i % len(TEAMS)], f"2026-11-0{1 + i % 3}", KEYS[(i // 2) % len(KEYS)],
+                ["", "gpt-4o", "GPT-4o", "gpt-4o "][i % 4] + "-" * (i // 84), [None, "g"][i % 2], ["openai", "", None][i % 3], prompt,
+                10 + i % 5, spend, 1 + i % 4, i % 4, 1,
+            ))  # fmt: skip
+        cur.executemany(
+            """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, model_group,
+                   custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests, successful_requests,
+                   failed_requests, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())""",
+            rows,
+        )
+    conn.close()
+    return litellm_db
+
+
+def _rows(url, sql, params):
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        out = cur.fetchall()
+    conn.close()
+    return out
+
+
+@pytest.mark.parametrize(
+    "dims",
+    [
+        ["team_id", "api_key_alias", "model", "model_group", "provider"],
+        ["api_key_alias"],
+        ["api_key", "team_id"],
+        ["provider", "model"],
+        [],
+    ],
+)
+def test_daily_statement_equals_one_plain_grouping(db, dims):
+    sql, params = LiteLLMSpendHook().aggregate_sql(WINDOW, resolve(dims), "daily_team")
+    ours = _rows(db, sql, params)
+    reference = _rows(db, *one_level_daily_sql("2026-11-01", "2026-11-03", dims))
+    n = len(dims)
+
+    def groups(rows):  # (hour, dimension values) -> figures, of the valid rows
+        return [(r[0], *r[3 : 3 + n], *r[3 + n : -1]) for r in rows if r[1] is None and r[2] == 0]
+
+    def totals(rows):  # (hour, reason) -> figures and the ids of invalid rows (any five of them)
+        return {
+            (r[0], r[1]): (*r[3 + n : -1], sorted(r[-1] or []) if r[1] is None else len(r[-1] or []))
+            for r in rows
+            if r[2] != 0 or n == 0
+        }
+
+    assert totals(ours) == totals(reference)
+    assert any(reason is not None for _, reason in totals(ours))  # the invalid rows are there
+    # the same groups, exact spend text and all, in the order of hour then dimension values
+    key = [(g[0], *((v is None, v or "") for v in g[1 : 1 + n])) for g in groups(ours)]
+    assert key == sorted(key)
+    assert groups(ours) == sorted(
+        groups(reference), key=lambda g: (g[0], *((v is None, v or "") for v in g[1 : 1 + n]))
+    )
+    if (
+        "api_key_alias" in dims
+    ):  # two keys of one alias are one group; '' and NULL aliases and unknown keys none
+        aliases = {g[1 + dims.index("api_key_alias")] for g in groups(ours)}
+        assert aliases == {"shared", None}
+
+
+def test_samples_of_invalid_rows_are_their_ids(db):
+    sql, params = LiteLLMSpendHook().aggregate_sql(WINDOW, resolve(["team_id"]), "daily_team")
+    by_reason = {(r[0], r[1]): r[-1] for r in _rows(db, sql, params) if r[1] is not None and r[2] != 0}
+    ids = {row[0] for row in _rows(db, 'SELECT id FROM "LiteLLM_DailyTeamSpend"', {})}
+    assert by_reason and all(
+        1 <= len(s) <= 5 and set(s) <= ids and s == sorted(s) for s in by_reason.values()
+    )
+
+
+def test_valid_is_exactly_no_invalid_reason(litellm_db):
+    """The predicate that lets PostgreSQL hash the valid rows holds exactly when the row has no invalid reason,
+    NULLs, NaN, infinities and signed zeros included."""
+    spends = ["NULL", "'NaN'", "'Infinity'", "'-Infinity'", "'-0'", "0", "-1e-300", "1e-300", "5", "-5"]
+    tokens = ["NULL", "-1", "0", "7", "1099511627776"]
+    values = ", ".join(
+        f"({s}::float8, {p}::bigint, {c}::bigint)" for s in spends for p in tokens for c in tokens
+    )
+    total = "(s.prompt_tokens + s.completion_tokens)"
+    rows = _rows(
+        litellm_db,
+        f"""SELECT ({_invalid_reason(total)}) IS NULL, COALESCE(({_valid(total)}), false), ({_valid(total)}) IS NOT TRUE
+            FROM (VALUES {values}) AS s(spend, prompt_tokens, completion_tokens)""",
+        {},
+    )
+    assert len(rows) > 100
+    assert all(no_reason == valid == (not invalid) for no_reason, valid, invalid in rows)
