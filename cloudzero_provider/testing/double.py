@@ -117,6 +117,8 @@ class CloudZeroDouble:
             self.requests: list[dict[str, Any]] = []
             self.in_flight: dict[tuple[str, str], int] = defaultdict(int)
             self.concurrent_requests = 0
+            # Seconds spent answering requests (parsing, checking and applying bodies): for benchmarks.
+            self.handling_seconds = 0.0
             self.telemetry_records_seen = 0
             self.rate_limited = 0
             self._bucket = self.telemetry_burst
@@ -197,10 +199,12 @@ class CloudZeroDouble:
             "idempotency_key": headers.get("cloudzero-idempotency-key"),
             "content_length": len(body),
         }
+        began = time.perf_counter()
         reply = self._handle(method, path, headers, body, entry)
         entry["status"] = reply.status
         with self.lock:
             self.requests.append(entry)
+            self.handling_seconds += time.perf_counter() - began
         return reply
 
     def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes, entry: dict) -> Reply:
