@@ -88,11 +88,7 @@ def breakdown(result: RangeRun) -> list[str]:
         spans = sorted(steps.get(step, []))
         if not spans:
             continue
-        covered, reach = 0.0, spans[0][0]
-        for a, b in spans:  # the union of the spans: seconds during which at least one ran
-            if b > reach:
-                covered += (b - max(a, reach)).total_seconds()
-                reach = b
+        covered = covered_seconds(spans)
         total = sum((b - a).total_seconds() for a, b in spans)
         longest = max((b - a).total_seconds() for a, b in spans)
         lines.append(f"    {step:<9} {len(spans):>3} TI(s): {total:6.1f}s summed, {covered:6.1f}s of wall "
@@ -104,10 +100,21 @@ def breakdown(result: RangeRun) -> list[str]:
         lines.append(f"    queued -> running (worker start-up, scheduling): {sum(waits):.1f}s summed over "
                      f"{len(waits)} TI(s), mean {sum(waits) / len(waits):.1f}s, longest {max(waits):.1f}s")  # fmt: skip
     if run_start and run_end and starts:
-        lines.append(f"    run {(run_end - run_start).total_seconds():.1f}s start to end: first task running after "
-                     f"{(min(starts) - run_start).total_seconds():.1f}s, run ended "
-                     f"{(run_end - max(ends)).total_seconds():.1f}s after the last task")  # fmt: skip
+        busy = covered_seconds([span for spans in steps.values() for span in spans])
+        lines.append(f"    run {(run_end - run_start).total_seconds():.1f}s start to end, {busy:.1f}s with a task "
+                     f"running: first task running after {(min(starts) - run_start).total_seconds():.1f}s, run "
+                     f"ended {(run_end - max(ends)).total_seconds():.1f}s after the last task")  # fmt: skip
     return lines
+
+
+def covered_seconds(spans: list[tuple[datetime, datetime]]) -> float:
+    """Seconds during which at least one of the spans ran (the length of their union)."""
+    covered, reach = 0.0, None
+    for a, b in sorted(spans):
+        if reach is None or b > reach:
+            covered += (b - (a if reach is None else max(a, reach))).total_seconds()
+            reach = b
+    return covered
 
 
 def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:

@@ -118,6 +118,38 @@ def resource_id(dims: Mapping[str, str | None]) -> str:
     )
 
 
+def resource_columns(dims: Mapping[str, str | None], tag_keys: Mapping[str, str]) -> dict[str, str]:
+    """The columns of a CBF row that depend on its dimension values alone: resource id, service, account, region,
+    usage family and one tag per dimension that has a value."""
+    row = {
+        "resource/id": resource_id(dims),
+        "resource/service": SERVICE,
+        "resource/account": safe_value(dims.get("team_id") or NO_TEAM) if "team_id" in dims else SERVICE,
+        "resource/region": REGION,
+        "resource/usage_family": USAGE_FAMILY,
+    }
+    for name, value in dims.items():
+        if value is not None:
+            row[f"resource/tag:{tag_keys[name]}"] = safe_value(value)
+    return row
+
+
+def _usage_columns(hour: datetime, spend: str | Decimal, total_tokens: int, requests: int) -> dict[str, str]:
+    """The columns of a CBF row that depend on its hour and figures."""
+    if hour.utcoffset() != timedelta(0) or hour.minute or hour.second or hour.microsecond:
+        raise CBFError(f"hour {hour!r} is not the start of a UTC hour")
+    if total_tokens < 0:
+        raise CBFError(f"total tokens {total_tokens} are negative")
+    return {
+        "time/usage_start": iso_hour(hour),
+        "cost/cost": exact_decimal(spend, what="spend"),
+        "usage/amount": str(int(total_tokens)),
+        "usage/units": "tokens",
+        "lineitem/type": "Usage",
+        "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
+    }
+
+
 def to_cbf(
     hour: datetime,
     dims: Mapping[str, str | None],
@@ -137,27 +169,7 @@ def to_cbf(
     :param requests: Requests of the group, named in the line item's description.
     :param tag_keys: Dimension name -> CBF tag key.
     """
-    if hour.utcoffset() != timedelta(0) or hour.minute or hour.second or hour.microsecond:
-        raise CBFError(f"hour {hour!r} is not the start of a UTC hour")
-    if total_tokens < 0:
-        raise CBFError(f"total tokens {total_tokens} are negative")
-    row = {
-        "time/usage_start": iso_hour(hour),
-        "cost/cost": exact_decimal(spend, what="spend"),
-        "usage/amount": str(int(total_tokens)),
-        "usage/units": "tokens",
-        "lineitem/type": "Usage",
-        "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
-        "resource/id": resource_id(dims),
-        "resource/service": SERVICE,
-        "resource/account": safe_value(dims.get("team_id") or NO_TEAM) if "team_id" in dims else SERVICE,
-        "resource/region": REGION,
-        "resource/usage_family": USAGE_FAMILY,
-    }
-    for name, value in dims.items():
-        if value is not None:
-            row[f"resource/tag:{tag_keys[name]}"] = safe_value(value)
-    return row
+    return {**_usage_columns(hour, spend, total_tokens, requests), **resource_columns(dims, tag_keys)}
 
 
 def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> Iterator[dict[str, str]]:
@@ -170,28 +182,50 @@ def transform(rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]) -> I
         yield cbf
 
 
+# Dimension combinations whose resource columns :func:`transform_pairs` keeps, built and checked, for the next
+# rows that carry them (the same teams, users and models come back every hour). Bounded, so memory stays flat.
+RESOURCE_CACHE_SIZE = 10_000
+
+
 def transform_pairs(
     rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]
 ) -> Iterator[tuple[Mapping[str, Any], dict[str, str]]]:
-    """As :func:`transform`, each CBF row with the aggregated row it came from."""
+    """As :func:`transform`, each CBF row with the aggregated row it came from.
+
+    The resource columns of a dimension combination are built and checked once, then reused for every later row
+    carrying the same combination (each row's own columns are checked every time): the rows and errors are
+    exactly those of building and checking every row whole.
+    """
     tag_keys = {d.name: d.tag for d in dims}
+    checked: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}
     for index, row in enumerate(rows):
         hour = row.get("hour")
         where = f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
+        key: tuple[tuple[str, Any], ...] | None = None
         try:
-            cbf = to_cbf(
-                row["hour"],
-                row["dims"],
-                spend=row["spend"],
-                total_tokens=int(row["total_tokens"]),
-                requests=int(row["requests"]),
-                tag_keys=tag_keys,
-            )
+            start, values = row["hour"], row["dims"]
+            usage = _usage_columns(start, row["spend"], int(row["total_tokens"]), int(row["requests"]))
+            resource = None
+            if isinstance(values, dict):
+                try:
+                    key = tuple(values.items())
+                    resource = checked.get(key)
+                except TypeError:  # a value that is not hashable is not a string: resource_columns says so
+                    key = None
+            fresh = resource is None
+            if resource is None:
+                resource = resource_columns(values, tag_keys)
         except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CBFError(f"{where}: {exc}") from None
-        errors = row_errors(cbf)
+        cbf = {**usage, **resource}
+        # Checked whole the first time; later, its resource columns are those checked then.
+        errors = row_errors(cbf) if fresh else row_errors(usage)
         if errors:
             raise CBFError(f"{where}: " + "; ".join(errors))
+        if fresh and key is not None:
+            if len(checked) >= RESOURCE_CACHE_SIZE:
+                checked.clear()
+            checked[key] = resource
         yield row, cbf
 
 
