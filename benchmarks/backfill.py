@@ -146,7 +146,7 @@ def main() -> None:
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is needed (apt-get install redis-server)")
     from cloudzero_provider.testing.fixtures import CONNECTION_ID
-    from cloudzero_provider.testing.seed import seed_synthetic, spend_by_hour
+    from cloudzero_provider.testing.seed import analyze_spend_logs, seed_synthetic, spend_by_hour
     from tests.deployment.harness import Deployment
 
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -180,8 +180,10 @@ def main() -> None:
               "task instances", flush=True)  # fmt: skip
         print("\n".join(breakdown(floor)), flush=True)
         began = time.monotonic()
-        for hour in range(args.days * 24):
-            seed_synthetic(d.litellm_url, start + timedelta(hours=hour), args.rows, id_prefix=f"b{hour}")
+        for hour in range(args.days * 24):  # statistics refreshed once, at the end
+            seed_synthetic(d.litellm_url, start + timedelta(hours=hour), args.rows, id_prefix=f"b{hour}",
+                           analyze=False)  # fmt: skip
+        analyze_spend_logs(d.litellm_url)
         seeded = time.monotonic() - began
         pg = pg_aggregate_seconds(d.litellm_url, start, end)
         answering = d.double.double.handling_seconds
