@@ -8,6 +8,7 @@ HTTP server. Nothing here imports Airflow.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -58,7 +59,14 @@ def month_key(value: str) -> str:
 
 
 def hour_key(row: dict[str, str]) -> str:
-    return parse_time(row["time/usage_start"]).strftime("%Y-%m-%dT%H:00:00Z")
+    return _hour_of(row["time/usage_start"])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _hour_of(usage_start: str) -> str:
+    """The hour a ``time/usage_start`` falls in; cached, since a ``replace_hourly`` looks at every row the month
+    holds, and a month's rows share a few hundred texts (a value that does not parse is not cached: it raises)."""
+    return parse_time(usage_start).strftime("%Y-%m-%dT%H:00:00Z")
 
 
 def _bad_request(message: str, kind: str = "ValidationError") -> Reply:
