@@ -3,12 +3,15 @@ Celery workers, PostgreSQL metadata DB; see tests/deployment/harness.py).
 
     ./dev bench --backfill                  # 30 days x 10,000 requests/hour through the range DAG
     ./dev bench --backfill --days 7 --rows 2000
-    ./dev bench --backfill --chunk-hours 168 # the range in week-sized chunks (the trigger form's chunk_hours)
+    ./dev bench --backfill --chunk-hours 24  # at most a day per chunk (the trigger form's chunk_hours)
     ./dev bench --backfill --compare        # also: 168-hour range holding 6 hours of spend vs the hourly
                                             # DAG's catchup of those 6 hours
 
 The range DAG is triggered through the REST API as the UI's trigger form does. Printed: wall time, task instances,
-hours per minute, source rows per second, and PostgreSQL's own time for the same aggregate (EXPLAIN ANALYZE).
+hours per minute, source rows per second, PostgreSQL's own time for the same aggregate (EXPLAIN ANALYZE), and
+where the time went: per step (plan, extract, transform, upload) the task instances' summed and wall-clock
+seconds, queued -> running latency (worker start-up and scheduling), and the CloudZero double's time answering.
+The floor is a one-hour range of 100 requests in the same deployment: task start-up and scheduling alone.
 Figures are printed, never asserted.
 """
 
@@ -18,8 +21,10 @@ import argparse
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,10 +36,22 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def trigger_range(
-    d, start: datetime, end: datetime, chunk_hours: int | None = None
-) -> tuple[float, int, str]:
-    """Trigger the range DAG as the UI form does; wait; return wall seconds, task instances and state."""
+def when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
+@dataclass
+class RangeRun:
+    """A finished range run: wall seconds as the client saw them, its state, and its task instances."""
+
+    wall: float
+    state: str
+    run: dict[str, Any]
+    tis: list[dict[str, Any]]
+
+
+def trigger_range(d, start: datetime, end: datetime, chunk_hours: int | None = None) -> RangeRun:
+    """Trigger the range DAG as the UI form does; wait; return the run and its task instances."""
     began = time.monotonic()
     conf: dict[str, object] = {"start": iso(start), "end": iso(end)}
     if chunk_hours:
@@ -46,9 +63,58 @@ def trigger_range(
         ),
         3600,
         "the range run",
-        every=2,
+        every=1,
     )
-    return time.monotonic() - began, len(d.task_instances(RANGE, run["dag_run_id"])), state
+    wall = time.monotonic() - began
+    finished = d.api("GET", f"/dags/{RANGE}/dagRuns/{run['dag_run_id']}")
+    return RangeRun(wall, state, finished, d.task_instances(RANGE, run["dag_run_id"]))
+
+
+def breakdown(result: RangeRun) -> list[str]:
+    """Where a range run's time went, from its task instances' own timestamps: per step (plan, extract,
+    transform, upload) how many ran, their summed seconds, the wall-clock seconds during which at least one ran,
+    and the longest; and the time between a task being queued and running (worker start-up and scheduling)."""
+    steps: dict[str, list[tuple[datetime, datetime]]] = {}
+    waits: list[float] = []
+    for ti in result.tis:
+        started, ended = when(ti.get("start_date")), when(ti.get("end_date"))
+        queued = when(ti.get("queued_when"))
+        if started and ended:
+            steps.setdefault(ti["task_id"].rsplit(".", 1)[-1], []).append((started, ended))
+        if started and queued:
+            waits.append((started - queued).total_seconds())
+    lines = []
+    for step in ("plan", "extract", "transform", "upload"):
+        spans = sorted(steps.get(step, []))
+        if not spans:
+            continue
+        covered = covered_seconds(spans)
+        total = sum((b - a).total_seconds() for a, b in spans)
+        longest = max((b - a).total_seconds() for a, b in spans)
+        lines.append(f"    {step:<9} {len(spans):>3} TI(s): {total:6.1f}s summed, {covered:6.1f}s of wall "
+                     f"with one running, longest {longest:5.1f}s")  # fmt: skip
+    run_start, run_end = when(result.run.get("start_date")), when(result.run.get("end_date"))
+    starts = [a for spans in steps.values() for a, _ in spans]
+    ends = [b for spans in steps.values() for _, b in spans]
+    if waits:
+        lines.append(f"    queued -> running (worker start-up, scheduling): {sum(waits):.1f}s summed over "
+                     f"{len(waits)} TI(s), mean {sum(waits) / len(waits):.1f}s, longest {max(waits):.1f}s")  # fmt: skip
+    if run_start and run_end and starts:
+        busy = covered_seconds([span for spans in steps.values() for span in spans])
+        lines.append(f"    run {(run_end - run_start).total_seconds():.1f}s start to end, {busy:.1f}s with a task "
+                     f"running: first task running after {(min(starts) - run_start).total_seconds():.1f}s, run "
+                     f"ended {(run_end - max(ends)).total_seconds():.1f}s after the last task")  # fmt: skip
+    return lines
+
+
+def covered_seconds(spans: list[tuple[datetime, datetime]]) -> float:
+    """Seconds during which at least one of the spans ran (the length of their union)."""
+    covered, reach = 0.0, None
+    for a, b in sorted(spans):
+        if reach is None or b > reach:
+            covered += (b - (a if reach is None else max(a, reach))).total_seconds()
+            reach = b
+    return covered
 
 
 def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
@@ -75,12 +141,12 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--rows", type=int, default=10_000, help="requests per hour")
     parser.add_argument("--compare", action="store_true", help="also the 168-hour range vs hourly catchup")
-    parser.add_argument("--chunk-hours", type=int, help="the range's chunk size (default: the DAG's, a day)")
+    parser.add_argument("--chunk-hours", type=int, help="the most hours per chunk (default: the DAG's)")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is needed (apt-get install redis-server)")
     from cloudzero_provider.testing.fixtures import CONNECTION_ID
-    from cloudzero_provider.testing.seed import seed_synthetic, spend_by_hour
+    from cloudzero_provider.testing.seed import analyze_spend_logs, seed_synthetic, spend_by_hour
     from tests.deployment.harness import Deployment
 
     now = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0)
@@ -100,20 +166,29 @@ def main() -> None:
                        1200, "6 catchup runs", every=2)  # fmt: skip
             catchup = time.monotonic() - began
             d.api("PATCH", f"/dags/{HOURLY}", json={"is_paused": True})
-            wall, tis, state = trigger_range(
-                d, catchup_start - timedelta(hours=162), catchup_start + timedelta(hours=6)
-            )
+            rr = trigger_range(d, catchup_start - timedelta(hours=162), catchup_start + timedelta(hours=6))
             print(f"hourly catchup of 6 hours with spend: {catchup:.0f}s ({6 / catchup * 60:.1f} hours/min); "
-                  f"range of 168 hours holding the same 6: {wall:.0f}s, {tis} task instances, {state} -> "
-                  f"{wall / catchup:.2f}x the catchup", flush=True)  # fmt: skip
+                  f"range of 168 hours holding the same 6: {rr.wall:.0f}s, {len(rr.tis)} task instances, {rr.state} "
+                  f"-> {rr.wall / catchup:.2f}x the catchup", flush=True)  # fmt: skip
         start = (catchup_start - timedelta(days=args.days + 2)).replace(hour=0)
         end = start + timedelta(days=args.days)
+        # The floor: a one-hour range of a few requests, in the same deployment -- task start-up and scheduling.
+        floor_hour = start - timedelta(days=1)
+        seed_synthetic(d.litellm_url, floor_hour, 100, id_prefix="floor")
+        floor = trigger_range(d, floor_hour, floor_hour + timedelta(hours=1))
+        print(f"floor: a one-hour range of 100 requests: {floor.wall:.1f}s wall, {floor.state}, {len(floor.tis)} "
+              "task instances", flush=True)  # fmt: skip
+        print("\n".join(breakdown(floor)), flush=True)
         began = time.monotonic()
-        for hour in range(args.days * 24):
-            seed_synthetic(d.litellm_url, start + timedelta(hours=hour), args.rows, id_prefix=f"b{hour}")
+        for hour in range(args.days * 24):  # statistics refreshed once, at the end
+            seed_synthetic(d.litellm_url, start + timedelta(hours=hour), args.rows, id_prefix=f"b{hour}",
+                           analyze=False)  # fmt: skip
+        analyze_spend_logs(d.litellm_url)
         seeded = time.monotonic() - began
         pg = pg_aggregate_seconds(d.litellm_url, start, end)
-        wall, tis, state = trigger_range(d, start, end, args.chunk_hours)
+        answering = d.double.double.handling_seconds
+        rr = trigger_range(d, start, end, args.chunk_hours)
+        answering = d.double.double.handling_seconds - answering
         hours = args.days * 24
         rows = hours * args.rows
         held = {
@@ -126,10 +201,15 @@ def main() -> None:
             for h, v in spend_by_hour(d.litellm_url).items()
             if h in held or start <= datetime.fromisoformat(h.replace("Z", "+00:00")) < end
         }
-        print(f"range of {args.days} days x {args.rows:,} requests/hour in chunks of {args.chunk_hours or 24} hours ({rows:,} rows, seeded in {seeded:.0f}s): "
-              f"{wall:.0f}s wall, {state}, {tis} task instances, {hours / wall * 60:.0f} hours/min, "
-              f"{rows / wall:,.0f} rows/s; PostgreSQL's own aggregate of the range {pg:.1f}s "
-              f"({wall / pg:.1f}x); exact: {held == source}", flush=True)  # fmt: skip
+        chunking = f"chunks of up to {args.chunk_hours} hours" if args.chunk_hours else "default chunks"
+        print(f"range of {args.days} days x {args.rows:,} requests/hour in {chunking} ({rows:,} rows, seeded in "
+              f"{seeded:.0f}s): {rr.wall:.0f}s wall, {rr.state}, {len(rr.tis)} task instances, "
+              f"{hours / rr.wall * 60:.0f} hours/min, {rows / rr.wall:,.0f} rows/s; PostgreSQL's own aggregate of "
+              f"the range {pg:.1f}s ({rr.wall / pg:.1f}x); floor (one-hour range) {floor.wall:.1f}s; "
+              f"exact: {held == source}", flush=True)  # fmt: skip
+        print("\n".join(breakdown(rr)), flush=True)
+        print(f"    PostgreSQL's aggregate alone {pg:.1f}s; the CloudZero double answering the uploads {answering:.1f}s",
+              flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

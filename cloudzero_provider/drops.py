@@ -19,12 +19,21 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import msgspec
+
 from cloudzero_provider.windows import hour_of, iso_hour, month_start
 
 DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # below 5 MB whether CloudZero means 5,000,000 or 5,242,880 bytes
 
 
+_SORTED = msgspec.json.Encoder(order="sorted")
+
+
 def serialize_row(row: Mapping[str, str]) -> bytes:
+    """A row as it is sent: ``json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True)`` in UTF-8,
+    byte for byte; msgspec writes it, several times faster, when every key and value is a string (CBF rows)."""
+    if type(row) is dict and all(type(k) is str and type(v) is str for k, v in row.items()):
+        return _SORTED.encode(row)
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 

@@ -18,6 +18,10 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 from cloudzero_provider.drops import DEFAULT_MAX_REQUEST_BYTES
 from cloudzero_provider.windows import parse_instant
 
+# Spend-log rows a range chunk aims for: a few seconds of work per task, far from any memory limit (extract,
+# transform and upload stream hour by hour).
+DEFAULT_RANGE_CHUNK_ROWS = 2_000_000
+
 # name -> (environment variable, description); the DAGs' doc_md is generated from this table.
 SETTINGS: dict[str, tuple[str, str]] = {
     "litellm_conn_id": (
@@ -79,6 +83,10 @@ SETTINGS: dict[str, tuple[str, str]] = {
     "max_request_bytes": (
         "CLOUDZERO_MAX_REQUEST_BYTES",
         "Largest exact request body sent to AnyCost (default 4000000, below CloudZero's 5 MB).",
+    ),
+    "range_chunk_rows": (
+        "CLOUDZERO_RANGE_CHUNK_ROWS",
+        "Spend-log rows the range DAG aims for per mapped chunk: consecutive hours are joined until a chunk holds this many, within the trigger form's `chunk_hours` (default 2000000; a denser hour is a chunk of its own).",
     ),
     "db_schema": ("LITELLM_DB_SCHEMA", "PostgreSQL schema of LiteLLM's tables (default `public`)."),
     "report_tag_prefixes": (
@@ -153,6 +161,7 @@ BOUNDS: dict[str, tuple[int, int]] = {
     "max_request_bytes": (16_384, 5_000_000),
     "reconcile_retention_days": (0, 3650),
     "max_lag_hours": (1, 720),
+    "range_chunk_rows": (1, 1_000_000_000),
 }
 
 
@@ -191,6 +200,7 @@ class ExportSettings:
     retries: int = 4
     retry_delay_seconds: int = 60
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    range_chunk_rows: int = DEFAULT_RANGE_CHUNK_ROWS
     db_schema: str = "public"
     report_tag_prefixes: list[str] | None = None
     alert_limits: dict[str, float] | None = None

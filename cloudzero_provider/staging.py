@@ -31,6 +31,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from airflow.sdk import ObjectStoragePath
 
 from cloudzero_provider.windows import Window
@@ -38,10 +39,6 @@ from cloudzero_provider.windows import Window
 ENV_STAGING = "CLOUDZERO_STAGING_URI"  # kept working; AIRFLOW__CLOUDZERO__STAGING_URI is preferred
 TMP_SUFFIX = ".tmp"
 FILE_MODE, DIR_MODE = 0o600, 0o700
-
-
-# One encoder for every line: json.dumps with options builds a new one per call.
-_JSON_LINE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def configured_staging_uri() -> str | None:
@@ -277,6 +274,41 @@ def _object_write_if(path: ObjectStoragePath, data: bytes, version: str | None) 
     return True
 
 
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder()
+
+
+def _plain(value: Any) -> bool:
+    """JSON that msgspec writes byte for byte as ``json.dumps`` does: strings, whole numbers, booleans, null, and
+    lists and string-keyed objects of them. Floats are not (``NaN``, ``1e+16``): rows holding one go through
+    ``json``."""
+    kind = type(value)
+    if kind is str or kind is int or kind is bool or value is None:
+        return True
+    if kind is dict:
+        return all(type(k) is str and _plain(v) for k, v in value.items())
+    if kind is list:
+        return all(_plain(v) for v in value)
+    return False
+
+
+def encode_line(row: Any) -> bytes:
+    """One staged JSON line, exactly as ``json.dumps(row, ensure_ascii=False, separators=(",", ":"))`` writes it,
+    in UTF-8 and ending in a newline; msgspec writes it, several times faster, when the row is :func:`_plain`."""
+    if _plain(row):
+        return _ENCODER.encode(row) + b"\n"
+    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def decode_line(line: bytes) -> Any:
+    """A staged JSON line as ``json.loads`` reads it; msgspec reads it when it can (``json`` reads what msgspec
+    refuses: ``NaN``, numbers out of range, lone surrogates)."""
+    try:
+        return _DECODER.decode(line)
+    except msgspec.DecodeError:
+        return json.loads(line)
+
+
 class WindowStage:
     """The staging folder of one window of one export target.
 
@@ -304,7 +336,7 @@ class WindowStage:
         def lines() -> Iterator[bytes]:
             nonlocal count
             for row in rows:
-                yield _JSON_LINE.encode(row).encode("utf-8") + b"\n"
+                yield encode_line(row)
                 count += 1
 
         write_lines_atomically(self.path(name), lines())
@@ -317,13 +349,13 @@ class WindowStage:
 
     def read_jsonl(self, name: str) -> Iterator[Any]:
         try:
-            fh = self.path(name).open("r", encoding="utf-8")
+            fh = self.path(name).open("rb")
         except FileNotFoundError:
             raise self._missing(name) from None
         with fh:
             for line in fh:
                 if line.strip():
-                    yield json.loads(line)
+                    yield decode_line(line)
 
     def write_json(self, name: str, value: Any) -> ObjectStoragePath:
         path = self.path(name)

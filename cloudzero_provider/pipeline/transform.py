@@ -3,7 +3,6 @@ integrity check of staged CBF rows against what the transform recorded, which th
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -239,9 +238,16 @@ def cbf_hours(stage: WindowStage) -> Iterator[tuple[datetime, list[bytes]]]:
 
     :raises StagedOrderError: An hour's rows are not together (the transform writes them in hour order).
     """
+    for hour, rows, _ in _cbf_hours(stage, costs=False):
+        yield hour, rows
+
+
+def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, list[bytes], Decimal]]:
+    """As :func:`cbf_hours`, with the exact sum of each hour's ``cost/cost`` when ``costs`` (else 0)."""
     hours_of: dict[str, datetime] = {}  # an hour's rows share one text: parse it once
     current: datetime | None = None
     rows: list[bytes] = []
+    cost = Decimal(0)
     done: set[datetime] = set()
     for row in stage.read_jsonl("cbf.jsonl"):
         text = row["time/usage_start"]
@@ -249,13 +255,16 @@ def cbf_hours(stage: WindowStage) -> Iterator[tuple[datetime, list[bytes]]]:
         if hour != current:
             if current is not None:
                 done.add(current)
-                yield current, rows
+                yield current, rows, cost
             if hour in done:
                 raise StagedOrderError(f"the rows of hour {iso_hour(hour)} are not together")
-            current, rows = hour, []
+            current, rows, cost = hour, [], Decimal(0)
         rows.append(serialize_row(row))
+        if costs:
+            value = row["cost/cost"]
+            cost = EXACT.add(cost, value if isinstance(value, Decimal) else Decimal(value))
     if current is not None:
-        yield current, rows
+        yield current, rows, cost
 
 
 def check_staged_cbf(
@@ -273,8 +282,7 @@ def check_staged_cbf(
         staged: dict[datetime, StagedHour] = {}
         torn = ""
         try:
-            for hour, rows in cbf_hours(stage):
-                cost = exact_sum(json.loads(r)["cost/cost"] for r in rows)
+            for hour, rows, cost in _cbf_hours(stage, costs=True):
                 staged[hour] = StagedHour(len(rows), cost, content_digest(rows))
         except (ValueError, KeyError, TypeError) as exc:  # a line cut in the middle, rows out of order
             torn = f"cbf.jsonl cannot be read ({exc})"

@@ -1,4 +1,4 @@
-"""``litellm_cloudzero_range``: any date range on demand, in day-sized chunks, with dry run."""
+"""``litellm_cloudzero_range``: any date range on demand, in chunks sized by the rows they hold, with dry run."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from cloudzero_provider.ready_dags.common import (
     staging_area,
     template_filters,
 )
-from cloudzero_provider.settings import ExportSettings
+from cloudzero_provider.settings import DEFAULT_RANGE_CHUNK_ROWS, ExportSettings
 from cloudzero_provider.windows import Window, hour_label, iso_hour
 
 
@@ -50,33 +50,85 @@ def range_hours(start: Any, end: Any) -> list[str]:
     return [hour_label(h) for h in range_window(start, end).hour_starts()]
 
 
+def _rows_of(piece: Window, requests_by_hour: dict[datetime, int]) -> int:
+    return sum(requests_by_hour.get(h, 0) for h in piece.hour_starts())
+
+
+def _split_by_rows(piece: Window, chunk_rows: int, requests_by_hour: dict[datetime, int]) -> list[Window]:
+    """The piece as it is when it holds at most ``chunk_rows`` rows, else cut into runs of whole hours of at most
+    ``chunk_rows`` rows each (an hour holding more is a run of its own)."""
+    if _rows_of(piece, requests_by_hour) <= chunk_rows:
+        return [piece]
+    parts: list[Window] = []
+    start, held = piece.start, 0
+    for hour in piece.hour_starts():
+        rows = requests_by_hour.get(hour, 0)
+        if hour > start and held + rows > chunk_rows:
+            parts.append(Window(start, hour))
+            start, held = hour, 0
+        held += rows
+    parts.append(Window(start, piece.end))
+    return parts
+
+
 def plan_chunks(
-    window: Window, chunk_hours: int, requests_by_hour: dict[datetime, int], exported: set[datetime]
+    window: Window,
+    chunk_hours: int,
+    requests_by_hour: dict[datetime, int],
+    exported: set[datetime],
+    *,
+    chunk_rows: int = DEFAULT_RANGE_CHUNK_ROWS,
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """
-    The chunks of a range worth mapping, and a summary of the range.
+    The chunks of a range worth mapping, sized by the spend-log rows they hold, and a summary of the range.
 
-    A chunk is mapped when it holds spend-log rows, or when an hour of it was exported before (it may have
-    changed to nothing since, and must be looked at again); empty time costs nothing.
+    The range is cut at UTC midnights (or into ``chunk_hours``-aligned pieces of a day when ``chunk_hours`` is
+    shorter); a piece holding more than ``chunk_rows`` rows is cut further into runs of whole hours. Consecutive
+    pieces are then joined into one chunk while it stays within ``chunk_rows`` rows and ``chunk_hours`` hours, so
+    a sparse month is a few chunks and a dense one many bounded ones; only an hour holding more than
+    ``chunk_rows`` rows on its own makes a chunk that holds more. A piece is mapped when it holds spend-log rows,
+    or when an hour of it was exported before (it may have changed to nothing since, and must be looked at
+    again); empty time costs nothing, and a chunk never spans it.
     """
-    chunks, mapped_hours, requests = [], 0, 0
-    for chunk in window.chunks(chunk_hours):
-        held = sum(requests_by_hour.get(h, 0) for h in chunk.hour_starts())
-        if held or any(h in exported for h in chunk.hour_starts()):
-            chunks.append({"window_start": iso_hour(chunk.start), "window_end": iso_hour(chunk.end)})
-            mapped_hours += chunk.hours
-            requests += held
+    if chunk_hours < 1 or chunk_rows < 1:
+        raise ValueError(f"chunk_hours and chunk_rows must be at least 1, got {chunk_hours} and {chunk_rows}")
+    chunks: list[Window] = []
+    current: Window | None = None
+    current_rows, skipped = 0, 0
+    for piece in window.chunks(min(chunk_hours, 24)):
+        for part in _split_by_rows(piece, chunk_rows, requests_by_hour):
+            rows = _rows_of(part, requests_by_hour)
+            if not rows and not any(h in exported for h in part.hour_starts()):
+                skipped += 1
+                if current is not None:
+                    chunks.append(current)
+                current = None
+            elif (
+                current is not None
+                and current.end == part.start
+                and current.hours + part.hours <= chunk_hours
+                and current_rows + rows <= chunk_rows
+            ):
+                current, current_rows = Window(current.start, part.end), current_rows + rows
+            else:
+                if current is not None:
+                    chunks.append(current)
+                current, current_rows = part, rows
+    if current is not None:
+        chunks.append(current)
     summary = {
         "range": window.label,
         "hours": window.hours,
         "hours_with_spend": sum(1 for h in window.hour_starts() if requests_by_hour.get(h)),
         "chunk_hours": chunk_hours,
+        "chunk_rows": chunk_rows,
         "chunks": len(chunks),
-        "chunks_skipped_empty": len(window.chunks(chunk_hours)) - len(chunks),
-        "hours_in_chunks": mapped_hours,
-        "requests": requests,
+        "chunks_skipped_empty": skipped,
+        "hours_in_chunks": sum(c.hours for c in chunks),
+        "requests": sum(_rows_of(c, requests_by_hour) for c in chunks),
+        "largest_chunk_requests": max((_rows_of(c, requests_by_hour) for c in chunks), default=0),
     }
-    return chunks, summary
+    return [{"window_start": iso_hour(c.start), "window_end": iso_hour(c.end)} for c in chunks], summary
 
 
 def build_range_dag(settings: ExportSettings | None = None) -> DAG:
@@ -88,8 +140,12 @@ Trigger with the form (or `airflow dags trigger {RANGE_DAG_ID} --conf '{{"start"
 "end": "2026-11-02T00:00:00Z"}}'`, or `airflow dags test {RANGE_DAG_ID} --conf '...'`).
 
 `plan` counts the range's spend-log rows per hour in one query over the `"startTime"` index and maps one
-extract -> transform -> upload chain per **chunk** of `chunk_hours` hours (a UTC day by default, labelled
-`2026-11-01` in the grid) that holds spend or was exported before; empty time is not mapped at all. Each chunk
+extract -> transform -> upload chain per **chunk**. A chunk joins consecutive UTC days until it holds
+{settings.range_chunk_rows:,} spend-log rows (`CLOUDZERO_RANGE_CHUNK_ROWS`), never more than `chunk_hours` hours
+(default {MAX_CHUNK_HOURS}); a day holding more is cut into runs of whole hours. So a sparse month is a few task
+instances, a dense one many, each bounded (memory stays flat anyway: every step streams hour by hour). The grid
+labels a chunk by its window (`2026-11-01` for one whole day). Only time that holds spend or was exported before
+is mapped; empty time is not mapped at all, and no chunk spans it. Each chunk
 is one aggregate statement (grouped by hour in PostgreSQL, streamed), one transform, and an upload that sends
 whole hours with `replace_hourly` through the one-slot pool `{settings.pool}`, logging hours done and requests
 per second. A bad hour does not stop its chunk: every other hour is exported, then the upload fails naming each
@@ -99,7 +155,8 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
 **Params.**
 - `start`, `end`: ISO-8601 date-times aligned to the hour; a time zone offset is converted to UTC. `end` is
   exclusive. At most {MAX_RANGE_HOURS} hours per run.
-- `chunk_hours`: hours per mapped chunk (default 24, at most 168).
+- `chunk_hours`: the most hours one mapped chunk may span (default and maximum {MAX_CHUNK_HOURS}; with `24` no
+  chunk spans two days).
 - `take_over`: switch days the daily-rollup export owns in this stream back to hourly data (their 00:00 daily
   rows are replaced or cleared to 0). Without it such days are skipped with a warning.
 - `dry_run`: send nothing; write the exact request bodies of each hour beside its staging data
@@ -136,12 +193,14 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 description="Hour after the last one to export, e.g. 2026-11-02T00:00:00Z",
             ),
             "chunk_hours": Param(
-                24,
+                MAX_CHUNK_HOURS,
                 type="integer",
                 minimum=1,
                 maximum=MAX_CHUNK_HOURS,
-                title="Hours per chunk",
-                description="Each mapped task exports this many hours (a UTC day by default).",
+                title="Most hours per chunk",
+                description=f"A mapped chunk joins whole days (and hours of a dense day) until it holds "
+                f"{settings.range_chunk_rows:,} spend-log rows (CLOUDZERO_RANGE_CHUNK_ROWS), never more than this "
+                "many hours.",
             ),
             "dry_run": Param(
                 False,
@@ -181,13 +240,15 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
             exported = {
                 h for h in export_target(settings).manifests.hours() if window.start <= h < window.end
             }
-            chunks, summary = plan_chunks(window, int(params.get("chunk_hours") or 24), hook.hour_counts(window),
-                                          exported)  # fmt: skip
+            chunk_hours = int(params.get("chunk_hours") or MAX_CHUNK_HOURS)
+            chunks, summary = plan_chunks(window, chunk_hours, hook.hour_counts(window), exported,
+                                          chunk_rows=settings.range_chunk_rows)  # fmt: skip
             logging.getLogger(__name__).info(
-                "Range %s: %d hour(s), %d with spend, %d request(s); %d chunk(s) of up to %d hour(s) to export, "
-                "%d empty chunk(s) skipped",
+                "Range %s: %d hour(s), %d with spend, %d request(s); %d chunk(s) of up to %d hour(s) and %d "
+                "request(s) to export (the largest %d), %d empty piece(s) skipped",
                 window, summary["hours"], summary["hours_with_spend"], summary["requests"], summary["chunks"],
-                summary["chunk_hours"], summary["chunks_skipped_empty"],
+                summary["chunk_hours"], summary["chunk_rows"], summary["largest_chunk_requests"],
+                summary["chunks_skipped_empty"],
             )  # fmt: skip
             if ti is not None:
                 ti.xcom_push(key="summary", value=summary)

@@ -79,10 +79,12 @@ def seed_synthetic(
     id_prefix: str = "syn",
     seed: float = 0.42,
     with_organization: bool = True,
+    analyze: bool = True,
 ) -> None:
     """``rows`` plausible requests spread over one UTC hour, generated inside PostgreSQL (fast at millions).
 
     Spend is a deterministic pseudo-random price x tokens, so two runs with the same arguments match exactly.
+    Without ``analyze`` the table's statistics are left for the caller to refresh once after many hours.
     """
     start = hour.astimezone(timezone.utc).replace(tzinfo=None, minute=0, second=0, microsecond=0)
     org = ", organization_id" if with_organization else ""
@@ -114,6 +116,14 @@ def seed_synthetic(
             {"prefix": f"{id_prefix}-{start:%Y%m%d%H}", "start": start, "rows": rows, "models": models,
              "users": users, "teams": teams, "end_users": end_users},
         )  # fmt: skip
+        if analyze:
+            cur.execute('ANALYZE "LiteLLM_SpendLogs"')
+    conn.close()
+
+
+def analyze_spend_logs(url: str) -> None:
+    """Refresh ``LiteLLM_SpendLogs``' statistics (after seeding many hours with ``analyze=False``)."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute('ANALYZE "LiteLLM_SpendLogs"')
     conn.close()
 

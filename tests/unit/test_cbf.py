@@ -122,6 +122,43 @@ def test_transform_names_the_bad_row():
         list(transform(rows, resolve(["model"])))
 
 
+@given(
+    st.lists(
+        st.tuples(hours, st.sampled_from(range(4)), decimals, st.integers(-2, 10**6), st.integers(0, 10**6)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.lists(dim_values, min_size=4, max_size=4),
+)
+@settings(max_examples=200)
+def test_transform_reuses_a_combination_and_still_checks_every_row(rows, combinations):
+    """Rows that share a dimension combination (its resource columns built and checked once) come out exactly as
+    each row built and checked whole would, and a bad figure in any of them still fails, naming that row."""
+    staged = [
+        {"hour": h, "dims": dict(combinations[c]), "spend": str(sp), "total_tokens": t, "requests": r}
+        for h, c, sp, t, r in rows
+    ]
+    expected: list[dict[str, str]] = []
+    failure = None
+    for index, row in enumerate(staged):
+        try:
+            cbf = to_cbf(row["hour"], row["dims"], spend=row["spend"], total_tokens=row["total_tokens"],
+                         requests=row["requests"], tag_keys=TAGS)  # fmt: skip
+        except CBFError as exc:
+            failure = f"aggregated row {index} (hour '{row['hour']:%Y-%m-%dT%H:00:00Z}'): {exc}"
+            break
+        assert row_errors(cbf) == []
+        expected.append(cbf)
+    if failure is None:
+        out = list(transform(staged, DIMS))
+        assert out == expected
+        assert [list(r) for r in out] == [list(r) for r in expected], "columns in the same order"
+    else:
+        with pytest.raises(CBFError) as caught:
+            list(transform(staged, DIMS))
+        assert str(caught.value) == failure
+
+
 def test_dimension_resolution_errors():
     assert [d.name for d in resolve(None)] == list(DEFAULT_DIMENSIONS)
     with pytest.raises(ValueError, match="unknown dimension 'team'"):

@@ -1,0 +1,87 @@
+"""Staged JSON lines and sent rows: msgspec writes and reads them byte for byte as ``json`` does."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cloudzero_provider.drops import serialize_row
+from cloudzero_provider.staging import decode_line, encode_line
+
+texts = st.text(alphabet=st.characters(), max_size=20) | st.sampled_from(
+    ["", "\x00\x1f\x7f\u2028", 'é"\\\n\t', "\ud800"]
+)
+scalars = st.none() | st.booleans() | st.integers(-(2**80), 2**80) | texts
+numbers = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e16, -0.0, 1e-7, 2.5])
+json_values = st.recursive(
+    scalars | numbers,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(texts, inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def reference(row: object) -> bytes | type[BaseException]:
+    try:
+        return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+    except (UnicodeEncodeError, ValueError) as exc:
+        return type(exc)
+
+
+def same(a: object, b: object) -> bool:
+    """Equal as JSON values, NaN equal to NaN."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    return type(a) is type(b) and a == b
+
+
+@settings(max_examples=500)
+@given(json_values)
+def test_a_line_is_written_and_read_exactly_as_json_would(row):
+    expected = reference(row)
+    try:
+        line = encode_line(row)
+    except (UnicodeEncodeError, ValueError) as exc:
+        assert expected is type(exc)
+        return
+    assert line == expected
+    assert same(decode_line(line), json.loads(line))
+
+
+@settings(max_examples=300)
+@given(
+    st.binary(max_size=40)
+    | st.sampled_from([b'{"a":NaN}', b'{"a":1e400}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}'])
+)
+def test_any_bytes_read_as_json_reads_them(raw):
+    try:
+        expected = json.loads(raw)
+    except ValueError as exc:
+        try:
+            decode_line(raw)
+        except ValueError as again:
+            assert type(again) is type(exc) or isinstance(again, type(exc))
+            return
+        raise AssertionError(f"{raw!r} was read, json refuses it") from None
+    assert same(decode_line(raw), expected)
+
+
+@settings(max_examples=500)
+@given(st.dictionaries(texts, texts | scalars | numbers, max_size=12))
+def test_a_row_is_sent_exactly_as_json_sorts_it(row):
+    try:
+        expected: bytes | type[BaseException] = json.dumps(
+            row, ensure_ascii=False, separators=(",", ":"), sort_keys=True
+        ).encode("utf-8")
+    except (UnicodeEncodeError, ValueError) as exc:
+        expected = type(exc)
+    try:
+        assert serialize_row(row) == expected
+    except (UnicodeEncodeError, ValueError) as exc:
+        assert expected is type(exc)
