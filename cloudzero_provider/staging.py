@@ -278,17 +278,24 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder()
 
 
+_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
+
+
 def _plain(value: Any) -> bool:
     """JSON that msgspec writes byte for byte as ``json.dumps`` does: strings, whole numbers, booleans, null, and
     lists and string-keyed objects of them. Floats are not (``NaN``, ``1e+16``): rows holding one go through
     ``json``."""
+    # Called for every staged line: plain loops, no generator per value (they cost more than the encoding).
     kind = type(value)
-    if kind is str or kind is int or kind is bool or value is None:
+    if kind in _PLAIN_SCALARS:
         return True
     if kind is dict:
-        return all(type(k) is str and _plain(v) for k, v in value.items())
+        for key, item in value.items():
+            if type(key) is not str or (type(item) not in _PLAIN_SCALARS and not _plain(item)):
+                return False
+        return True
     if kind is list:
-        return all(_plain(v) for v in value)
+        return all(type(item) in _PLAIN_SCALARS or _plain(item) for item in value)
     return False
 
 
