@@ -58,6 +58,12 @@ def _grouping(d_cols: Sequence[str]) -> str:
     return f"GROUPING({', '.join('a.' + c for c in d_cols)})" if d_cols else "0"
 
 
+def _group_by(d_cols: Sequence[str]) -> str:
+    """The groups of alias ``a``: (hour, reason, dimension values), and (hour, reason) for each hour's totals."""
+    outer = "".join(f", a.{c}" for c in d_cols)
+    return f"GROUPING SETS ((a.hour, a.reason{outer}), (a.hour, a.reason))" if d_cols else "a.hour, a.reason"
+
+
 def _invalid_reason(total_tokens: str = "s.total_tokens") -> str:
     """The reason a source row cannot be exported, as SQL over alias ``s`` (NULL when the row is valid)."""
     return _INVALID.format(
@@ -400,11 +406,6 @@ class LiteLLMSpendHook(PostgresHook):
             f",\n        {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True)
         )
         outer_dims = "".join(f", a.{col}" for col in d_cols)
-        group_by = (
-            f"GROUPING SETS ((a.hour, a.reason{outer_dims}), (a.hour, a.reason))"
-            if d_cols
-            else "a.hour, a.reason"
-        )
         sql = f"""
 SELECT a.hour AS hour, a.reason, {_grouping(d_cols)} AS g{outer_dims},
        sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
@@ -420,7 +421,7 @@ FROM (
     FROM {self._table(SPEND_LOGS)} AS s
     WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
 ) AS a
-GROUP BY {group_by}
+GROUP BY {_group_by(d_cols)}
 ORDER BY 1"""
         return sql, params
 
@@ -457,11 +458,6 @@ ORDER BY 1"""
         d_cols = [f"d{i}" for i in range(len(dims))]
         middle_dims = "".join(f", {expr} AS {col}" for expr, col in zip(dim_exprs, d_cols, strict=True))
         outer_dims = "".join(f", a.{col}" for col in d_cols)
-        group_by = (
-            f"GROUPING SETS ((a.hour, a.reason{outer_dims}), (a.hour, a.reason))"
-            if d_cols
-            else "a.hour, a.reason"
-        )
         alias_join = (
             f"\n    LEFT JOIN {self._table(VERIFICATION_TOKENS)} AS v ON v.token = s.api_key"
             if any(d.name == "api_key_alias" for d in dims)
@@ -493,7 +489,7 @@ FROM (
         GROUP BY 1, 2
     ) AS s{alias_join}
 ) AS a
-GROUP BY {group_by}
+GROUP BY {_group_by(d_cols)}
 ORDER BY 1{outer_dims}, 2, 3"""
         return sql, params
 

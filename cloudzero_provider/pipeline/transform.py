@@ -261,8 +261,7 @@ def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, l
             current, rows, cost = hour, [], Decimal(0)
         rows.append(serialize_row(row))
         if costs:
-            value = row["cost/cost"]
-            cost = EXACT.add(cost, value if isinstance(value, Decimal) else Decimal(value))
+            cost = EXACT.add(cost, Decimal(row["cost/cost"]))
     if current is not None:
         yield current, rows, cost
 
