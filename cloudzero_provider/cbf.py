@@ -17,12 +17,14 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
-from typing import Any
+from typing import Any, cast
 
-from cloudzero_provider.cbf_rules import MAX_NUMBER_CHARS, is_number, row_errors
+from cloudzero_provider.cbf_rules import MAX_NUMBER_CHARS, row_errors
 from cloudzero_provider.dimensions import Dimension
+from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.windows import iso_hour
 
 SERVICE = "litellm"
@@ -198,51 +200,99 @@ def transform_pairs(
     is not a non-negative int, a new hour or combination) goes through :func:`to_cbf` and
     :func:`~cloudzero_provider.cbf_rules.row_errors` whole, so every row and every error is the one they give.
     """
+    for row, _, _, cbf in _transform(rows, dims, as_lines=False):
+        yield row, cast(dict[str, str], cbf)  # as_lines=False: a dict
+
+
+def cbf_lines(
+    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]
+) -> Iterator[tuple[Mapping[str, Any], str, str, bytes]]:
+    """As :func:`transform_pairs`, each CBF row as its staged line -- the bytes
+    :func:`~cloudzero_provider.json_lines.encode_line` writes of it, built from the combination's columns encoded
+    once and the row's own figures (digits, an hour's text: nothing JSON escapes), never a dict per row -- with the
+    aggregated row, and the row's ``cost/cost`` and ``usage/amount`` as the line holds them."""
+    items = _transform(rows, dims, as_lines=True)  # each row's line as bytes, never a dict
+    return cast(Iterator[tuple[Mapping[str, Any], str, str, bytes]], items)
+
+
+@dataclass(frozen=True)
+class _Combination:
+    """The CBF columns of one combination of dimension values (resource id, account, tags), validated, and the
+    same columns as the end of a staged line (``"resource/id":...}`` and the newline)."""
+
+    columns: dict[str, str]
+    line_end: str
+
+
+def _transform(
+    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension], *, as_lines: bool
+) -> Iterator[tuple[Mapping[str, Any], str, str, dict[str, str] | bytes]]:
     tag_keys = {d.name: d.tag for d in dims}
-    by_values: dict[tuple[tuple[str, Any], ...], dict[str, str]] = {}  # columns of a combination, validated
+    known: dict[tuple[Any, ...], _Combination] = {}
     hour: Any = None
     hour_text = ""
+    line_start = ""
     for index, row in enumerate(rows):
-        fixed: dict[str, str] | None = None
+        combination: _Combination | None = None
         cost = amount = None
         tokens = requests = None
         try:
-            fixed = by_values.get(tuple(row["dims"].items()))
+            values = row["dims"]
+            combination = known.get((*values, *values.values()))  # names and values, in order
             cost = cbf_cost(row["spend"])
             tokens, requests = row["total_tokens"], row["requests"]
         except (KeyError, TypeError, AttributeError):  # unhashable or missing: to_cbf names it
-            fixed = None
+            combination = None
         if type(tokens) is int and tokens >= 0:
             amount = str(tokens)
+        # cbf_cost's text and a non-negative int's digits are numbers as is_number reads them, but for the length.
         if (
-            fixed is not None
+            combination is not None
             and cost is not None
             and amount is not None
             and row.get("hour") is hour
             and type(requests) is int
-            and is_number(cost)
-            and is_number(amount)
+            and len(amount) <= MAX_NUMBER_CHARS
         ):
-            yield (
-                row,
-                {
-                    "time/usage_start": hour_text,
-                    "cost/cost": cost,
-                    "usage/amount": amount,
-                    "usage/units": "tokens",
-                    "lineitem/type": "Usage",
-                    "lineitem/description": f"LiteLLM spend: {requests} request{'s' if requests != 1 else ''}",
-                    **fixed,
-                },
-            )
+            plural = "s" if requests != 1 else ""
+            if as_lines:  # the bytes encode_line writes of the dict below: one text, encoded once
+                yield (
+                    row,
+                    cost,
+                    amount,
+                    (
+                        f'{line_start}{cost}","usage/amount":"{amount}","usage/units":"tokens","lineitem/type":"Usage",'
+                        f'"lineitem/description":"LiteLLM spend: {requests} request{plural}",{combination.line_end}'
+                    ).encode(),
+                )
+            else:
+                yield (
+                    row,
+                    cost,
+                    amount,
+                    {
+                        "time/usage_start": hour_text,
+                        "cost/cost": cost,
+                        "usage/amount": amount,
+                        "usage/units": "tokens",
+                        "lineitem/type": "Usage",
+                        "lineitem/description": f"LiteLLM spend: {requests} request{plural}",
+                        **combination.columns,
+                    },
+                )
             continue
         cbf = _checked_cbf(index, row, tag_keys)
-        hour, hour_text = row["hour"], cbf["time/usage_start"]
-        if len(by_values) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
-            by_values.clear()
+        hour, hour_text = row["hour"], cbf["time/usage_start"]  # an ISO-8601 date-time: nothing to escape
+        line_start = f'{{"time/usage_start":"{hour_text}","cost/cost":"'
+        if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
+            known.clear()
         with contextlib.suppress(TypeError, AttributeError):
-            by_values[tuple(row["dims"].items())] = {k: v for k, v in cbf.items() if k not in _PER_ROW}
-        yield row, cbf
+            columns = {k: v for k, v in cbf.items() if k not in _PER_ROW}
+            values = row["dims"]
+            known[(*values, *values.values())] = _Combination(
+                columns, encode_line(columns)[1:].decode() if as_lines else ""
+            )
+        yield row, cbf["cost/cost"], cbf["usage/amount"], (encode_line(cbf) if as_lines else cbf)
 
 
 # The columns of a CBF row that vary with more than its dimension values (to_cbf writes them first).

@@ -31,9 +31,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from airflow.sdk import ObjectStoragePath
 
+from cloudzero_provider.json_lines import decode_line, encode_line, encode_plain_lines, join_lines
 from cloudzero_provider.windows import Window
 
 ENV_STAGING = "CLOUDZERO_STAGING_URI"  # kept working; AIRFLOW__CLOUDZERO__STAGING_URI is preferred
@@ -274,48 +274,6 @@ def _object_write_if(path: ObjectStoragePath, data: bytes, version: str | None) 
     return True
 
 
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder()
-
-
-_PLAIN_SCALARS = frozenset({str, int, bool, type(None)})
-
-
-def _plain(value: Any) -> bool:
-    """JSON that msgspec writes byte for byte as ``json.dumps`` does: strings, whole numbers, booleans, null, and
-    lists and string-keyed objects of them. Floats are not (``NaN``, ``1e+16``): rows holding one go through
-    ``json``."""
-    # Called for every staged line: plain loops, no generator per value (they cost more than the encoding).
-    kind = type(value)
-    if kind in _PLAIN_SCALARS:
-        return True
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or (type(item) not in _PLAIN_SCALARS and not _plain(item)):
-                return False
-        return True
-    if kind is list:
-        return all(type(item) in _PLAIN_SCALARS or _plain(item) for item in value)
-    return False
-
-
-def encode_line(row: Any) -> bytes:
-    """One staged JSON line, exactly as ``json.dumps(row, ensure_ascii=False, separators=(",", ":"))`` writes it,
-    in UTF-8 and ending in a newline; msgspec writes it, several times faster, when the row is :func:`_plain`."""
-    if _plain(row):
-        return _ENCODER.encode(row) + b"\n"
-    return json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
-
-
-def decode_line(line: bytes) -> Any:
-    """A staged JSON line as ``json.loads`` reads it; msgspec reads it when it can (``json`` reads what msgspec
-    refuses: ``NaN``, numbers out of range, lone surrogates)."""
-    try:
-        return _DECODER.decode(line)
-    except msgspec.DecodeError:
-        return json.loads(line)
-
-
 class WindowStage:
     """The staging folder of one window of one export target.
 
@@ -336,17 +294,39 @@ class WindowStage:
     def ensure(self) -> None:
         make_dirs(self.dir)
 
-    def write_jsonl(self, name: str, rows: Iterable[Any]) -> int:
-        """Write rows as JSON lines, whole or not at all; returns how many."""
+    def write_jsonl(self, name: str, rows: Iterable[Any], *, plain: bool = False) -> int:
+        """Write rows as JSON lines, whole or not at all; returns how many.
+
+        :param plain: The caller built every row :func:`_plain` (see :func:`encode_plain_lines`): they are written a
+            batch at a time, unchecked.
+        """
         count = 0
 
         def lines() -> Iterator[bytes]:
             nonlocal count
+            if plain:
+                for data, n in encode_plain_lines(rows):
+                    yield data
+                    count += n
+                return
             for row in rows:
                 yield encode_line(row)
                 count += 1
 
         write_lines_atomically(self.path(name), lines())
+        return count
+
+    def write_lines(self, name: str, lines: Iterable[bytes]) -> int:
+        """Write lines already encoded (each ending in a newline), whole or not at all; returns how many."""
+        count = 0
+
+        def batches() -> Iterator[bytes]:
+            nonlocal count
+            for data, n in join_lines(lines):
+                yield data
+                count += n
+
+        write_lines_atomically(self.path(name), batches())
         return count
 
     def _missing(self, name: str) -> FileNotFoundError:

@@ -9,12 +9,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property, lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
+from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.windows import Window, day_label, iso_hour, parse_hour
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
@@ -27,6 +28,10 @@ VERIFICATION_TOKENS = "LiteLLM_VerificationToken"
 Source = Literal["spend_logs", "daily_team", "daily_user", "daily_tag"]
 IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 SAMPLES = 5
+# A non-negative numeric as PostgreSQL writes it as text: nothing JSON escapes.
+_NUMERIC_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+# Combinations of dimension values whose staged JSON a read keeps encoded (a few hundred bytes each).
+MAX_ENCODED_COMBINATIONS = 5000
 
 # Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
 # true, so NaN and the infinities are named explicitly before the sign test.
@@ -346,8 +351,8 @@ class LiteLLMSpendHook(PostgresHook):
         self, dims: Sequence[Dimension], source: Source, params: dict[str, Any]
     ) -> tuple[list[str], list[str]]:
         """Each dimension of a daily-rollup read as SQL over alias ``s`` (the rollup's columns) and ``v`` (the key's
-        row in LiteLLM_VerificationToken), and the rollup columns those need, in a stable order."""
-        self.table_columns(DAILY_TABLES[source])
+        row in LiteLLM_VerificationToken), and the rollup columns those need, in a stable order. A missing rollup
+        table is named by the read itself (:meth:`_explain`): no schema query, and no connection, before it."""
         daily: dict[str, tuple[str, str]] = {
             "api_key": (_SPEND_LOG_DIMS["api_key"][0], "api_key"),
             "api_key_alias": ("NULLIF(v.key_alias, '')", "api_key"),
@@ -505,27 +510,68 @@ ORDER BY 1{outer_dims}, 2, 3"""
         :class:`HourTotal` per hour with PostgreSQL's own totals of that hour and its invalid rows.
         Raw request rows never leave the database.
         """
+        items = self._aggregate(window, dims, source, as_lines=False)  # groups as AggregateRow, never bytes
+        return cast(Iterator[AggregateRow | HourTotal], items)
+
+    def staged_lines(
+        self, window: Window, dims: Sequence[Dimension], source: Source = "spend_logs"
+    ) -> Iterator[bytes | HourTotal]:
+        """As :meth:`aggregate`, each group as its staged line: the bytes
+        :func:`~cloudzero_provider.json_lines.encode_line` writes of :meth:`AggregateRow.as_dict`, built straight
+        from the record (the dimension values encoded once per combination), never an object per group: the
+        extract's path, where a window holds up to millions of groups."""
+        items = self._aggregate(window, dims, source, as_lines=True)  # groups as bytes, never an AggregateRow
+        return cast(Iterator[bytes | HourTotal], items)
+
+    def _aggregate(
+        self, window: Window, dims: Sequence[Dimension], source: Source, *, as_lines: bool
+    ) -> Iterator[AggregateRow | bytes | HourTotal]:
         sql, params = self.aggregate_sql(window, dims, source)
         names = [d.name for d in dims]
         n_dims = len(dims)
+        figures = slice(3 + n_dims, 10 + n_dims)
         totals: dict[datetime, HourTotal] = {}
+        encoded: dict[tuple[Any, ...], str] = {}  # dimension values -> their staged JSON object
         raw_hour: Any = None
         hour = datetime.min
+        hour_text = ""
         for record in self._stream(sql, params, "cloudzero_extract"):
             if record[0] != raw_hour:  # the rows come in hour order: one aware hour for all of an hour's rows
                 raw_hour, hour = record[0], _utc(record[0])
+                hour_text = _iso_hour(hour)
             reason, g = record[1], record[2]
-            values = record[3 : 3 + n_dims]
-            req, ok, failed, spend, prompt, completion, total, samples = record[3 + n_dims :]
-            t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
+            req, ok, failed, spend, prompt, completion, total = record[figures]
             if reason is None and g == 0:
-                yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
+                values = tuple(record[3 : 3 + n_dims])
+                spend = spend or "0"
+                if not as_lines:
+                    t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
+                    yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
+                elif _NUMERIC_TEXT.fullmatch(spend):  # the keys and order of AggregateRow.as_dict()
+                    dims_text = encoded.get(values)
+                    if dims_text is None:
+                        if len(encoded) >= MAX_ENCODED_COMBINATIONS:
+                            encoded.clear()
+                        dims_text = encoded[values] = encode_line(dict(zip(names, values, strict=True)))[
+                            :-1
+                        ].decode()
+                    yield (
+                        f'{{"hour":"{hour_text}","dims":{dims_text},"requests":{int(req or 0)},"successes":'
+                        f'{"null" if ok is None else int(ok)},"failures":{"null" if failed is None else int(failed)},'
+                        f'"spend":"{spend}","prompt_tokens":{int(prompt)},"completion_tokens":{int(completion)},'
+                        f'"total_tokens":{int(total)}}}\n'
+                    ).encode()
+                else:  # not a numeric's text as PostgreSQL writes it: encoded whole, whatever it holds
+                    t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
+                    yield encode_line(AggregateRow(hour, dict(zip(names, values, strict=True)), t).as_dict())
             if g != 0 or n_dims == 0:  # the (hour, reason) grouping set: PostgreSQL's own totals
+                t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
                 ht = totals.setdefault(hour, HourTotal(hour))
                 if reason is None:
                     ht.totals = t
                 else:
                     ht.invalid[reason] = ht.invalid.get(reason, 0) + t.requests
+                    samples = record[10 + n_dims]
                     ht.invalid_samples.extend((samples or [])[: SAMPLES - len(ht.invalid_samples)])
         yield from (totals[h] for h in sorted(totals))
 

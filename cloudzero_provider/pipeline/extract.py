@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.dimensions import Dimension, names, resolve
-from cloudzero_provider.hooks.litellm import AggregateRow, HourTotal, LiteLLMSpendHook, Source
+from cloudzero_provider.hooks.litellm import HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
 from cloudzero_provider.staging import WindowStage
@@ -100,15 +100,15 @@ def extract_window(
     extracted_at = utc_now()
     hours: dict[datetime, HourTotal] = {}
 
-    def rows() -> Iterator[dict[str, Any]]:
-        for item in hook.aggregate(window, dims, src):
-            if isinstance(item, AggregateRow):
-                yield item.as_dict()
-            else:
+    def lines() -> Iterator[bytes]:
+        for item in hook.staged_lines(window, dims, src):
+            if isinstance(item, HourTotal):
                 hours[item.hour] = item
+            else:
+                yield item
 
     try:
-        row_count = stage.write_jsonl("extract.jsonl", rows())
+        row_count = stage.write_lines("extract.jsonl", lines())
     except ValueError as exc:
         raise AirflowFailException(str(exc)) from None
     table = "LiteLLM_SpendLogs" if source == "spend_logs" else source

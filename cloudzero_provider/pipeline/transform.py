@@ -17,12 +17,12 @@ from cloudzero_provider.cbf import (
     EXACT,
     OTHER,
     CBFError,
+    cbf_lines,
     exact_decimal,
     exact_sum,
     fold_rare_values,
     fold_smallest_groups,
     is_caller_controlled,
-    transform_pairs,
 )
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.drops import content_digest, serialize_row
@@ -121,21 +121,27 @@ def transform_window(
                     row_capped[hour] = groups_folded
             yield from one_hour
 
-    def cbf_rows() -> Iterator[dict[str, str]]:
+    def cbf_rows() -> Iterator[bytes]:
         nonlocal zero_cost
-        for source, row in transform_pairs(hour_rows(), dims):
-            hour = source["hour"]
-            if row["cost/cost"] == "0":
-                zero_cost += 1  # adds nothing to CloudZero: not sent, counted
-                continue
-            cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), Decimal(row["cost/cost"]))
-            tokens[hour] = tokens.get(hour, 0) + int(row["usage/amount"])
-            rows[hour] = rows.get(hour, 0) + 1
-            yield row
+        # Summed per run of one hour's rows (they come in hour order), then added to the window's figures.
+        for hour, lines in groupby(cbf_lines(hour_rows(), dims), key=lambda item: item[0]["hour"]):
+            hour_cost, hour_tokens, hour_rows_written = Decimal(0), 0, 0
+            for _, row_cost, amount, line in lines:
+                if row_cost == "0":
+                    zero_cost += 1  # adds nothing to CloudZero: not sent, counted
+                    continue
+                hour_cost = EXACT.add(hour_cost, Decimal(row_cost))
+                hour_tokens += int(amount)
+                hour_rows_written += 1
+                yield line
+            if hour_rows_written:
+                cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), hour_cost)
+                tokens[hour] = tokens.get(hour, 0) + hour_tokens
+                rows[hour] = rows.get(hour, 0) + hour_rows_written
 
     stage.remove("transform.json")
     try:
-        written = stage.write_jsonl("cbf.jsonl", cbf_rows())
+        written = stage.write_lines("cbf.jsonl", cbf_rows())
     except CBFError as exc:
         stage.remove("cbf.jsonl")
         raise AirflowFailException(f"Window {window}: {exc}") from None

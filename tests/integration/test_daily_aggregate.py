@@ -6,9 +6,11 @@ import math
 
 import psycopg2
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, _invalid_reason, _valid
+from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook, _invalid_reason, _valid
+from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.reference_sql import one_level_daily_sql
 from cloudzero_provider.windows import Window
@@ -128,3 +130,29 @@ def test_valid_is_exactly_no_invalid_reason(litellm_db):
     )
     assert len(rows) > 100
     assert all(no_reason == valid == (not invalid) for no_reason, valid, invalid in rows)
+
+
+@pytest.mark.parametrize(
+    "dims", [["team_id", "api_key_alias", "model", "model_group", "provider"], ["api_key"], []]
+)
+def test_the_staged_lines_are_the_rows_aggregate_gives(db, dims):
+    """The extract's lines, built straight from the records (hostile team names included), are the bytes
+    encode_line writes of each AggregateRow.as_dict(), with the same hour totals after them."""
+    hook, resolved = LiteLLMSpendHook(), resolve(dims)
+    rows = [
+        encode_line(r.as_dict()) if isinstance(r, AggregateRow) else r
+        for r in hook.aggregate(WINDOW, resolved, "daily_team")
+    ]
+    lines = list(hook.staged_lines(WINDOW, resolved, "daily_team"))
+    assert sum(isinstance(r, bytes) for r in rows) > (10 if dims else 1)
+    assert lines == rows
+
+
+def test_a_missing_rollup_table_is_named(db):
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute('DROP TABLE "LiteLLM_DailyUserSpend"')
+    conn.close()
+    with pytest.raises(
+        AirflowFailException, match=r'lacks a table or column .*"public\.LiteLLM_DailyUserSpend" does not'
+    ):
+        list(LiteLLMSpendHook().aggregate(WINDOW, resolve(["user"]), "daily_user"))

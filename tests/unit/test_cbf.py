@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cloudzero_provider.cbf import (
     CBFError,
     cbf_cost,
+    cbf_lines,
     exact_decimal,
     resource_id,
     to_cbf,
@@ -20,6 +21,7 @@ from cloudzero_provider.cbf import (
 )
 from cloudzero_provider.cbf_rules import NUMBER_RE, row_errors
 from cloudzero_provider.dimensions import BUILTIN, DEFAULT_DIMENSIONS, resolve
+from cloudzero_provider.json_lines import encode_line
 
 H13 = datetime(2026, 11, 1, 13, tzinfo=timezone.utc)
 DIMS = resolve([*DEFAULT_DIMENSIONS, "end_user", "api_key_alias", "tag:taskName"])
@@ -257,6 +259,8 @@ staged_rows = st.fixed_dictionaries(
                 {"team_id": "t\n1", "model": "x"},
                 {"team_id": "t1", "model": ["unhashable"]},
                 {"team_id": 5, "model": "m"},
+                {"model": "m", "team_id": "t1"},  # the same values in another order: other bytes
+                {"team_id": 'é"\\ 团队', "model": "\u2028</script>"},
             ]
         ),
         "spend": st.one_of(numeric_texts, decimals, st.just(None)),
@@ -298,3 +302,15 @@ def test_transform_pairs_equals_row_by_row(rows):
     assert [list(r.items()) for r in got] == [
         list(r.items()) for r in expected
     ]  # key order too: the bytes sent
+    # The staged lines, built from the combination's encoded columns: the bytes encode_line writes of each row,
+    # with its cost and amount as the row holds them, and the same error at the same row.
+    lines: list[tuple[str, str, bytes]] = []
+    try:
+        for source, cost, amount, line in cbf_lines(rows, dims):
+            assert source is rows[len(lines)]
+            lines.append((cost, amount, line))
+    except CBFError as exc:
+        assert str(exc) == error
+    else:
+        assert error is None
+    assert lines == [(r["cost/cost"], r["usage/amount"], encode_line(r)) for r in expected]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cloudzero_provider.json_lines import BATCH_ROWS, encode_line
 from cloudzero_provider.staging import WindowStage, staging_root, write_atomically
 from cloudzero_provider.target import ExportTarget
 from cloudzero_provider.windows import Window
@@ -21,6 +22,30 @@ def test_the_root_follows_the_provider_option_then_the_old_variable_then_airflow
     monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_URI", str(tmp_path / "new"))
     assert staging_root().path == str(tmp_path / "new")
     assert staging_root(str(tmp_path / "explicit")).path == str(tmp_path / "explicit")
+
+
+def test_rows_written_a_batch_at_a_time_are_the_lines_written_one_by_one(tmp_path):
+    """Plain rows encoded in batches, and lines already encoded joined in batches, write the very bytes (and count)
+    a line-by-line write does, across batch boundaries; a failed batched write leaves the old file."""
+    stage = WindowStage(staging_root(str(tmp_path)), HOUR)
+    rows = [
+        {"i": i, "name": "é\u2028" * (i % 3), "none": None, "dims": {"t": f"t{i}"}}
+        for i in range(2 * BATCH_ROWS + 7)
+    ]
+    assert stage.write_jsonl("one.jsonl", rows) == len(rows)
+    assert stage.write_jsonl("batched.jsonl", iter(rows), plain=True) == len(rows)
+    assert stage.write_lines("lines.jsonl", (encode_line(r) for r in rows)) == len(rows)
+    one = stage.path("one.jsonl").read_bytes()
+    assert one.count(b"\n") == len(rows)
+    assert stage.path("batched.jsonl").read_bytes() == one == stage.path("lines.jsonl").read_bytes()
+
+    def exploding():
+        yield from (encode_line(r) for r in rows[: BATCH_ROWS + 1])
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        stage.write_lines("lines.jsonl", exploding())
+    assert stage.path("lines.jsonl").read_bytes() == one, "old file intact"
 
 
 def test_an_atomic_write_leaves_no_temporary_file_and_replaces_whole(tmp_path):
