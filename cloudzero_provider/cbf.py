@@ -19,7 +19,17 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, Inexact, InvalidOperation, Rounded
+from decimal import (
+    MAX_EMAX,
+    MAX_PREC,
+    MIN_EMIN,
+    Context,
+    Decimal,
+    Inexact,
+    InvalidOperation,
+    Rounded,
+    localcontext,
+)
 from typing import Any, cast
 
 from cloudzero_provider.cbf_rules import MAX_NUMBER_CHARS, row_errors
@@ -48,10 +58,11 @@ EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[InvalidOpera
 
 def exact_sum(values: Iterable[str | Decimal]) -> Decimal:
     """The exact sum of decimal values (strings or Decimals), whatever their magnitudes."""
-    total = Decimal(0)
-    for value in values:
-        total = EXACT.add(total, value if isinstance(value, Decimal) else Decimal(value))
-    return total
+    numbers = list(
+        map(Decimal, values)
+    )  # read outside the context below: a caller's generator runs in its own
+    with localcontext(EXACT):  # sum() adds in the current context: this one never rounds (it raises)
+        return sum(numbers, Decimal(0))
 
 
 class CBFError(ValueError):
@@ -215,7 +226,7 @@ def cbf_lines(
     return cast(Iterator[tuple[Mapping[str, Any], str, str, bytes]], items)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Combination:
     """The CBF columns of one combination of dimension values (resource id, account, tags), validated, and the
     same columns as the end of a staged line (``"resource/id":...}`` and the newline)."""
@@ -229,30 +240,27 @@ def _transform(
 ) -> Iterator[tuple[Mapping[str, Any], str, str, dict[str, str] | bytes]]:
     tag_keys = {d.name: d.tag for d in dims}
     known: dict[tuple[Any, ...], _Combination] = {}
+    known_combination = known.get
     hour: Any = None
     hour_text = ""
     line_start = ""
     for index, row in enumerate(rows):
-        combination: _Combination | None = None
-        cost = amount = None
-        tokens = requests = None
         try:
             values = row["dims"]
-            combination = known.get((*values, *values.values()))  # names and values, in order
-            cost = cbf_cost(row["spend"])
-            tokens, requests = row["total_tokens"], row["requests"]
+            combination = known_combination((*values, *values.values()))  # names and values, in order
+            same_hour = row["hour"] is hour
+            spend, tokens, requests = row["spend"], row["total_tokens"], row["requests"]
         except (KeyError, TypeError, AttributeError):  # unhashable or missing: to_cbf names it
             combination = None
-        if type(tokens) is int and tokens >= 0:
-            amount = str(tokens)
         # cbf_cost's text and a non-negative int's digits are numbers as is_number reads them, but for the length.
         if (
             combination is not None
-            and cost is not None
-            and amount is not None
-            and row.get("hour") is hour
+            and same_hour
+            and type(tokens) is int
             and type(requests) is int
-            and len(amount) <= MAX_NUMBER_CHARS
+            and tokens >= 0
+            and (cost := cbf_cost(spend)) is not None
+            and len(amount := str(tokens)) <= MAX_NUMBER_CHARS
         ):
             plural = "s" if requests != 1 else ""
             if as_lines:  # the bytes encode_line writes of the dict below: one text, encoded once
@@ -303,8 +311,6 @@ _PER_ROW = frozenset(
 
 def _checked_cbf(index: int, row: Mapping[str, Any], tag_keys: Mapping[str, str]) -> dict[str, str]:
     """One aggregated row -> its validated CBF row; :class:`CBFError` names the row, its hour and the column."""
-    hour = row.get("hour")
-    where = f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
     try:
         cbf = to_cbf(
             row["hour"],
@@ -315,11 +321,16 @@ def _checked_cbf(index: int, row: Mapping[str, Any], tag_keys: Mapping[str, str]
             tag_keys=tag_keys,
         )
     except (CBFError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise CBFError(f"{where}: {exc}") from None
+        raise CBFError(f"{_where(index, row)}: {exc}") from None
     errors = row_errors(cbf)
     if errors:
-        raise CBFError(f"{where}: " + "; ".join(errors))
+        raise CBFError(f"{_where(index, row)}: " + "; ".join(errors))
     return cbf
+
+
+def _where(index: int, row: Mapping[str, Any]) -> str:
+    hour = row.get("hour")
+    return f"aggregated row {index} (hour {iso_hour(hour) if isinstance(hour, datetime) else hour!r})"
 
 
 def is_caller_controlled(name: str) -> bool:

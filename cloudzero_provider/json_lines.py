@@ -47,8 +47,21 @@ def decode_line(line: bytes) -> Any:
     refuses: ``NaN``, numbers out of range, lone surrogates)."""
     try:
         return _DECODER.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):  # json reads a lone surrogate's UTF-8 bytes
         return json.loads(line)
+
+
+def decode_lines(lines: Iterable[bytes]) -> Iterator[Any]:
+    """:func:`decode_line` of every line that is not blank."""
+    decode = _DECODER.decode
+    for line in lines:
+        try:  # msgspec first: a blank line is the rare one it refuses
+            row = decode(line)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+        yield row
 
 
 # Rows encoded per call into msgspec: a call per line cost more than the JSON work itself.

@@ -33,7 +33,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from cloudzero_provider.json_lines import decode_line, encode_line, encode_plain_lines, join_lines
+from cloudzero_provider.json_lines import decode_lines, encode_line, encode_plain_lines, join_lines
 from cloudzero_provider.windows import Window
 
 ENV_STAGING = "CLOUDZERO_STAGING_URI"  # kept working; AIRFLOW__CLOUDZERO__STAGING_URI is preferred
@@ -340,9 +340,7 @@ class WindowStage:
         except FileNotFoundError:
             raise self._missing(name) from None
         with fh:
-            for line in fh:
-                if line.strip():
-                    yield decode_line(line)
+            yield from decode_lines(fh)
 
     def write_json(self, name: str, value: Any) -> ObjectStoragePath:
         path = self.path(name)

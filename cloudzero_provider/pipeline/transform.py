@@ -115,7 +115,7 @@ def transform_window(
                 one_hour, hour_folded = fold_rare_values(one_hour, capped, max_values_per_hour)
                 if hour_folded:
                     folded[hour] = hour_folded
-            if max_rows_per_hour:
+            if max_rows_per_hour and len(one_hour) > max_rows_per_hour:
                 one_hour, groups_folded = fold_smallest_groups(one_hour, max_rows_per_hour)
                 if groups_folded:
                     row_capped[hour] = groups_folded
@@ -123,21 +123,21 @@ def transform_window(
 
     def cbf_rows() -> Iterator[bytes]:
         nonlocal zero_cost
-        # Summed per run of one hour's rows (they come in hour order), then added to the window's figures.
-        for hour, lines in groupby(cbf_lines(hour_rows(), dims), key=lambda item: item[0]["hour"]):
-            hour_cost, hour_tokens, hour_rows_written = Decimal(0), 0, 0
-            for _, row_cost, amount, line in lines:
+        # An hour's rows come together (in hour order): their figures are summed once the hour's rows are written.
+        for hour, items in groupby(cbf_lines(hour_rows(), dims), key=lambda item: item[0]["hour"]):
+            costs: list[str] = []
+            amounts: list[str] = []
+            for _, row_cost, amount, line in items:
                 if row_cost == "0":
                     zero_cost += 1  # adds nothing to CloudZero: not sent, counted
                     continue
-                hour_cost = EXACT.add(hour_cost, Decimal(row_cost))
-                hour_tokens += int(amount)
-                hour_rows_written += 1
+                costs.append(row_cost)
+                amounts.append(amount)
                 yield line
-            if hour_rows_written:
-                cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), hour_cost)
-                tokens[hour] = tokens.get(hour, 0) + hour_tokens
-                rows[hour] = rows.get(hour, 0) + hour_rows_written
+            if costs:
+                cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), exact_sum(costs))
+                tokens[hour] = tokens.get(hour, 0) + sum(map(int, amounts))
+                rows[hour] = rows.get(hour, 0) + len(costs)
 
     stage.remove("transform.json")
     try:

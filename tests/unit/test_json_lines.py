@@ -9,8 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cloudzero_provider.drops import serialize_row
-from cloudzero_provider.json_lines import BATCH_ROWS, encode_plain_lines
-from cloudzero_provider.staging import decode_line, encode_line
+from cloudzero_provider.json_lines import (
+    BATCH_ROWS,
+    decode_line,
+    decode_lines,
+    encode_line,
+    encode_plain_lines,
+)
 
 texts = st.text(alphabet=st.characters(), max_size=20) | st.sampled_from(
     ["", "\x00\x1f\x7f\u2028", 'é"\\\n\t', "\ud800"]
@@ -58,7 +63,9 @@ def test_a_line_is_written_and_read_exactly_as_json_would(row):
 @settings(max_examples=300)
 @given(
     st.binary(max_size=40)
-    | st.sampled_from([b'{"a":NaN}', b'{"a":1e400}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}'])
+    | st.sampled_from(
+        [b'{"a":NaN}', b'{"a":1e400}', b'{"a":"\\ud800"}', b'{"a":1,"a":2}', b'{"\xed\xa0\x80":1}']
+    )
 )
 def test_any_bytes_read_as_json_reads_them(raw):
     try:
@@ -106,3 +113,24 @@ def test_plain_rows_encoded_a_batch_at_a_time_are_the_lines_one_by_one(rows):
     assert b"".join(data for data, _ in batches) == b"".join(encode_line(r) for r in rows)
     assert sum(n for _, n in batches) == len(rows)
     assert all(n <= BATCH_ROWS for _, n in batches)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.sampled_from([b"\n", b"  \r\n", b'{"a":NaN}\n', b'{"a":1e400}\n', b'{"b":"\\ud800"}\n', b"[1,2]"])
+        | json_values.map(
+            lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+        ),
+        max_size=8,
+    )
+)
+def test_lines_read_in_a_stream_are_each_line_as_json_reads_it_blank_ones_skipped(lines):
+    expected = []
+    for line in lines:
+        if line.strip():
+            try:
+                expected.append(json.loads(line))
+            except ValueError:
+                return  # not JSON json reads: each reader raises (the test above)
+    assert all(same(a, b) for a, b in zip(decode_lines(lines), expected, strict=True))
