@@ -108,9 +108,9 @@ def safe_value(value: str, limit: int = MAX_VALUE_CHARS) -> str:
     stripped, and anything over ``limit`` characters cut. A value that had to change ends in ``~`` and 8 hex
     digits of the original's hash, so two distinct originals never become one value.
     """
-    cleaned = _CONTROL.sub("", value)
-    if cleaned == value and len(value) <= limit:
+    if len(value) <= limit and _CONTROL.search(value) is None:  # the usual case: nothing to change or copy
         return value
+    cleaned = _CONTROL.sub("", value)
     digest = hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{cleaned[: limit - 9]}~{digest}"
 

@@ -547,19 +547,20 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 if not as_lines:
                     t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
                     yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
-                elif _NUMERIC_TEXT.fullmatch(spend):  # the keys and order of AggregateRow.as_dict()
+                # The keys and order of AggregateRow.as_dict(); every count is a bigint (an int or None: the
+                # statement casts them), which an f-string writes as json does.
+                elif _NUMERIC_TEXT.fullmatch(spend):
                     dims_text = encoded.get(values)
                     if dims_text is None:
                         if len(encoded) >= MAX_ENCODED_COMBINATIONS:
                             encoded.clear()
-                        dims_text = encoded[values] = encode_line(dict(zip(names, values, strict=True)))[
-                            :-1
-                        ].decode()
+                        dims_object = encode_line(dict(zip(names, values, strict=True)))[:-1]
+                        dims_text = encoded[values] = dims_object.decode()
                     yield (
-                        f'{{"hour":"{hour_text}","dims":{dims_text},"requests":{int(req or 0)},"successes":'
-                        f'{"null" if ok is None else int(ok)},"failures":{"null" if failed is None else int(failed)},'
-                        f'"spend":"{spend}","prompt_tokens":{int(prompt)},"completion_tokens":{int(completion)},'
-                        f'"total_tokens":{int(total)}}}\n'
+                        f'{{"hour":"{hour_text}","dims":{dims_text},"requests":{req or 0},"successes":'
+                        f'{"null" if ok is None else ok},"failures":{"null" if failed is None else failed},'
+                        f'"spend":"{spend}","prompt_tokens":{prompt},"completion_tokens":{completion},'
+                        f'"total_tokens":{total}}}\n'
                     ).encode()
                 else:  # not a numeric's text as PostgreSQL writes it: encoded whole, whatever it holds
                     t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
