@@ -64,22 +64,8 @@ def decode_lines(lines: Iterable[bytes]) -> Iterator[Any]:
         yield row
 
 
-# Rows encoded per call into msgspec: a call per line cost more than the JSON work itself.
+# Lines per write: a write per line cost more than the line itself.
 BATCH_ROWS = 1024
-
-
-def encode_plain_lines(rows: Iterable[Any]) -> Iterator[tuple[bytes, int]]:
-    """Rows the caller built :func:`_plain` (from strings, ints, booleans and ``None``: no float can reach them) as
-    staged lines, :data:`BATCH_ROWS` at a time: each batch's bytes and its number of rows. The bytes are
-    :func:`encode_line`'s, without its check of every value."""
-    batch: list[Any] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == BATCH_ROWS:
-            yield _ENCODER.encode_lines(batch), len(batch)
-            batch = []
-    if batch:
-        yield _ENCODER.encode_lines(batch), len(batch)
 
 
 def join_lines(lines: Iterable[bytes]) -> Iterator[tuple[bytes, int]]:

@@ -33,7 +33,7 @@ from typing import Any
 
 from airflow.sdk import ObjectStoragePath
 
-from cloudzero_provider.json_lines import decode_lines, encode_line, encode_plain_lines, join_lines
+from cloudzero_provider.json_lines import decode_lines, encode_line, join_lines
 from cloudzero_provider.windows import Window
 
 ENV_STAGING = "CLOUDZERO_STAGING_URI"  # kept working; AIRFLOW__CLOUDZERO__STAGING_URI is preferred
@@ -294,27 +294,9 @@ class WindowStage:
     def ensure(self) -> None:
         make_dirs(self.dir)
 
-    def write_jsonl(self, name: str, rows: Iterable[Any], *, plain: bool = False) -> int:
-        """Write rows as JSON lines, whole or not at all; returns how many.
-
-        :param plain: The caller built every row :func:`_plain` (see :func:`encode_plain_lines`): they are written a
-            batch at a time, unchecked.
-        """
-        count = 0
-
-        def lines() -> Iterator[bytes]:
-            nonlocal count
-            if plain:
-                for data, n in encode_plain_lines(rows):
-                    yield data
-                    count += n
-                return
-            for row in rows:
-                yield encode_line(row)
-                count += 1
-
-        write_lines_atomically(self.path(name), lines())
-        return count
+    def write_jsonl(self, name: str, rows: Iterable[Any]) -> int:
+        """Write rows as JSON lines, whole or not at all; returns how many."""
+        return self.write_lines(name, map(encode_line, rows))
 
     def write_lines(self, name: str, lines: Iterable[bytes]) -> int:
         """Write lines already encoded (each ending in a newline), whole or not at all; returns how many."""

@@ -10,11 +10,9 @@ from hypothesis import strategies as st
 
 from cloudzero_provider.drops import serialize_row
 from cloudzero_provider.json_lines import (
-    BATCH_ROWS,
     decode_line,
     decode_lines,
     encode_line,
-    encode_plain_lines,
 )
 
 texts = st.text(alphabet=st.characters(), max_size=20) | st.sampled_from(
@@ -93,26 +91,6 @@ def test_a_row_is_sent_exactly_as_json_sorts_it(row):
         assert serialize_row(row) == expected
     except (UnicodeEncodeError, ValueError) as exc:
         assert expected is type(exc)
-
-
-# What the extract and the transform build: no float, and text from PostgreSQL (UTF-8: no lone surrogate).
-utf8_texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20) | st.sampled_from(
-    ["", "\x00\x1f\x7f\u2028", 'é"\\\n\t']
-)
-plain_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**80), 2**80) | utf8_texts,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(utf8_texts, inner, max_size=4),
-    max_leaves=20,
-)
-
-
-@settings(max_examples=300)
-@given(st.lists(plain_values, max_size=BATCH_ROWS + 3))
-def test_plain_rows_encoded_a_batch_at_a_time_are_the_lines_one_by_one(rows):
-    batches = list(encode_plain_lines(rows))
-    assert b"".join(data for data, _ in batches) == b"".join(encode_line(r) for r in rows)
-    assert sum(n for _, n in batches) == len(rows)
-    assert all(n <= BATCH_ROWS for _, n in batches)
 
 
 @settings(max_examples=300)
