@@ -3,6 +3,7 @@
     ./dev bench                      # 100,000 and 1,000,000 spend-log rows in one hour
     ./dev bench --rows 250000        # any sizes
     ./dev bench --daily              # a month of LiteLLM_DailyTeamSpend rollups (the daily-rollup DAG's read)
+    ./dev bench --runs 3             # each size's runs in turns with PostgreSQL's, medians compared (--daily: 3)
 
 Each size runs in a fresh child process so its peak RSS is its own. Figures are printed, never asserted.
 """
@@ -134,10 +135,13 @@ def measure_daily(url: str, runs: int) -> dict:
     }
 
 
-def measure(url: str, dims: list[str] | None) -> dict:
-    """Runs in the child: PostgreSQL alone, then extract + transform through the real operators."""
+def measure(url: str, dims: list[str] | None, runs: int) -> dict:
+    """Runs in the child: PostgreSQL alone, then extract + transform through the real operators; with ``runs`` > 1
+    taken in turns, medians compared."""
     os.environ["AIRFLOW_CONN_LITELLM_DB"] = url.replace("postgresql://", "postgres://", 1)
     os.environ["CLOUDZERO_STAGING_URI"] = tempfile.mkdtemp(prefix="cz-bench-")
+    from statistics import median
+
     import psycopg2
 
     from cloudzero_provider.dimensions import resolve
@@ -154,27 +158,36 @@ def measure(url: str, dims: list[str] | None) -> dict:
     get_hook_lineage_collector()  # once per process, in every task: Airflow scans the installed plugins
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     # PostgreSQL alone: the identical statement, executed in full on the server with its default settings
-    # (parallel workers, JIT), result discarded there. Run twice; the second, warm run counts.
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        for _ in range(2):
+    # (parallel workers, JIT), result discarded there; a first, cold run is not counted.
+    conn = psycopg2.connect(url)
+
+    def postgres_alone() -> dict:
+        with conn.cursor() as cur:
             cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
-            plan = cur.fetchone()[0][0]
-        pg_seconds = plan["Execution Time"] / 1000
-        groups = plan["Plan"]["Actual Rows"]
-    started = time.perf_counter()
-    extracted = LiteLLMSpendExtractOperator(
-        task_id="extract", window_start=HOUR, options=ExportOptions(dimensions=dims)
-    ).execute({})
-    extract_seconds = time.perf_counter() - started
-    transformed = CBFTransformOperator(task_id="transform", window_start=HOUR).execute({})
-    total_seconds = time.perf_counter() - started
+            return cur.fetchone()[0][0]
+
+    postgres_alone()
+    pg_runs, extract_runs, our_runs = [], [], []
+    for _ in range(runs):
+        plan = postgres_alone()
+        pg_runs.append(plan["Execution Time"] / 1000)
+        started = time.perf_counter()
+        extracted = LiteLLMSpendExtractOperator(
+            task_id="extract", window_start=HOUR, options=ExportOptions(dimensions=dims)
+        ).execute({})
+        extract_runs.append(time.perf_counter() - started)
+        transformed = CBFTransformOperator(task_id="transform", window_start=HOUR).execute({})
+        our_runs.append(time.perf_counter() - started)
+    conn.close()
     return {
         "requests": extracted["requests"],
-        "aggregate_result_rows": groups,
+        "aggregate_result_rows": plan["Plan"]["Actual Rows"],
         "cbf_rows": transformed["rows"],
-        "pg_seconds": pg_seconds,
-        "extract_seconds": extract_seconds,
-        "extract_transform_seconds": total_seconds,
+        "pg_seconds": median(pg_runs),
+        "extract_seconds": median(extract_runs),
+        "extract_transform_seconds": median(our_runs),
+        "pg_runs": pg_runs,
+        "our_runs": our_runs,
         "rss_before_mb": rss_before / 1024,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -195,10 +208,11 @@ def main() -> None:
     args = parser.parse_args()
     dims = args.dimensions.split(",") if args.dimensions else None
     if args.child:
-        print(json.dumps(measure_daily(args.child, args.runs) if args.daily else measure(args.child, dims)))
+        runs = args.runs or (3 if args.daily else 1)
+        print(json.dumps(measure_daily(args.child, runs) if args.daily else measure(args.child, dims, runs)))
         return
     if args.daily:
-        run_daily(args.daily_rows, args.runs)
+        run_daily(args.daily_rows, args.runs or 3)
         return
 
     os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="cz-bench-home-"))
@@ -214,7 +228,7 @@ def main() -> None:
             started = time.perf_counter()
             seed_synthetic(url, HOUR, size)
             seeded = time.perf_counter() - started
-            cmd = [sys.executable, __file__, "--child", url] + (
+            cmd = [sys.executable, __file__, "--child", url, "--runs", str(args.runs or 1)] + (
                 ["--dimensions", args.dimensions] if dims else []
             )
             out = (
@@ -227,7 +241,13 @@ def main() -> None:
             print(
                 f"{r['requests']:>10,} {r['cbf_rows']:>7,} {r['pg_seconds']:>10.2f}s {r['extract_transform_seconds']:>17.2f}s "
                 f"{ratio:>5.2f}x {r['requests'] / r['extract_transform_seconds']:>10,.0f} {r['peak_rss_mb']:>7.0f}MB"
-                f"   (seeded in {seeded:.1f}s; RSS before extract {r['rss_before_mb']:.0f}MB)",
+                f"   (seeded in {seeded:.1f}s; RSS before extract {r['rss_before_mb']:.0f}MB)"
+                + (
+                    f"; medians of {len(r['pg_runs'])} runs in turns, PostgreSQL "
+                    f"{' '.join(f'{v:.2f}' for v in r['pg_runs'])}, ours {' '.join(f'{v:.2f}' for v in r['our_runs'])}"
+                    if len(r["pg_runs"]) > 1
+                    else ""
+                ),
                 flush=True,
             )
             pg.drop_database(url)
