@@ -97,6 +97,17 @@ def measure_daily(url: str, runs: int) -> dict:
             cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
             return cur.fetchone()[0][0]["Execution Time"] / 1000
 
+    def fetched(sql: str, params: dict) -> float:
+        """The statement's rows received by a bare client (psycopg 3, streamed, nothing done with them): PostgreSQL's
+        time plus the rows' text and their trip, the floor of any reader."""
+        import psycopg
+
+        with psycopg.connect(url) as client, client.cursor() as cur:
+            started = time.perf_counter()
+            for _ in cur.stream(sql, params, size=5000):
+                pass
+            return time.perf_counter() - started
+
     postgres_alone(*ours), postgres_alone(*one_level)  # warm-up: the tables' pages in PostgreSQL's buffers
     # Once per task process, whatever it reads: Airflow scans the installed plugins (lineage) and discovers the
     # providers' filesystems (the first staged file). Timed apart, as the hourly measure does.
@@ -109,10 +120,11 @@ def measure_daily(url: str, runs: int) -> dict:
     staging_root().exists()
     set_up_seconds = time.perf_counter() - started
     kw = {"window_start": MONTH[0], "window_end": MONTH[1]}
-    pg_runs, one_level_runs, our_runs = [], [], []
+    pg_runs, one_level_runs, fetch_runs, our_runs = [], [], [], []
     for _ in range(runs):
         pg_runs.append(postgres_alone(*ours))
         one_level_runs.append(postgres_alone(*one_level))
+        fetch_runs.append(fetched(*ours))
         started = time.perf_counter()
         extracted = LiteLLMSpendExtractOperator(
             task_id="extract", source="daily_team", options=ExportOptions(dimensions=DAILY_DIMENSIONS), **kw
@@ -129,6 +141,7 @@ def measure_daily(url: str, runs: int) -> dict:
         "cbf_rows": transformed["rows"],
         "pg_runs": pg_runs,
         "one_level_runs": one_level_runs,
+        "fetch_runs": fetch_runs,
         "our_runs": our_runs,
         "set_up_seconds": set_up_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -269,6 +282,7 @@ def run_daily(rows_per_day: int, runs: int) -> None:
             subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         )
         took, pg_took, one_level = median(r["our_runs"]), median(r["pg_runs"]), median(r["one_level_runs"])
+        fetch = median(r["fetch_runs"])
 
         def each(values: list[float]) -> str:
             return " ".join(f"{v:.2f}" for v in values)
@@ -277,8 +291,10 @@ def run_daily(rows_per_day: int, runs: int) -> None:
             f"daily rollup, 30 days x {rows_per_day:,} rows ({r['table_rows']:,} table rows, {r['requests']:,} "
             f"requests): {r['cbf_rows']:,} CBF rows; medians of {runs} runs taken in turns -- PostgreSQL "
             f"{pg_took:.2f}s for the statement the read runs ({each(r['pg_runs'])}), {one_level:.2f}s for one plain "
-            f"grouping ({each(r['one_level_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}): "
-            f"{took / pg_took:.2f}x the statement, {took / one_level:.2f}x the plain grouping; "
+            f"grouping ({each(r['one_level_runs'])}), {fetch:.2f}s for the statement's rows to reach a bare client "
+            f"({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}): "
+            f"{took / pg_took:.2f}x the statement, {took / fetch:.2f}x its rows fetched, {took / one_level:.2f}x the "
+            "plain grouping; "
             f"{r['table_rows'] / took:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f}MB (seeded in {seeded:.1f}s; "
             f"the task process's own set-up, not counted: {r['set_up_seconds']:.2f}s)",
             flush=True,
