@@ -32,6 +32,7 @@ SAMPLES = 5
 _NUMERIC_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # Combinations of dimension values whose staged JSON a read keeps encoded (a few hundred bytes each).
 MAX_ENCODED_COMBINATIONS = 5000
+_COUNT_TYPES = frozenset({int, type(None)})
 
 # Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
 # true, so NaN and the infinities are named explicitly before the sign test.
@@ -547,9 +548,17 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 if not as_lines:
                     t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
                     yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
-                # The keys and order of AggregateRow.as_dict(); every count is a bigint (an int or None: the
-                # statement casts them), which an f-string writes as json does.
-                elif _NUMERIC_TEXT.fullmatch(spend):
+                # The keys and order of AggregateRow.as_dict(), when every figure is what the statement casts it
+                # to (a bigint: an int or None, which an f-string writes as json does) and the spend a numeric's text.
+                elif (
+                    _NUMERIC_TEXT.fullmatch(spend)
+                    and type(prompt) is int
+                    and type(completion) is int
+                    and type(total) is int
+                    and type(req) in _COUNT_TYPES
+                    and type(ok) in _COUNT_TYPES
+                    and type(failed) in _COUNT_TYPES
+                ):
                     dims_text = encoded.get(values)
                     if dims_text is None:
                         if len(encoded) >= MAX_ENCODED_COMBINATIONS:
@@ -562,7 +571,7 @@ ORDER BY 1{outer_dims}, 2, 3"""
                         f'"spend":"{spend}","prompt_tokens":{prompt},"completion_tokens":{completion},'
                         f'"total_tokens":{total}}}\n'
                     ).encode()
-                else:  # not a numeric's text as PostgreSQL writes it: encoded whole, whatever it holds
+                else:  # not what the statement writes: encoded whole, whatever it holds
                     t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
                     yield encode_line(AggregateRow(hour, dict(zip(names, values, strict=True)), t).as_dict())
             if g != 0 or n_dims == 0:  # the (hour, reason) grouping set: PostgreSQL's own totals

@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+import cloudzero_provider.hooks.litellm as litellm_hook
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook, _invalid_reason, _valid
 from cloudzero_provider.json_lines import encode_line
@@ -20,7 +21,7 @@ SPENDS = [0.0, -0.0, 1e-10, 5e-324, 2.2250738585072014e-308, 0.1, 0.2, 0.3000000
           123456789.123456789, 3.0]  # fmt: skip
 INVALID_SPENDS = [math.nan, math.inf, -math.inf, -1e-10, -5.0]
 KEYS = ["k-alias", "k-alias-twin", "k-empty-alias", "k-null-alias", "k-unknown", "", "a" * 64]
-TEAMS = ["t1", "T1", "", None, "t\n1", "团队", "t1 "]
+TEAMS = ["t1", "T1", "", None, "t\n1", "团队", "t1 ", 'q"\\\u2028' + "x" * 300]
 
 
 @pytest.fixture
@@ -135,9 +136,11 @@ def test_valid_is_exactly_no_invalid_reason(litellm_db):
 @pytest.mark.parametrize(
     "dims", [["team_id", "api_key_alias", "model", "model_group", "provider"], ["api_key"], []]
 )
-def test_the_staged_lines_are_the_rows_aggregate_gives(db, dims):
+def test_the_staged_lines_are_the_rows_aggregate_gives(db, dims, monkeypatch):
     """The extract's lines, built straight from the records (hostile team names included), are the bytes
-    encode_line writes of each AggregateRow.as_dict(), with the same hour totals after them."""
+    encode_line writes of each AggregateRow.as_dict(), with the same hour totals after them -- with the cache of
+    encoded combinations cleared again and again."""
+    monkeypatch.setattr(litellm_hook, "MAX_ENCODED_COMBINATIONS", 3)
     hook, resolved = LiteLLMSpendHook(), resolve(dims)
     rows = [
         encode_line(r.as_dict()) if isinstance(r, AggregateRow) else r

@@ -17,7 +17,9 @@ import psycopg2
 import pytest
 
 from cloudzero_provider import alerts
-from cloudzero_provider.hooks.litellm import AggregateRow
+from cloudzero_provider.dimensions import resolve
+from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook
+from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
 from cloudzero_provider.operators.report import SpendLimitsBreached
 from cloudzero_provider.operators.transform import CBFTransformOperator
@@ -27,6 +29,7 @@ from cloudzero_provider.report_figures import check_limits
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, spend_by_hour, spend_log
+from cloudzero_provider.windows import Window
 
 HOUR = datetime(2026, 11, 1, 9, tzinfo=timezone.utc)
 SCRIPT = "<script>alert(1)</script>"
@@ -88,6 +91,17 @@ def test_hostile_names_export_exactly_and_bounded(hostile_db, double):
     long_tags = {v for v in values if v.startswith("xxxx")}
     assert long_tags and all("~" in v for v in long_tags), "a cut value carries the hash of the original"
     assert all(len(r["resource/id"]) < 200 for r in rows)
+
+
+def test_the_extract_stages_hostile_names_as_json_writes_them(hostile_db):
+    """Each group's staged line, built straight from PostgreSQL's record, is the bytes json writes of its
+    AggregateRow: quotes, newlines, markup and a 20,000-character name included."""
+    hook, dims, window = LiteLLMSpendHook(), resolve(DIMS), Window.hour(HOUR)
+    expected = [
+        encode_line(r.as_dict()) if isinstance(r, AggregateRow) else r for r in hook.aggregate(window, dims)
+    ]
+    assert sum(isinstance(line, bytes) for line in expected) >= len(HOSTILE)
+    assert list(hook.staged_lines(window, dims)) == expected
 
 
 def test_hostile_names_report_and_alerts_carry_no_live_markup_or_formula(hostile_db, double):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -9,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cloudzero_provider.cbf as cbf_module
 from cloudzero_provider.cbf import (
     CBFError,
     cbf_cost,
@@ -314,3 +316,28 @@ def test_transform_pairs_equals_row_by_row(rows):
     else:
         assert error is None
     assert lines == [(r["cost/cost"], r["usage/amount"], encode_line(r)) for r in expected]
+
+
+def test_lines_stay_exact_when_the_combination_cache_is_cleared(monkeypatch):
+    """With room for two combinations, the cache is cleared again and again: every line is still the one its row
+    built whole gives, long values cut and hashed included."""
+    monkeypatch.setattr(cbf_module, "MAX_CACHED_COMBINATIONS", 2)
+    dims = resolve(["team_id", "end_user"])
+    rows = [
+        {
+            "hour": H13.replace(hour=13 + i // 20),
+            "dims": {"team_id": f"t{i % 5}", "end_user": ("u" * 300 if i % 2 else 'é"\\') + str(i % 3)},
+            "spend": f"{i}.50",
+            "total_tokens": i,
+            "requests": 1 + i % 2,
+        }
+        for i in range(40)
+    ]
+    expected = []
+    for row in rows:
+        cbf = to_cbf(row["hour"], row["dims"], spend=row["spend"], total_tokens=row["total_tokens"],
+                     requests=row["requests"], tag_keys={d.name: d.tag for d in dims})  # fmt: skip
+        assert row_errors(cbf) == []
+        expected.append((cbf["cost/cost"], cbf["usage/amount"], encode_line(cbf)))
+    assert [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)] == expected
+    assert any(len(v) == 256 and "~" in v for _, _, line in expected for v in json.loads(line).values())

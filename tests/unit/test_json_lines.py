@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,7 +97,18 @@ def test_a_row_is_sent_exactly_as_json_sorts_it(row):
 @settings(max_examples=300)
 @given(
     st.lists(
-        st.sampled_from([b"\n", b"  \r\n", b'{"a":NaN}\n', b'{"a":1e400}\n', b'{"b":"\\ud800"}\n', b"[1,2]"])
+        st.sampled_from(
+            [
+                b"\n",
+                b"  \r\n",
+                b'{"a":NaN}\n',
+                b'{"a":1e400}\n',
+                b'{"b":"\\ud800"}\n',
+                b"[1,2]",
+                b'{"a":1\n',
+                b"\x80\n",
+            ]
+        )
         | json_values.map(
             lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
         ),
@@ -110,5 +122,7 @@ def test_lines_read_in_a_stream_are_each_line_as_json_reads_it_blank_ones_skippe
             try:
                 expected.append(json.loads(line))
             except ValueError:
-                return  # not JSON json reads: each reader raises (the test above)
+                with pytest.raises(ValueError):  # a line json refuses is never skipped
+                    list(decode_lines(lines))
+                return
     assert all(same(a, b) for a, b in zip(decode_lines(lines), expected, strict=True))
