@@ -48,8 +48,16 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 MAX_VALUE_CHARS = 256
 MAX_SEGMENT_CHARS = 64
 OTHER = "(other)"
-# Combinations of dimension values whose CBF columns transform_pairs keeps built (a few hundred bytes each).
+# Combinations of dimension values whose CBF columns transform_pairs keeps built (a few hundred bytes each), and the
+# characters a combination's values may hold in all to be kept: a longer one (a caller's 4 MB user name) is built
+# whole each time, so a cache holds at most MAX_CACHED_COMBINATIONS x MAX_CACHED_VALUE_CHARS characters of them.
 MAX_CACHED_COMBINATIONS = 5000
+MAX_CACHED_VALUE_CHARS = 4096
+
+
+def cacheable(values: Iterable[Any]) -> bool:
+    """Whether a combination's values are short enough, in all, to be kept in a cache."""
+    return sum(len(v) for v in values if type(v) is str) <= MAX_CACHED_VALUE_CHARS
 
 
 # Decimal arithmetic rounds to 28 digits by default; money sums here must never round, so any rounding raises.
@@ -292,14 +300,15 @@ def _transform(
         cbf = _checked_cbf(index, row, tag_keys)
         hour, hour_text = row["hour"], cbf["time/usage_start"]  # an ISO-8601 date-time: nothing to escape
         line_start = f'{{"time/usage_start":"{hour_text}","cost/cost":"'
-        if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
-            known.clear()
-        with contextlib.suppress(TypeError, AttributeError):
-            columns = {k: v for k, v in cbf.items() if k not in _PER_ROW}
-            values = row["dims"]
-            known[(*values, *values.values())] = _Combination(
-                columns, encode_line(columns)[1:].decode() if as_lines else ""
-            )
+        values = row["dims"]
+        if cacheable(values.values()):
+            if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
+                known.clear()
+            with contextlib.suppress(TypeError, AttributeError):
+                columns = {k: v for k, v in cbf.items() if k not in _PER_ROW}
+                known[(*values, *values.values())] = _Combination(
+                    columns, encode_line(columns)[1:].decode() if as_lines else ""
+                )
         yield row, cbf["cost/cost"], cbf["usage/amount"], (encode_line(cbf) if as_lines else cbf)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, cast
 from airflow.providers.postgres.hooks.postgres import USE_PSYCOPG3, PostgresHook
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.cbf import cacheable
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
 from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.windows import Window, day_label, iso_hour, parse_hour
@@ -30,7 +31,8 @@ IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
 SAMPLES = 5
 # A non-negative numeric as PostgreSQL writes it as text: nothing JSON escapes.
 _NUMERIC_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
-# Combinations of dimension values whose staged JSON a read keeps encoded (a few hundred bytes each).
+# Combinations of dimension values whose staged JSON a read keeps encoded (a few hundred bytes each; a combination
+# longer than cbf.MAX_CACHED_VALUE_CHARS is never kept).
 MAX_ENCODED_COMBINATIONS = 5000
 _COUNT_TYPES = frozenset({int, type(None)})
 
@@ -561,10 +563,11 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 ):
                     dims_text = encoded.get(values)
                     if dims_text is None:
-                        if len(encoded) >= MAX_ENCODED_COMBINATIONS:
-                            encoded.clear()
-                        dims_object = encode_line(dict(zip(names, values, strict=True)))[:-1]
-                        dims_text = encoded[values] = dims_object.decode()
+                        dims_text = encode_line(dict(zip(names, values, strict=True)))[:-1].decode()
+                        if cacheable(values):  # a huge caller value is encoded each time, never kept
+                            if len(encoded) >= MAX_ENCODED_COMBINATIONS:
+                                encoded.clear()
+                            encoded[values] = dims_text
                     yield (
                         f'{{"hour":"{hour_text}","dims":{dims_text},"requests":{req or 0},"successes":'
                         f'{"null" if ok is None else ok},"failures":{"null" if failed is None else failed},'

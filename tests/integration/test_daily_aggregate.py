@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
+import cloudzero_provider.cbf as cbf_module
 import cloudzero_provider.hooks.litellm as litellm_hook
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow, LiteLLMSpendHook, _invalid_reason, _valid
@@ -141,6 +142,7 @@ def test_the_staged_lines_are_the_rows_aggregate_gives(db, dims, monkeypatch):
     encode_line writes of each AggregateRow.as_dict(), with the same hour totals after them -- with the cache of
     encoded combinations cleared again and again."""
     monkeypatch.setattr(litellm_hook, "MAX_ENCODED_COMBINATIONS", 3)
+    monkeypatch.setattr(cbf_module, "MAX_CACHED_VALUE_CHARS", 40)  # the long team name is never kept
     hook, resolved = LiteLLMSpendHook(), resolve(dims)
     rows = [
         encode_line(r.as_dict()) if isinstance(r, AggregateRow) else r

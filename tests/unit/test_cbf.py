@@ -341,3 +341,22 @@ def test_lines_stay_exact_when_the_combination_cache_is_cleared(monkeypatch):
         expected.append((cbf["cost/cost"], cbf["usage/amount"], encode_line(cbf)))
     assert [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)] == expected
     assert any(len(v) == 256 and "~" in v for _, _, line in expected for v in json.loads(line).values())
+
+
+def test_a_combination_too_long_to_keep_is_built_whole_each_time(monkeypatch):
+    """A caller's huge value is never kept in the cache (it would hold thousands of them): each of its rows is built
+    and checked whole, the short combination once, and every line is the same."""
+    built: list[int] = []
+    whole = cbf_module._checked_cbf
+    monkeypatch.setattr(
+        cbf_module, "_checked_cbf", lambda i, row, tags: built.append(i) or whole(i, row, tags)
+    )
+    dims = resolve(["team_id", "end_user"])
+    huge = {"hour": H13, "dims": {"team_id": "t", "end_user": "u" * 5000}, "spend": "2.5", "total_tokens": 7,
+            "requests": 1}  # fmt: skip
+    short = {**huge, "dims": {"team_id": "t", "end_user": "u"}}
+    rows = [huge, short, huge, short, huge]
+    lines = [line for _, _, _, line in cbf_lines(rows, dims)]
+    assert built == [0, 1, 2, 4]
+    tags = {d.name: d.tag for d in dims}
+    assert lines == [encode_line(whole(i, row, tags)) for i, row in enumerate(rows)]
