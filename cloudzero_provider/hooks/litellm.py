@@ -120,6 +120,22 @@ class Totals:
     completion_tokens: int = 0
     total_tokens: int = 0
 
+    @classmethod
+    def of(
+        cls,
+        requests: Any,
+        successes: Any,
+        failures: Any,
+        spend: Any,
+        prompt: Any,
+        completion: Any,
+        total: Any,
+    ) -> Totals:
+        """The figures of one aggregate record, in the statement's order (a NULL count or spend is 0)."""
+        return cls(
+            int(requests or 0), successes, failures, spend or "0", int(prompt), int(completion), int(total)
+        )
+
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
@@ -543,17 +559,16 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 raw_hour, hour = record[0], _utc(record[0])
                 hour_text = _iso_hour(hour)
             reason, g = record[1], record[2]
-            req, ok, failed, spend, prompt, completion, total = record[figures]
+            req, ok, failed, spend, prompt, completion, total = figures_of = record[figures]
             if reason is None and g == 0:
                 values = tuple(record[3 : 3 + n_dims])
-                spend = spend or "0"
-                if not as_lines:
-                    t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
-                    yield AggregateRow(hour, dict(zip(names, values, strict=True)), t)
-                # The keys and order of AggregateRow.as_dict(), when every figure is what the statement casts it
-                # to (a bigint: an int or None, which an f-string writes as json does) and the spend a numeric's text.
-                elif (
-                    _NUMERIC_TEXT.fullmatch(spend)
+                # As lines: the keys and order of AggregateRow.as_dict(), written by f-string when every figure is
+                # what the statement casts it to (a bigint: an int or None, which an f-string writes as json does)
+                # and the spend a numeric's text; anything else is encoded whole.
+                if (
+                    as_lines
+                    and type(spend) is str
+                    and _NUMERIC_TEXT.fullmatch(spend)
                     and type(prompt) is int
                     and type(completion) is int
                     and type(total) is int
@@ -574,11 +589,11 @@ ORDER BY 1{outer_dims}, 2, 3"""
                         f'"spend":"{spend}","prompt_tokens":{prompt},"completion_tokens":{completion},'
                         f'"total_tokens":{total}}}\n'
                     ).encode()
-                else:  # not what the statement writes: encoded whole, whatever it holds
-                    t = Totals(int(req or 0), ok, failed, spend, int(prompt), int(completion), int(total))
-                    yield encode_line(AggregateRow(hour, dict(zip(names, values, strict=True)), t).as_dict())
+                else:
+                    row = AggregateRow(hour, dict(zip(names, values, strict=True)), Totals.of(*figures_of))
+                    yield encode_line(row.as_dict()) if as_lines else row
             if g != 0 or n_dims == 0:  # the (hour, reason) grouping set: PostgreSQL's own totals
-                t = Totals(int(req or 0), ok, failed, spend or "0", int(prompt), int(completion), int(total))
+                t = Totals.of(*figures_of)
                 ht = totals.setdefault(hour, HourTotal(hour))
                 if reason is None:
                     ht.totals = t
