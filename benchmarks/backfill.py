@@ -123,13 +123,18 @@ def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
     import psycopg2
 
     from cloudzero_provider.dimensions import resolve
-    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, hashes_groups, planner_settings
     from cloudzero_provider.testing.postgres import airflow_conn_uri
     from cloudzero_provider.windows import Window
 
     os.environ["AIRFLOW_CONN_LITELLM_DB"] = airflow_conn_uri(url)
     sql, params = LiteLLMSpendHook().aggregate_sql(Window(start, end), resolve(None))
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        # as the read runs it (its planner settings, LiteLLMSpendHook._stream)
+        for setting in planner_settings(
+            hash_groups=hashes_groups(resolve(None)), server_version=conn.server_version
+        ):
+            cur.execute(f"SET LOCAL {setting}")
         cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         return float(cur.fetchone()[0][0]["Execution Time"]) / 1000
 

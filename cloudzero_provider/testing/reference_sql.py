@@ -1,9 +1,9 @@
-"""The daily-rollup aggregate as one plain grouping, written independently of the hook.
+"""The aggregates as one plain grouping each, written independently of the hook.
 
-It is the statement the hook ran before its daily read took three steps (issue 22): every rollup row's key alias
-looked up on its own, all rows sorted by day, reason and dimension values in one grouping. Tests check that the
-hook's statement returns the same rows; ``./dev bench --daily`` times both, so that its ratio is stated against
-this one too.
+They are the statements the hook ran before its reads took two or three steps (issue 22): the daily read looked up
+every rollup row's key alias on its own, and both sorted all rows by hour (or day), reason and dimension values in
+one grouping. Tests check that the hook's statements return the same rows; ``./dev bench --daily`` times the daily
+one too, so that its ratio is stated against this one as well.
 """
 
 from __future__ import annotations
@@ -68,3 +68,55 @@ FROM (
 GROUP BY {group_by}
 ORDER BY 1"""
     return sql, {"start": start_day, "end": end_day}
+
+
+def one_level_spend_logs_sql(
+    window_start: Any,
+    window_end: Any,
+    dim_exprs: Sequence[str],
+    *,
+    with_status: bool = True,
+    schema: str = "public",
+) -> tuple[str, dict[str, Any]]:
+    """The spend-log aggregate of ``[window_start, window_end)`` (naive UTC) in one grouping of every row, its rows
+    shaped as the hook's :meth:`~cloudzero_provider.hooks.litellm.LiteLLMSpendHook.aggregate_sql` shapes them.
+    ``dim_exprs`` are the dimensions as SQL over alias ``s`` (what the hook reads is not under test here: how it
+    groups is); the reason of an invalid row is written out on its own."""
+    cols = [f"d{i}" for i in range(len(dim_exprs))]
+    inner = "".join(f", {e} AS {c}" for e, c in zip(dim_exprs, cols, strict=True))
+    outer = "".join(f", a.{c}" for c in cols)
+    grouping = f"GROUPING({', '.join('a.' + c for c in cols)})" if cols else "0"
+    group_by = (
+        f"GROUPING SETS ((a.hour, a.reason{outer}), (a.hour, a.reason))" if cols else "a.hour, a.reason"
+    )
+    ok, failed = (
+        (
+            "CASE WHEN s.status = 'success' THEN 1 ELSE 0 END",
+            "CASE WHEN s.status = 'failure' THEN 1 ELSE 0 END",
+        )
+        if with_status
+        else ("NULL::int", "NULL::int")
+    )
+    sql = f"""
+SELECT a.hour AS hour, a.reason, {grouping} AS g{outer},
+       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
+       sum(a.spend::numeric) FILTER (WHERE a.reason IS NULL)::text,
+       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
+       COALESCE(sum(a.total_tokens), 0)::bigint,
+       (array_agg(a.row_id) FILTER (WHERE a.reason IS NOT NULL))[1:{SAMPLES}]
+FROM (
+    SELECT date_trunc('hour', s."startTime") AS hour, CASE
+        WHEN s.spend IS NULL THEN 'spend is NULL'
+        WHEN s.spend = 'NaN'::float8 THEN 'spend is NaN'
+        WHEN s.spend IN ('Infinity'::float8, '-Infinity'::float8) THEN 'spend is infinite'
+        WHEN s.spend < 0 THEN 'spend is negative'
+        WHEN s.prompt_tokens < 0 OR s.completion_tokens < 0 OR s.total_tokens < 0 THEN 'token count is negative'
+        END AS reason, s.spend AS spend, 1 AS n, {ok} AS ok, {failed} AS failed,
+        s.prompt_tokens AS prompt_tokens, s.completion_tokens AS completion_tokens,
+        s.total_tokens AS total_tokens, s.request_id AS row_id{inner}
+    FROM "{schema}"."LiteLLM_SpendLogs" AS s
+    WHERE s."startTime" >= %(start)s AND s."startTime" < %(end)s
+) AS a
+GROUP BY {group_by}
+ORDER BY 1"""
+    return sql, {"start": window_start, "end": window_end}
