@@ -37,7 +37,7 @@ def main() -> None:
     import psycopg2
 
     from cloudzero_provider.dimensions import resolve
-    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, hashes_groups, planner_settings
     from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
     from cloudzero_provider.operators.reconcile import ReconcileOperator
     from cloudzero_provider.operators.transform import CBFTransformOperator
@@ -76,6 +76,11 @@ def main() -> None:
         exported = time.perf_counter() - started
         sql, params = LiteLLMSpendHook().aggregate_sql(window, resolve(None))
         with psycopg2.connect(url) as conn, conn.cursor() as cur:
+            # as the read runs it (its planner settings, LiteLLMSpendHook._stream)
+            for setting in planner_settings(
+                hash_groups=hashes_groups(resolve(None)), server_version=conn.server_version
+            ):
+                cur.execute(f"SET LOCAL {setting}")
             for _ in range(2):  # the second, warm run counts
                 cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
                 pg_seconds = cur.fetchone()[0][0]["Execution Time"] / 1000
