@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
 
 import psycopg2
 import pytest
@@ -161,3 +162,86 @@ def test_a_missing_rollup_table_is_named(db):
         AirflowFailException, match=r'lacks a table or column .*"public\.LiteLLM_DailyUserSpend" does not'
     ):
         list(LiteLLMSpendHook().aggregate(WINDOW, resolve(["user"]), "daily_user"))
+
+
+TAG_VALUES = ["job_id:a", "job_id:b", "jobXid:c", "job_id:", "job_id:团队\n", "JOB_ID:x", "job_id:%", None, "other:z",
+              'job_id:q"\\\u2028' + "x" * 300, "job_id:a"]  # fmt: skip
+TAG_SPENDS = [0.25, 1.5, 3.0, 0.1, 0.0, 2.75, math.nan, -1.0]
+
+
+def test_the_tag_stream_reads_its_prefix_literally_and_sums_exactly(litellm_db, monkeypatch):
+    """LiteLLM_DailyTagSpend through the hook: only tags starting with the prefix itself (``_`` and ``%`` in it or in
+    a value are not patterns, case counts), a value left empty is no value, every figure is the rows' sum, and
+    invalid rows are counted per day and reason -- never exported."""
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    rows = []
+    with psycopg2.connect(litellm_db) as conn, conn.cursor() as cur:
+        for i in range(0, 120, 2):  # a key per row (the table's unique key), the even ones sharing an alias
+            cur.execute(
+                """INSERT INTO "LiteLLM_VerificationToken" (token, key_alias) VALUES (%s, 'alias one')""",
+                (f"k1-{i}",),
+            )
+        for i in range(120):
+            row = (f"t{i:03d}", TAG_VALUES[i % len(TAG_VALUES)], f"2026-11-0{1 + i % 2}", f"k{1 + i % 2}-{i}",
+                   ["m1", "", "m2"][i % 3], ["openai", "bedrock"][i % 2], 100 + i, 10 + i % 7,
+                   TAG_SPENDS[i % len(TAG_SPENDS)], 1 + i % 5)  # fmt: skip
+            rows.append(row)
+            cur.execute(
+                """INSERT INTO "LiteLLM_DailyTagSpend" (id, tag, date, api_key, model, custom_llm_provider,
+                       prompt_tokens, completion_tokens, spend, api_requests, successful_requests, failed_requests,
+                       updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 0, now())""",
+                (*row, row[-1]),
+            )
+    conn.close()
+    dims = ["tag:job_id", "model", "api_key_alias"]
+    items = list(LiteLLMSpendHook().aggregate(WINDOW, resolve(dims), "daily_tag"))
+    expected: dict = {}
+    invalid: dict = {}
+    for _, tag, day, key, model, _, prompt, completion, spend, requests in rows:
+        if tag is None or not tag.startswith("job_id:"):
+            continue
+        if math.isnan(spend) or spend < 0:
+            reason = "spend is NaN" if math.isnan(spend) else "spend is negative"
+            invalid.setdefault(day, {}).setdefault(reason, 0)
+            invalid[day][reason] += requests
+            continue
+        group = (
+            day,
+            tag[len("job_id:") :] or None,
+            model or None,
+            "alias one" if key.startswith("k1-") else None,
+        )
+        n, cost, tokens = expected.get(group, (0, Decimal(0), 0))
+        expected[group] = (n + requests, cost + Decimal(repr(spend)), tokens + prompt + completion)
+    got = {
+        (i.hour.date().isoformat(), *i.dims.values()): (
+            i.totals.requests,
+            Decimal(i.totals.spend),
+            i.totals.total_tokens,
+        )
+        for i in items
+        if isinstance(i, AggregateRow)
+    }
+    assert got == expected
+    assert {v for _, v, _, _ in got} == {"a", "b", None, "团队\n", "%", 'q"\\\u2028' + "x" * 300}
+    hours = {i.hour.date().isoformat(): i for i in items if not isinstance(i, AggregateRow)}
+    assert {day: h.invalid for day, h in hours.items() if h.invalid} == invalid
+    assert all(h.invalid_samples == sorted(h.invalid_samples) for h in hours.values())
+    for day, h in hours.items():  # the day's valid total is its groups' sum
+        assert Decimal(h.totals.spend) == sum(
+            (c for (d, *_), (_, c, _) in expected.items() if d == day), Decimal(0)
+        )
+
+
+@pytest.mark.parametrize(
+    "dims, message",
+    [
+        (["tag:job_id", "tag:team"], r"give exactly one tag:<prefix> dimension for its stream, got \['tag:job_id', 'tag:team'\]"),
+        (["model"], r"give exactly one tag:<prefix> dimension for its stream, got \[\]"),
+        (["tag:job_id", "team_id"], r"LiteLLM_DailyTagSpend cannot give dimension\(s\) \['team_id'\]"),
+    ],
+)  # fmt: skip
+def test_the_tag_stream_refuses_dimensions_it_cannot_give(litellm_db, monkeypatch, dims, message):
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
+    with pytest.raises(AirflowFailException, match=message):
+        LiteLLMSpendHook().aggregate_sql(WINDOW, resolve(dims), "daily_tag")
