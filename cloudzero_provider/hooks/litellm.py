@@ -357,11 +357,13 @@ class LiteLLMSpendHook(PostgresHook):
         try:
             columns = self.table_columns(SPEND_LOGS)
             seen = self.read_settings()
+            hashed = self.hash_groups
         except Exception as exc:
             return False, f"{type(exc).__name__}: {str(exc)[:500]}"
         return True, (
             f'LiteLLM database reachable: "{self.db_schema}"."{SPEND_LOGS}" has {len(columns)} columns; reads run '
-            f"READ ONLY={seen['transaction_read_only']}, statement_timeout={seen['statement_timeout']}."
+            f"READ ONLY={seen['transaction_read_only']}, statement_timeout={seen['statement_timeout']}; groups of "
+            f"the organisation's own dimensions {'hashed' if hashed else 'sorted (hash_groups=false)'}."
         )
 
     def cancel(self) -> None:

@@ -70,7 +70,7 @@ def _conn_with_extra(db_url: str, extra: dict) -> str:
 @pytest.mark.parametrize(
     ("extra", "timeout"),
     [({"statement_timeout": 600}, "10min"), ({"autocommit": True}, "30min"),
-     ({"statement_timeout": "45", "autocommit": True}, "45s")],
+     ({"statement_timeout": "45", "autocommit": True, "hash_groups": False}, "45s")],
 )  # fmt: skip
 def test_database_extras_are_consumed_and_every_read_stays_read_only(env, monkeypatch, extra, timeout):
     from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
@@ -80,6 +80,10 @@ def test_database_extras_are_consumed_and_every_read_stays_read_only(env, monkey
     assert seen["transaction_read_only"] == "on" and seen["statement_timeout"] == timeout
     ok, message = LiteLLMSpendHook().test_connection()
     assert ok and "READ ONLY=on" in message and f"statement_timeout={timeout}" in message
+    hashed = (
+        "own dimensions sorted (hash_groups=false)" if "hash_groups" in extra else "own dimensions hashed"
+    )
+    assert hashed in message
     seed_synthetic(env["db"], H0, 90, id_prefix="ext")
     assert run_hourly(H0).state == "success"
     assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
@@ -207,3 +211,11 @@ def test_the_read_back_error_names_the_hour_and_the_value_cut():
     assert held_by_hour([{"time/usage_start": "2026-11-01T10:05:00", "cost/cost": "0.5"}], "2026-11") == {
         datetime(2026, 11, 1, 10, tzinfo=timezone.utc): Decimal("0.5")
     }
+
+
+def test_a_hash_groups_extra_that_is_not_a_boolean_fails_the_connection_test_naming_it(env, monkeypatch):
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", _conn_with_extra(env["db"], {"hash_groups": "sometimes"}))
+    ok, message = LiteLLMSpendHook().test_connection()
+    assert not ok and "extra \"hash_groups\" must be true or false, got 'sometimes'" in message
