@@ -99,6 +99,15 @@ def planner_settings(*, hash_groups: bool, server_version: int) -> list[str]:
     )
 
 
+# The figures of a statement in steps, summed over its first step's groups (alias ``a``): numeric sums of numeric sums
+# are exact and keep the largest scale; the samples come from the invalid rows' one group per reason.
+_SUMS_OF_GROUPS = """sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
+       sum(a.spend) FILTER (WHERE a.reason IS NULL)::text,
+       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
+       COALESCE(sum(a.total_tokens), 0)::bigint,
+       max(a.samples)"""
+
+
 def _invalid_reason(total_tokens: str = "s.total_tokens") -> str:
     """The reason a source row cannot be exported, as SQL over alias ``s`` (NULL when the row is valid)."""
     return _INVALID.format(
@@ -531,11 +540,7 @@ ORDER BY 1{outer_dims}, 2, 3"""
             return sql, params
         sql = f"""
 SELECT a.hour AS hour, a.reason, {_grouping(d_cols)} AS g{outer_dims},
-       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
-       sum(a.spend) FILTER (WHERE a.reason IS NULL)::text,
-       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
-       COALESCE(sum(a.total_tokens), 0)::bigint,
-       max(a.samples)
+       {_SUMS_OF_GROUPS}
 FROM (
     SELECT date_trunc('hour', s."startTime") AS hour, NULL::text AS reason{inner_dims},
         {sums.format(spend="sum(s.spend::numeric)")}, NULL::text[] AS samples
@@ -595,11 +600,7 @@ ORDER BY 1{outer_dims}, 2, 3"""
         )
         sql = f"""
 SELECT a.hour::date::timestamp AS hour, a.reason, {_grouping(d_cols)} AS g{outer_dims},
-       sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
-       sum(a.spend) FILTER (WHERE a.reason IS NULL)::text,
-       COALESCE(sum(a.prompt_tokens), 0)::bigint, COALESCE(sum(a.completion_tokens), 0)::bigint,
-       COALESCE(sum(a.total_tokens), 0)::bigint,
-       max(a.samples)
+       {_SUMS_OF_GROUPS}
 FROM (
     SELECT s.hour, s.reason, s.n, s.ok, s.failed, s.spend, s.prompt_tokens, s.completion_tokens, s.total_tokens,
         s.samples{middle_dims}

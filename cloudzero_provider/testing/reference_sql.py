@@ -31,19 +31,26 @@ _DIMENSIONS = {
 }
 
 
-def one_level_daily_sql(
-    start_day: str, end_day: str, dims: Sequence[str], source: str = "daily_team", schema: str = "public"
-) -> tuple[str, dict[str, Any]]:
-    """The daily aggregate of ``[start_day, end_day)`` (``YYYY-MM-DD``) in one grouping, its rows shaped as the
-    hook's :meth:`~cloudzero_provider.hooks.litellm.LiteLLMSpendHook.aggregate_sql` shapes them."""
-    exprs = [_DIMENSIONS[d].format(schema=f'"{schema}"') for d in dims]
-    cols = [f"d{i}" for i in range(len(dims))]
+def _one_grouping(exprs: Sequence[str]) -> tuple[str, str, str, str]:
+    """The parts of one grouping of every row by hour, reason and the dimensions ``exprs`` (as ``d0``, ``d1`` ...):
+    the inner columns, the outer columns, ``GROUPING()`` and the ``GROUP BY``."""
+    cols = [f"d{i}" for i in range(len(exprs))]
     inner = "".join(f", {e} AS {c}" for e, c in zip(exprs, cols, strict=True))
     outer = "".join(f", a.{c}" for c in cols)
     grouping = f"GROUPING({', '.join('a.' + c for c in cols)})" if cols else "0"
     group_by = (
         f"GROUPING SETS ((a.hour, a.reason{outer}), (a.hour, a.reason))" if cols else "a.hour, a.reason"
     )
+    return inner, outer, grouping, group_by
+
+
+def one_level_daily_sql(
+    start_day: str, end_day: str, dims: Sequence[str], source: str = "daily_team", schema: str = "public"
+) -> tuple[str, dict[str, Any]]:
+    """The daily aggregate of ``[start_day, end_day)`` (``YYYY-MM-DD``) in one grouping, its rows shaped as the
+    hook's :meth:`~cloudzero_provider.hooks.litellm.LiteLLMSpendHook.aggregate_sql` shapes them."""
+    exprs = [_DIMENSIONS[d].format(schema=f'"{schema}"') for d in dims]
+    inner, outer, grouping, group_by = _one_grouping(exprs)
     sql = f"""
 SELECT a.hour::date::timestamp AS hour, a.reason, {grouping} AS g{outer},
        sum(a.n)::bigint, sum(a.ok)::bigint, sum(a.failed)::bigint,
@@ -82,13 +89,7 @@ def one_level_spend_logs_sql(
     shaped as the hook's :meth:`~cloudzero_provider.hooks.litellm.LiteLLMSpendHook.aggregate_sql` shapes them.
     ``dim_exprs`` are the dimensions as SQL over alias ``s`` (what the hook reads is not under test here: how it
     groups is); the reason of an invalid row is written out on its own."""
-    cols = [f"d{i}" for i in range(len(dim_exprs))]
-    inner = "".join(f", {e} AS {c}" for e, c in zip(dim_exprs, cols, strict=True))
-    outer = "".join(f", a.{c}" for c in cols)
-    grouping = f"GROUPING({', '.join('a.' + c for c in cols)})" if cols else "0"
-    group_by = (
-        f"GROUPING SETS ((a.hour, a.reason{outer}), (a.hour, a.reason))" if cols else "a.hour, a.reason"
-    )
+    inner, outer, grouping, group_by = _one_grouping(dim_exprs)
     ok, failed = (
         (
             "CASE WHEN s.status = 'success' THEN 1 ELSE 0 END",
