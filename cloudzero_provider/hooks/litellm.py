@@ -768,8 +768,11 @@ ORDER BY 1{outer_dims}, 2, 3"""
             )
         return exc
 
-    def invalid_rows(self, window: Window, source: Source = "spend_logs") -> Iterator[dict[str, Any]]:
-        """Every invalid source row of the window with its reason, for the quarantine file."""
+    def invalid_rows(
+        self, window: Window, source: Source = "spend_logs", dims: Sequence[Dimension] = ()
+    ) -> Iterator[dict[str, Any]]:
+        """Every invalid source row of the window with its reason, for the quarantine file: the rows the read of
+        ``dims`` counts as invalid (of the tag table, only its rows of the one tag prefix)."""
         start, end = window.naive_utc()
         if source == "spend_logs":
             invalid = _invalid_reason()
@@ -783,13 +786,17 @@ SELECT * FROM (
             params: dict[str, Any] = {"start": start, "end": end}
         else:
             invalid = _invalid_reason("(s.prompt_tokens + s.completion_tokens)")
+            params = {"start": day_label(window.start), "end": day_label(window.end)}
+            where = "s.date >= %(start)s AND s.date < %(end)s"
+            if source == "daily_tag":
+                self._daily_dimension_sql(dims, source, params)  # the one prefix, as the read takes it
+                where += " AND s.tag LIKE %(tag_like)s"
             sql = f"""
 SELECT * FROM (
     SELECT s.id, s.date, s.spend::text, s.prompt_tokens, s.completion_tokens,
            s.prompt_tokens + s.completion_tokens, NULL, NULLIF(s.model, ''), {invalid} AS reason
-    FROM {self._table(DAILY_TABLES[source])} AS s WHERE s.date >= %(start)s AND s.date < %(end)s
+    FROM {self._table(DAILY_TABLES[source])} AS s WHERE {where}
 ) AS q WHERE q.reason IS NOT NULL"""
-            params = {"start": day_label(window.start), "end": day_label(window.end)}
         keys = ("request_id", "start_time", "spend", "prompt_tokens", "completion_tokens", "total_tokens",
                 "team_id", "model", "reason")  # fmt: skip
         for record in self._stream(sql, params, "cloudzero_quarantine"):

@@ -127,7 +127,7 @@ def extract_window(
             "invalid ones in quarantine.jsonl."
         )
     if bad_hours and options.on_invalid == "quarantine":
-        written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src))
+        written = stage.write_jsonl("quarantine.jsonl", hook.invalid_rows(window, src, dims))
         quarantine = str(stage.path("quarantine.jsonl"))
         log.warning("Window %s: quarantined %d row(s) in %s -- %s", window, written, quarantine,
                     describe_invalid(bad_hours, table))  # fmt: skip

@@ -14,7 +14,7 @@ from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.retries import retry_policy_args
 from cloudzero_provider.settings import ExportSettings
 from cloudzero_provider.target import ExportTarget
-from cloudzero_provider.windows import Window, floor_hour, iso_hour
+from cloudzero_provider.windows import Window, floor_hour, iso_hour, iso_instant, parse_instant
 
 HOURLY_DAG_ID = "litellm_cloudzero_hourly"
 RANGE_DAG_ID = "litellm_cloudzero_range"
@@ -152,8 +152,9 @@ def run_digest(run_id: Any) -> str:
 
 
 def template_filters() -> dict[str, Any]:
-    """The Jinja filters of the DAGs that map chunks: ``cz_window`` (grid labels) and ``cz_run`` (staging areas)."""
-    return {"cz_window": window_display, "cz_run": run_digest}
+    """The Jinja filters of the DAGs that map chunks: ``cz_window`` (grid labels), ``cz_run`` (staging areas) and
+    ``cz_settled`` (a settle wait's end)."""
+    return {"cz_window": window_display, "cz_run": run_digest, "cz_settled": settled_at}
 
 
 def choice_params(settings: ExportSettings) -> dict[str, Param]:
@@ -223,6 +224,12 @@ def manual_window(start: Any, end: Any, *, now: datetime, what: str) -> Window:
             f"ended can be checked. Give an end at or before {iso_hour(current)}."
         )
     return window
+
+
+def settled_at(end: Any, minutes: Any) -> str:
+    """The ``cz_settled`` template filter: ``minutes`` after ``end`` (a date-time or its ISO-8601 text), the moment
+    a settle wait ends, as ISO-8601 UTC."""
+    return iso_instant(parse_instant(end, what="end") + timedelta(minutes=int(minutes)))
 
 
 def window_display(start: Any, end: Any) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, task
@@ -14,14 +15,16 @@ from cloudzero_provider.ready_dags.common import (
     DAILY_ROLLUP_DAG_ID,
     IMPORT_PRIORITY,
     MAX_RANGE_HOURS,
+    MAX_SETTLE_MINUTES,
     RANGE_DAG_ID,
     chunk_group,
     default_args,
     staging_area,
     template_filters,
 )
+from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
-from cloudzero_provider.windows import Window, iso_hour
+from cloudzero_provider.windows import Window, iso_hour, iso_instant
 
 DAILY_DIMENSIONS = {
     "team": ("team_id", "api_key_alias", "model", "model_group", "provider"),
@@ -29,8 +32,11 @@ DAILY_DIMENSIONS = {
 }
 
 
-def rollup_days(params: dict[str, Any], interval_start: Any, interval_end: Any) -> list[dict[str, str]]:
-    """The UTC days a daily-rollup run exports: ``start``/``end`` params, else the run's data interval."""
+def rollup_days(
+    params: dict[str, Any], interval_start: Any, interval_end: Any, *, now: datetime | None = None
+) -> list[dict[str, str]]:
+    """The UTC days a daily-rollup run exports: ``start``/``end`` params, else the run's data interval; days that
+    have not ended by ``now`` are refused (LiteLLM is still adding to them)."""
     start, end = params.get("start"), params.get("end")
     if bool(start) != bool(end):
         raise AirflowFailException("Give both params start and end (whole UTC days), or neither.")
@@ -46,6 +52,11 @@ def rollup_days(params: dict[str, Any], interval_start: Any, interval_end: Any) 
         raise AirflowFailException(
             f"At most {MAX_RANGE_HOURS // 24} days per run; {window} has {window.hours // 24}."
         )
+    if now is not None and window.end > now:
+        raise AirflowFailException(
+            f"{window} has not ended yet (now {iso_instant(now)}): LiteLLM is still adding to its rollups. "
+            "Export days once they are over."
+        )
     return [{"window_start": iso_hour(d.start), "window_end": iso_hour(d.end)} for d in window.each_day()]
 
 
@@ -53,6 +64,12 @@ def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
     if settings.daily_source not in DAILY_DIMENSIONS:
         raise ValueError(f"CLOUDZERO_DAILY_SOURCE must be team or user, got {settings.daily_source!r}")
+    if settings.daily_tag_conn_id and settings.daily_tag_conn_id == settings.cloudzero_conn_id:
+        raise ValueError(
+            f"CLOUDZERO_DAILY_TAG_CONN_ID is {settings.daily_tag_conn_id!r}, the export's own connection "
+            "(CLOUDZERO_CONN_ID): the tag table counts a request once per tag, so its rows need a stream of their "
+            "own. Set it to a second cloudzero connection whose AnyCost connection is another stream."
+        )
     source = f"daily_{settings.daily_source}"
     dimensions = settings.daily_dimensions or list(DAILY_DIMENSIONS[settings.daily_source])
     doc = f"""
@@ -60,12 +77,15 @@ def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
 
 For proxies that run with `disable_spend_logs: true` or a short `maximum_spend_logs_retention_period`: their
 `LiteLLM_SpendLogs` is empty or truncated, and only LiteLLM's daily rollups hold the spend. Each run exports the
-UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup) from
+UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup), `settle_minutes` after the day ends
+(`settle`: LiteLLM writes its rollups in batches and counts a request on the day it started), from
 `{ {"team": "LiteLLM_DailyTeamSpend", "user": "LiteLLM_DailyUserSpend"}[settings.daily_source] }` (setting
 `CLOUDZERO_DAILY_SOURCE`; the team and user tables count the same requests, so never both): one aggregate
 statement, CBF rows stamped at the day's 00:00 UTC, reconciled exactly against the table's
 `SUM(spend::numeric)` for the day, sent with `replace_hourly` through the one-slot pool `{settings.pool}`, a
-manifest per day, an Asset event per day. Manual runs: `start`/`end` (whole UTC days), `dry_run`.
+manifest per day, an Asset event per day. Manual runs: `start`/`end` (whole UTC days that have ended),
+`dry_run`, `settle_minutes`. A row that lands after the wait is sent by running its day again: only days whose
+rows changed are sent.
 
 **One owner per day and stream.** A day that the hourly export (spend logs) already sent to this CloudZero stream is
 refused here, naming the day; the hourly export likewise skips days this DAG owns. To switch a day from hourly to
@@ -95,6 +115,15 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             "dry_run": Param(
                 False, type="boolean", title="Dry run", description="Write the bodies; send nothing."
             ),
+            "settle_minutes": Param(
+                settings.settle_minutes,
+                type="integer",
+                minimum=0,
+                maximum=MAX_SETTLE_MINUTES,
+                title="Settle minutes",
+                description="Minutes after the last day ends before reading it: LiteLLM writes its rollups in "
+                "batches, and counts a request on the day it started (at most a day).",
+            ),
             "take_over": Param(
                 False,
                 type="boolean",
@@ -112,24 +141,50 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             data_interval_start: Any = None,
             data_interval_end: Any = None,
         ) -> list[dict[str, str]]:
-            return rollup_days(params or {}, data_interval_start, data_interval_end)
+            from cloudzero_provider.windows import utc_now
 
+            days = rollup_days(params or {}, data_interval_start, data_interval_end, now=utc_now())
+            if settings.daily_tag_conn_id:
+                check_separate_streams(settings.cloudzero_conn_id, settings.daily_tag_conn_id)
+            return days
+
+        # A day's rows share one "hour" (00:00): each cap is a day's worth of the hourly one (0 stays "no cap").
         options = ExportOptions(dimensions=dimensions, on_invalid=settings.on_invalid,
-                                max_values_per_hour=settings.max_values_per_hour,
+                                max_values_per_hour=settings.max_values_per_hour * 24,
                                 max_request_bytes=settings.max_request_bytes,
-                                # a day's rows share one "hour" (00:00): a day's worth of the hourly cap
                                 max_rows_per_hour=settings.max_rows_per_hour * 24)  # fmt: skip
         upload = {"dry_run": "{{ params.dry_run }}", "skip_unchanged": True}
         days = plan_days()
-        chunk_group(
+        # Rows of a day keep landing after midnight (LiteLLM's batched writes, requests still running): wait.
+        settle = SettledSensor(
+            task_id="settle",
+            target_time="{{ (params.end or data_interval_end) | cz_settled(params.settle_minutes) }}",
+        )
+        days >> settle
+        settle >> chunk_group(
             settings, "day", area=staging_area("daily"), options=options, extract={"source": source},
             upload={**upload, "origin": source, "take_over": "{{ params.take_over }}"},
         ).expand_kwargs(days)  # fmt: skip
         if settings.daily_tag_conn_id:
             # Its own stream: its hours are not the export's, so it announces none on the export's Asset.
-            chunk_group(
+            settle >> chunk_group(
                 settings, "tag_day", area=staging_area("daily-tag"), cloudzero_conn_id=settings.daily_tag_conn_id,
                 options=options.but(dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"]),
                 extract={"source": "daily_tag"}, upload={**upload, "origin": "daily_tag", "outlets": []},
             ).expand_kwargs(days)  # fmt: skip
     return dag
+
+
+def check_separate_streams(export_conn_id: str, tag_conn_id: str) -> None:
+    """Refuse a tag stream that is the export's own AnyCost stream under another Airflow connection: both send
+    ``replace_hourly`` at each day's 00:00, so the last one to send would erase the other's rows."""
+    from cloudzero_provider.hooks.cloudzero import CloudZeroHook
+
+    export, tags = CloudZeroHook(export_conn_id), CloudZeroHook(tag_conn_id)
+    if (export.settings.base_url, export.connection_id) == (tags.settings.base_url, tags.connection_id):
+        raise AirflowFailException(
+            f"Airflow connections {export_conn_id!r} (CLOUDZERO_CONN_ID) and {tag_conn_id!r} "
+            f"(CLOUDZERO_DAILY_TAG_CONN_ID) name the same AnyCost connection: each day's tag rows would replace "
+            'its team or user rows, or the other way round. Give the tag connection\'s extra "connection_id" a '
+            "stream of its own. Nothing was exported."
+        )

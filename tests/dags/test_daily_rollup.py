@@ -20,6 +20,7 @@ from cloudzero_provider.testing.seed import (
 DAY1 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 DAY2 = DAY1 + timedelta(days=1)
 HOURS = [DAY1 + timedelta(hours=h) for h in (10, 11, 12)]
+DAG_ID = "litellm_cloudzero_daily_rollup"
 TWO_DAYS = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-03T00:00:00Z"}
 
 
@@ -151,3 +152,66 @@ def test_request_tags_go_to_their_own_stream_once_per_request(env, schema_age, m
     assert env["double"].double.cost_by_hour(CONNECTION_ID) == {
         "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
     }
+
+
+def test_the_tag_stream_is_exact_per_day_and_a_rerun_sends_only_what_changed(env, schema_age, monkeypatch):
+    """Two days of the tag stream beside the team stream: each day exact against the tag table's own sum for the
+    prefix (the other tags of the same requests left out), a second run sends nothing to either stream, and a late
+    change to one tag row re-sends that day of the tag stream only, to its new exact total."""
+    import psycopg2
+
+    from cloudzero_provider.testing.double import CloudZeroDouble
+    from cloudzero_provider.testing.fixtures import API_KEY
+    from cloudzero_provider.testing.server import CloudZeroDoubleServer
+
+    def tagged_by_day() -> dict[str, Decimal]:
+        with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+            cur.execute("""SELECT date, SUM(spend::numeric) FROM "LiteLLM_DailyTagSpend"
+                           WHERE tag LIKE 'taskName:%' GROUP BY date ORDER BY date""")  # fmt: skip
+            return {f"{day}T00:00:00Z": total for day, total in cur.fetchall()}
+
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    with CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={"tags-conn"})) as tags:
+        conn = {"conn_type": "cloudzero", "host": tags.url, "password": API_KEY,
+                "extra": {"connection_id": "tags-conn", "max_attempts": 2}}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", json.dumps(conn))
+        monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+        team, tag = env["double"].double, tags.double
+
+        first = run_daily(**TWO_DAYS)
+        assert first.state == "success"
+        expected = tagged_by_day()
+        assert set(expected) == {"2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"}
+        assert tag.cost_by_hour("tags-conn") == expected
+        assert team.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"])
+        with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+            cur.execute(
+                """SELECT SUM(spend::numeric) FROM "LiteLLM_DailyTagSpend" WHERE tag LIKE 'jobID:%'"""
+            )
+            (other_tags,) = cur.fetchone()
+        assert other_tags > 0, "the seed's other tags must exist for the prefix to leave them out"
+        team_state, tag_state = team.snapshot(CONNECTION_ID), tag.snapshot("tags-conn")
+        team_sent, tag_sent = len(team.requests), len(tag.requests)
+
+        again = run_daily(**TWO_DAYS)
+        assert again.state == "success"
+        assert (team.snapshot(CONNECTION_ID), len(team.requests)) == (team_state, team_sent)
+        assert (tag.snapshot("tags-conn"), len(tag.requests)) == (tag_state, tag_sent), "a re-run sent tags"
+
+        with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+            cur.execute("""UPDATE "LiteLLM_DailyTagSpend" SET spend = spend + 1.25
+                           WHERE id = (SELECT min(id) FROM "LiteLLM_DailyTagSpend"
+                                       WHERE date = '2026-11-02' AND tag LIKE 'taskName:%')""")  # fmt: skip
+            assert cur.rowcount == 1
+        late = run_daily(**TWO_DAYS)
+        assert late.state == "success"
+        changed = tagged_by_day()
+        assert changed["2026-11-02T00:00:00Z"] == expected["2026-11-02T00:00:00Z"] + Decimal("1.25")
+        assert tag.cost_by_hour("tags-conn") == changed
+        assert (team.snapshot(CONNECTION_ID), len(team.requests)) == (team_state, team_sent)
+        tag_uploads = xcom(DAG_ID, late.run_id, "tag_day.upload").values()
+        assert sorted(h for u in tag_uploads for h in u["hours"]) == ["2026-11-02T00Z"]
+        assert sorted(h for u in tag_uploads for h in u["unchanged"]) == ["2026-11-01T00Z"]
+        team_uploads = xcom(DAG_ID, late.run_id, "day.upload").values()
+        assert [h for u in team_uploads for h in u["hours"]] == []

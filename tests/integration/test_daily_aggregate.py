@@ -231,6 +231,19 @@ def test_the_tag_stream_reads_its_prefix_literally_and_sums_exactly(litellm_db, 
         assert Decimal(h.totals.spend) == sum(
             (c for (d, *_), (_, c, _) in expected.items() if d == day), Decimal(0)
         )
+    # the quarantine file holds the invalid rows of the prefix, and only those
+    quarantined = {
+        q["request_id"]: q["reason"]
+        for q in LiteLLMSpendHook().invalid_rows(WINDOW, "daily_tag", resolve(dims))
+    }
+    bad = {r[0]: r[8] for r in rows if math.isnan(r[8]) or r[8] < 0}
+    of_prefix = {i: spend for i, spend in bad.items() if (rows[int(i[1:])][1] or "").startswith("job_id:")}
+    assert len(bad) > len(of_prefix) > 0, (
+        "the seed must hold invalid rows of other tags for this to test anything"
+    )
+    assert quarantined == {
+        i: "spend is NaN" if math.isnan(v) else "spend is negative" for i, v in of_prefix.items()
+    }
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,104 @@
+"""The daily-rollup DAG's plan: whole days that are over, a settle wait after them, caps a day's worth of the hourly
+ones, and a tag stream that can never be the export's own."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pendulum
+import pytest
+from airflow.sdk.exceptions import AirflowFailException
+
+from cloudzero_provider.ready_dags.common import settled_at
+from cloudzero_provider.ready_dags.daily_rollup import check_separate_streams, rollup_days
+from cloudzero_provider.sensors.settle import SettledSensor
+from cloudzero_provider.testing.fixtures import cloudzero_conn_json
+
+TWO_DAYS = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-03T00:00:00Z"}
+AFTER = datetime(2026, 11, 3, 0, 5, tzinfo=timezone.utc)
+
+
+def test_days_that_are_over_are_planned_one_chunk_each():
+    assert rollup_days(TWO_DAYS, None, None, now=AFTER) == [
+        {"window_start": "2026-11-01T00:00:00Z", "window_end": "2026-11-02T00:00:00Z"},
+        {"window_start": "2026-11-02T00:00:00Z", "window_end": "2026-11-03T00:00:00Z"},
+    ]
+    interval = (pendulum.datetime(2026, 11, 2), pendulum.datetime(2026, 11, 3))
+    assert rollup_days({}, *interval, now=AFTER) == [
+        {"window_start": "2026-11-02T00:00:00Z", "window_end": "2026-11-03T00:00:00Z"}
+    ]
+
+
+def test_a_day_not_over_is_refused_naming_it():
+    with pytest.raises(AirflowFailException) as refused:
+        rollup_days(TWO_DAYS, None, None, now=datetime(2026, 11, 2, 23, 59, tzinfo=timezone.utc))
+    message = str(refused.value)
+    assert (
+        "[2026-11-01T00:00Z, 2026-11-03T00:00Z) has not ended yet (now 2026-11-02T23:59:00.000Z)" in message
+    )
+    assert "LiteLLM is still adding to its rollups" in message
+
+
+def test_the_settle_wait_ends_its_minutes_after_the_last_day():
+    assert settled_at("2026-11-03T00:00:00Z", 10) == "2026-11-03T00:10:00.000Z"
+    assert settled_at(pendulum.datetime(2026, 11, 3), "0") == "2026-11-03T00:00:00.000Z"
+    assert settled_at("2026-11-03T01:00:00+01:00", 1440) == "2026-11-04T00:00:00.000Z"
+
+
+def _daily_dag(monkeypatch, **env):
+    from cloudzero_provider.ready_dags import build_daily_rollup_dag
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return build_daily_rollup_dag()
+
+
+def test_both_streams_wait_for_the_days_to_settle(monkeypatch):
+    dag = _daily_dag(monkeypatch, CLOUDZERO_DAILY_TAG_CONN_ID="cloudzero_tags", CLOUDZERO_SETTLE_MINUTES="25")
+    settle = dag.get_task("settle")
+    assert isinstance(settle, SettledSensor) and settle.retries >= 1
+    assert settle.upstream_task_ids == {"plan_days"}
+    assert {"day.extract", "tag_day.extract"} <= settle.downstream_task_ids
+    assert dag.params["settle_minutes"] == 25
+    template = dag.get_template_env().from_string(settle.target_time)
+    manual = {"end": "2026-11-03T00:00:00Z", "settle_minutes": 25}
+    assert template.render(params=manual, data_interval_end=None) == "2026-11-03T00:25:00.000Z"
+    scheduled = {"end": None, "settle_minutes": 0}
+    rendered = template.render(params=scheduled, data_interval_end=pendulum.datetime(2026, 11, 2))
+    assert rendered == "2026-11-02T00:00:00.000Z"
+
+
+def test_a_day_keeps_a_days_worth_of_each_hourly_cap(monkeypatch):
+    dag = _daily_dag(monkeypatch, CLOUDZERO_MAX_VALUES_PER_HOUR="700", CLOUDZERO_MAX_ROWS_PER_HOUR="300")
+    options = dag.get_task("day.extract").options
+    assert (options.max_values_per_hour, options.max_rows_per_hour) == (700 * 24, 300 * 24)
+    unlimited = _daily_dag(monkeypatch, CLOUDZERO_MAX_VALUES_PER_HOUR="0").get_task("day.transform").options
+    assert unlimited.value_cap is None
+
+
+def test_the_tag_stream_on_the_exports_own_connection_is_refused_when_the_dag_is_built(monkeypatch):
+    with pytest.raises(ValueError) as refused:
+        _daily_dag(monkeypatch, CLOUDZERO_DAILY_TAG_CONN_ID="cloudzero_default")
+    message = str(refused.value)
+    assert "CLOUDZERO_DAILY_TAG_CONN_ID is 'cloudzero_default', the export's own connection" in message
+    assert "a second cloudzero connection" in message
+
+
+def test_two_connections_naming_one_anycost_stream_are_refused(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json("https://api.cloudzero.com"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_TAGS", cloudzero_conn_json("https://api.cloudzero.com", key="k2")
+    )
+    with pytest.raises(AirflowFailException) as refused:
+        check_separate_streams("cloudzero_default", "cloudzero_tags")
+    message = str(refused.value)
+    assert (
+        "'cloudzero_default' (CLOUDZERO_CONN_ID) and 'cloudzero_tags' (CLOUDZERO_DAILY_TAG_CONN_ID)"
+        in message
+    )
+    assert "name the same AnyCost connection" in message and "Nothing was exported" in message
+    assert "k2" not in message
+
+    other = cloudzero_conn_json("https://api.cloudzero.com", key="k2", connection_id="tags-stream")
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", other)
+    assert check_separate_streams("cloudzero_default", "cloudzero_tags") is None
