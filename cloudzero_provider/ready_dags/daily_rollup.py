@@ -9,6 +9,7 @@ from airflow.sdk import DAG, Param, task
 from airflow.sdk.definitions.timetables.interval import CronDataIntervalTimetable
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider.manifests import ManifestStore
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.ready_dags.common import (
     COMMON_DOC,
@@ -24,7 +25,11 @@ from cloudzero_provider.ready_dags.common import (
 )
 from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
-from cloudzero_provider.windows import Window, iso_hour, iso_instant
+from cloudzero_provider.target import ExportTarget
+from cloudzero_provider.windows import DAY, Window, iso_hour, iso_instant, parse_instant
+
+# Days before a scheduled run's day that it may read again for late rows.
+MAX_LOOKBACK_DAYS = 7
 
 DAILY_DIMENSIONS = {
     "team": ("team_id", "api_key_alias", "model", "model_group", "provider"),
@@ -60,6 +65,19 @@ def rollup_days(
     return [{"window_start": iso_hour(d.start), "window_end": iso_hour(d.end)} for d in window.each_day()]
 
 
+def days_to_look_at_again(
+    first_day: datetime, lookback_days: int, manifests: ManifestStore, origin: str
+) -> list[dict[str, str]]:
+    """Of the ``lookback_days`` days before ``first_day``, those this stream's ``origin`` exported: a scheduled run
+    reads them again, since rows can land after their run (only days whose rows changed are sent). A day another
+    source owns now is left alone."""
+    days = [first_day - DAY * n for n in range(lookback_days, 0, -1)]
+    owners = manifests.day_owners(days)
+    return [
+        {"window_start": iso_hour(d), "window_end": iso_hour(d + DAY)} for d in days if owners[d] == origin
+    ]
+
+
 def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
     if settings.daily_source not in DAILY_DIMENSIONS:
@@ -84,8 +102,8 @@ UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup), `settle_m
 statement, CBF rows stamped at the day's 00:00 UTC, reconciled exactly against the table's
 `SUM(spend::numeric)` for the day, sent with `replace_hourly` through the one-slot pool `{settings.pool}`, a
 manifest per day, an Asset event per day. Manual runs: `start`/`end` (whole UTC days that have ended),
-`dry_run`, `settle_minutes`. A row that lands after the wait is sent by running its day again: only days whose
-rows changed are sent.
+`dry_run`, `settle_minutes`. A scheduled run also reads again the `late_lookback_days` (default 1) days before it
+that it exported, and sends one only when its rows changed; a row later still is sent by running its day again.
 
 **One owner per day and stream.** A day that the hourly export (spend logs) already sent to this CloudZero stream is
 refused here, naming the day; the hourly export likewise skips days this DAG owns. To switch a day from hourly to
@@ -115,6 +133,15 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             "dry_run": Param(
                 False, type="boolean", title="Dry run", description="Write the bodies; send nothing."
             ),
+            "late_lookback_days": Param(
+                1,
+                type="integer",
+                minimum=0,
+                maximum=MAX_LOOKBACK_DAYS,
+                title="Days to look at again (scheduled runs)",
+                description="Days before a scheduled run's day that this DAG exported, read again for rows that "
+                "landed after their run; only days whose rows changed are sent.",
+            ),
             "settle_minutes": Param(
                 settings.settle_minutes,
                 type="integer",
@@ -135,18 +162,39 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
         tags=["cloudzero", "litellm", "finops", "daily"],
     ) as dag:
 
+        def planned(
+            params: dict[str, Any] | None, interval: tuple[Any, Any], conn_id: str, origin: str
+        ) -> list[dict[str, str]]:
+            from cloudzero_provider.windows import utc_now
+
+            params = params or {}
+            days = rollup_days(params, *interval, now=utc_now())
+            lookback = 0 if params.get("start") else int(params.get("late_lookback_days") or 0)
+            if lookback:
+                first = parse_instant(days[0]["window_start"])
+                manifests = ExportTarget(conn_id, settings.staging_uri).manifests
+                days = days_to_look_at_again(first, lookback, manifests, origin) + days
+            return days
+
         @task(retries=0)
         def plan_days(
             params: dict[str, Any] | None = None,
             data_interval_start: Any = None,
             data_interval_end: Any = None,
         ) -> list[dict[str, str]]:
-            from cloudzero_provider.windows import utc_now
-
-            days = rollup_days(params or {}, data_interval_start, data_interval_end, now=utc_now())
             if settings.daily_tag_conn_id:
                 check_separate_streams(settings.cloudzero_conn_id, settings.daily_tag_conn_id)
-            return days
+            interval = (data_interval_start, data_interval_end)
+            return planned(params, interval, settings.cloudzero_conn_id, source)
+
+        @task(retries=0)
+        def plan_tag_days(
+            params: dict[str, Any] | None = None,
+            data_interval_start: Any = None,
+            data_interval_end: Any = None,
+        ) -> list[dict[str, str]]:
+            interval = (data_interval_start, data_interval_end)
+            return planned(params, interval, str(settings.daily_tag_conn_id), "daily_tag")
 
         # A day's rows share one "hour" (00:00): each cap is a day's worth of the hourly one (0 stays "no cap").
         options = ExportOptions(dimensions=dimensions, on_invalid=settings.on_invalid,
@@ -166,12 +214,14 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             upload={**upload, "origin": source, "take_over": "{{ params.take_over }}"},
         ).expand_kwargs(days)  # fmt: skip
         if settings.daily_tag_conn_id:
+            tag_days = plan_tag_days()
+            days >> tag_days >> settle
             # Its own stream: its hours are not the export's, so it announces none on the export's Asset.
             settle >> chunk_group(
                 settings, "tag_day", area=staging_area("daily-tag"), cloudzero_conn_id=settings.daily_tag_conn_id,
                 options=options.but(dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"]),
                 extract={"source": "daily_tag"}, upload={**upload, "origin": "daily_tag", "outlets": []},
-            ).expand_kwargs(days)  # fmt: skip
+            ).expand_kwargs(tag_days)  # fmt: skip
     return dag
 
 

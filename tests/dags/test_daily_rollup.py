@@ -36,6 +36,13 @@ def run_daily(**conf):
     return build_daily_rollup_dag().test(run_conf=conf)
 
 
+def run_scheduled_daily(day: datetime):
+    """The scheduled run that exports ``day`` (its data interval ends the next midnight)."""
+    from cloudzero_provider.ready_dags import build_daily_rollup_dag
+
+    return build_daily_rollup_dag().test(logical_date=day + timedelta(days=1))
+
+
 def run_hourly(hour: datetime):
     from cloudzero_provider.ready_dags import build_hourly_dag
 
@@ -122,6 +129,16 @@ def test_one_owner_per_day_and_an_explicit_switch_each_way(env, schema_age, capf
     assert {h: held[h] for h in source if h.startswith("2026-11-01")} == {
         h: v for h, v in source.items() if h.startswith("2026-11-01")
     }
+
+    # the next scheduled daily run looks again only at days it owns: the day taken back is left alone
+    hourly_again = double.snapshot(CONNECTION_ID)
+    nxt = run_scheduled_daily(DAY2)
+    assert nxt.state == "success"
+    (planned,) = xcom(DAG_ID, nxt.run_id, "plan_days").values()
+    assert [d["window_start"] for d in planned] == ["2026-11-02T00:00:00Z"]
+    assert {
+        r for r in double.snapshot(CONNECTION_ID) if dict(r)["time/usage_start"].startswith("2026-11-01")
+    } == {r for r in hourly_again if dict(r)["time/usage_start"].startswith("2026-11-01")}
 
 
 def test_request_tags_go_to_their_own_stream_once_per_request(env, schema_age, monkeypatch):
@@ -215,3 +232,39 @@ def test_the_tag_stream_is_exact_per_day_and_a_rerun_sends_only_what_changed(env
         assert sorted(h for u in tag_uploads for h in u["unchanged"]) == ["2026-11-01T00Z"]
         team_uploads = xcom(DAG_ID, late.run_id, "day.upload").values()
         assert [h for u in team_uploads for h in u["hours"]] == []
+
+
+def test_a_scheduled_run_reads_the_day_before_again_and_sends_it_only_when_its_rows_changed(env, schema_age):
+    """Rows land after a day's run (LiteLLM's batched writes, requests that started before midnight): the next
+    scheduled run reads the day before again, and sends it only when its rows changed, to its new exact total."""
+    import psycopg2
+
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    double = env["double"].double
+    assert run_scheduled_daily(DAY1).state == "success"
+    assert double.cost_by_hour(CONNECTION_ID) == {
+        "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
+    }
+    with psycopg2.connect(env["db"]) as db, db.cursor() as cur:  # a late batch for day 1
+        cur.execute("""UPDATE "LiteLLM_DailyTeamSpend" SET spend = spend + 0.5, api_requests = api_requests + 1
+                       WHERE id = (SELECT min(id) FROM "LiteLLM_DailyTeamSpend" WHERE date = '2026-11-01')""")
+        assert cur.rowcount == 1
+
+    second = run_scheduled_daily(DAY2)
+    assert second.state == "success"
+    (planned,) = xcom(DAG_ID, second.run_id, "plan_days").values()
+    assert [d["window_start"] for d in planned] == ["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"])
+    uploads = xcom(DAG_ID, second.run_id, "day.upload").values()
+    assert sorted(h for u in uploads for h in u["hours"]) == ["2026-11-01T00Z", "2026-11-02T00Z"]
+
+    sent = len(double.requests)
+    third = run_scheduled_daily(DAY2 + timedelta(days=1))
+    assert third.state == "success"
+    (planned,) = xcom(DAG_ID, third.run_id, "plan_days").values()
+    assert [d["window_start"] for d in planned] == ["2026-11-02T00:00:00Z", "2026-11-03T00:00:00Z"]
+    uploads = xcom(DAG_ID, third.run_id, "day.upload").values()
+    assert sorted(h for u in uploads for h in u["unchanged"]) == ["2026-11-02T00Z"]
+    assert [h for u in uploads for h in u["hours"]] == [], "an unchanged day (or an empty one) was sent"
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"]) and len(double.requests) == sent
