@@ -88,6 +88,13 @@ def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
             "(CLOUDZERO_CONN_ID): the tag table counts a request once per tag, so its rows need a stream of their "
             "own. Set it to a second cloudzero connection whose AnyCost connection is another stream."
         )
+    if settings.daily_tag_conn_id:
+        from cloudzero_provider.dimensions import resolve
+
+        try:  # here, not in every run's tag_day tasks while the team stream carries on
+            resolve([f"tag:{settings.daily_tag_prefix}"])
+        except ValueError as exc:
+            raise ValueError(f"CLOUDZERO_DAILY_TAG_PREFIX: {exc}") from None
     source = f"daily_{settings.daily_source}"
     dimensions = settings.daily_dimensions or list(DAILY_DIMENSIONS[settings.daily_source])
     doc = f"""

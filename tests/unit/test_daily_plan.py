@@ -84,6 +84,15 @@ def test_the_tag_stream_on_the_exports_own_connection_is_refused_when_the_dag_is
     assert "a second cloudzero connection" in message
 
 
+def test_a_tag_prefix_no_tag_can_carry_is_refused_when_the_dag_is_built(monkeypatch):
+    with pytest.raises(
+        ValueError, match=r"CLOUDZERO_DAILY_TAG_PREFIX: request-tag prefix 'task name' must be"
+    ):
+        _daily_dag(
+            monkeypatch, CLOUDZERO_DAILY_TAG_CONN_ID="cloudzero_tags", CLOUDZERO_DAILY_TAG_PREFIX="task name"
+        )
+
+
 def test_two_connections_naming_one_anycost_stream_are_refused(monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json("https://api.cloudzero.com"))
     monkeypatch.setenv(
