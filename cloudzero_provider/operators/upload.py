@@ -46,8 +46,11 @@ class AnyCostUploadOperator(ExportStepOperator):
     :param origin: The source of the rows (``spend_logs`` or a daily rollup, as given to the extract): a UTC day
         of a stream belongs to one source, and an upload never writes into a day another source owns.
     :param take_over: Switch the window's days to ``origin``, clearing the other source's hours. (templated)
-    :param skip_unchanged: Do not send an hour again whose manifest records exactly these rows as exported, so a
-        retry or a repeated range redoes only what CloudZero does not hold yet.
+    :param skip_unchanged: Do not send an hour again whose manifest records exactly these rows as exported to this
+        AnyCost connection, so a retry or a repeated range redoes only what CloudZero does not hold yet.
+    :param lower_purged: Send spend-log hours at or before the oldest spend-log row left even where that lowers
+        what was exported before (rows deleted on purpose). Off (the default): such hours may have been purged by
+        LiteLLM's retention, and CloudZero keeps them as they are (``kept_purged``). (templated)
 
     Hours the extract isolated as failed (``isolate_hours``) are not sent: every other hour is, then the task
     fails naming each failed hour and why.
@@ -59,6 +62,7 @@ class AnyCostUploadOperator(ExportStepOperator):
         "dry_run_only",
         "limit",
         "take_over",
+        "lower_purged",
     )
     ui_color = "#e9f7ef"
 
@@ -70,12 +74,14 @@ class AnyCostUploadOperator(ExportStepOperator):
         skip_unchanged: bool = False,
         origin: str = "spend_logs",
         take_over: bool | str = False,
+        lower_purged: bool | str = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.skip_unchanged = skip_unchanged
         self.origin = origin
         self.take_over = take_over
+        self.lower_purged = lower_purged
         self.dry_run_only = dry_run
         self.limit = limit
 
@@ -98,6 +104,7 @@ class AnyCostUploadOperator(ExportStepOperator):
             skip_unchanged=self.skip_unchanged,
             origin=self.origin,
             take_over=as_bool(self.take_over),
+            lower_purged=as_bool(self.lower_purged),
         )
         ti = context.get("ti")
         retried: list[datetime] = []

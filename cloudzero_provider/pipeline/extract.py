@@ -20,6 +20,7 @@ from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.windows import (
     Window,
     day_label,
+    floor_hour,
     iso_hour,
     iso_instant,
     parse_hour,
@@ -41,6 +42,17 @@ class ExtractSummary:
     rows: int
     hours: dict[datetime, dict[str, Any]] = field(default_factory=dict)
     failed_hours: dict[datetime, str] = field(default_factory=dict)
+    # When the oldest spend-log row the source held after the read started (None: it held none), and whether the
+    # extract looked: what LiteLLM's retention purged lies at or before it.
+    oldest_spend_log: datetime | None = None
+    oldest_checked: bool = False
+
+    def may_be_purged(self, hour: datetime) -> bool:
+        """Whether LiteLLM's retention may have purged rows of ``hour``: it starts at or before the hour of the
+        oldest spend-log row left (every hour, when none is left). ``False`` when the extract did not look."""
+        if not self.oldest_checked:
+            return False
+        return self.oldest_spend_log is None or hour <= floor_hour(self.oldest_spend_log)
 
     def requests(self, hour: datetime) -> int:
         return int(self.hours.get(hour, {}).get("requests", 0))
@@ -59,6 +71,10 @@ def read_extract(stage: WindowStage) -> ExtractSummary:
         rows=int(raw["rows"]),
         hours={parse_hour(h): figures for h, figures in raw["hours"].items()},
         failed_hours={parse_hour(h): why for h, why in (raw.get("failed_hours") or {}).items()},
+        oldest_spend_log=parse_instant(raw["oldest_spend_log"], what="oldest_spend_log")
+        if raw.get("oldest_spend_log")
+        else None,
+        oldest_checked="oldest_spend_log" in raw,
     )
 
 
@@ -133,6 +149,8 @@ def extract_window(
                     describe_invalid(bad_hours, table))  # fmt: skip
     else:
         stage.remove("quarantine.jsonl")
+    # After the read: a purge between the two can only move the edge later, guarding more hours, never fewer.
+    oldest = {"oldest_spend_log": _iso_or_none(hook.oldest_spend_log())} if source == "spend_logs" else {}
     requests = sum(ht.totals.requests for ht in hours.values())
     tokens = sum(ht.totals.total_tokens for ht in hours.values())
     spend = exact_decimal(exact_sum(ht.totals.spend for ht in hours.values()))
@@ -155,6 +173,7 @@ def extract_window(
             "invalid_rows": invalid_rows,
             "quarantine": quarantine,
             "failed_hours": {iso_hour(h): why for h, why in failed_hours.items()},
+            **oldest,
         },
     )
     hint = _spend_logs_look_off(hook, window) if source == "spend_logs" and not hours else None
@@ -175,6 +194,10 @@ def extract_window(
         "failed_hours": sorted(iso_hour(h) for h in failed_hours),
         **({"hint": hint} if hint else {}),
     }
+
+
+def _iso_or_none(instant: datetime | None) -> str | None:
+    return iso_instant(instant) if instant is not None else None
 
 
 def _spend_logs_look_off(hook: LiteLLMSpendHook, window: Window) -> str | None:

@@ -86,8 +86,11 @@ def reexport_hours(
             transform_window(
                 window, stage, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap
             )
+            # lower_purged: a re-export's hours were chosen by its caller -- the late pass looks only within its
+            # look-back, reconciliation keeps its own purge guard, a retry sends hours never exported.
             result = upload_window(cloudzero, window, stage, manifests, max_request_bytes=options.max_request_bytes,
-                                   attempt=attempt, late_correction=late_correction, origin=source)  # fmt: skip
+                                   attempt=attempt, late_correction=late_correction, origin=source,
+                                   lower_purged=True)  # fmt: skip
         except AirflowException as exc:
             outcome.retryable = outcome.retryable or not isinstance(exc, AirflowFailException)
             wait = getattr(exc, "retry_after", None)

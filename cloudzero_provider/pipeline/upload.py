@@ -5,9 +5,10 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from cloudzero_provider.cbf import exact_decimal, exact_sum
@@ -25,9 +26,9 @@ from cloudzero_provider.manifests import (
 from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract
 from cloudzero_provider.pipeline.ownership import apply_ownership, clearing_row
 from cloudzero_provider.pipeline.sending import Receipts, send_hours
-from cloudzero_provider.pipeline.transform import HourFigures, cbf_hours, check_staged_cbf
+from cloudzero_provider.pipeline.transform import HourFigures, TransformSummary, cbf_hours, check_staged_cbf
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, hour_label, utc_now
+from cloudzero_provider.windows import Window, hour_label, iso_instant, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,32 @@ def clear_hours(
 
     return send_hours(hook, rows_by_hour, max_request_bytes=DEFAULT_MAX_REQUEST_BYTES, attempt=attempt,
                       manifests=manifests, on_hour_sent=record)  # fmt: skip
+
+
+def _purged_hours(
+    window: Window,
+    staged: Mapping[datetime, Any],
+    emptied: list[datetime],
+    extract: ExtractSummary,
+    manifests: ManifestStore,
+    recorded: TransformSummary,
+) -> list[datetime]:
+    """Spend-log hours LiteLLM's retention may have purged (:meth:`ExtractSummary.may_be_purged`) whose rows now
+    cost less than this export sent for them (nothing, for an emptied hour): sending would lower CloudZero's
+    history to what the retention left."""
+    if extract.source != SPEND_LOGS:
+        return []
+    hours = [h for h in window.hour_starts() if (h in staged or h in emptied) and extract.may_be_purged(h)]
+    held = manifests.get_many(hours)
+    out = []
+    for hour in hours:
+        m = held.get(hour)
+        if not (m and m.exported and m.was_sent and m.origin == SPEND_LOGS and not m.cleared):
+            continue
+        now = Decimal(recorded.hours[hour].cost) if hour in staged and hour in recorded.hours else Decimal(0)
+        if now < m.sent_cost:
+            out.append(hour)
+    return out
 
 
 def _emptied_hours(
@@ -125,6 +152,7 @@ class UploadResult:
     cleared: list[datetime] = field(default_factory=list)
     skipped_owned: list[datetime] = field(default_factory=list)
     failed_hours: dict[datetime, str] = field(default_factory=dict)
+    kept_purged: list[datetime] = field(default_factory=list)
 
     def as_xcom(self) -> dict[str, Any]:
         return {
@@ -139,6 +167,7 @@ class UploadResult:
             "cleared": [hour_label(h) for h in self.cleared],
             "skipped_owned": [hour_label(h) for h in self.skipped_owned],
             "failed_hours": {hour_label(h): why for h, why in sorted(self.failed_hours.items())},
+            "kept_purged": [hour_label(h) for h in self.kept_purged],
         }
 
 
@@ -154,6 +183,7 @@ def upload_window(
     skip_unchanged: bool = False,
     origin: str = SPEND_LOGS,
     take_over: bool = False,
+    lower_purged: bool = False,
 ) -> UploadResult:
     """
     Send the window's CBF rows to AnyCost, one request at a time, and write a manifest per hour.
@@ -169,11 +199,26 @@ def upload_window(
         a stream is owned by one source (see :meth:`ManifestStore.day_owner`), and the other never writes into it.
     :param take_over: Switch the days of the window to ``origin``: the other source's hours of those days are
         cleared (left at exactly 0) as the new rows are sent.
+    :param lower_purged: Send spend-log hours even where that lowers what this export sent before, in hours
+        LiteLLM's retention may have purged (at or before the oldest spend-log row left). Off: such hours are kept
+        as CloudZero holds them and listed under ``kept_purged`` -- a re-run over history past the retention must
+        not erase it. Only for rows deleted on purpose.
     """
     staged, recorded = check_staged_cbf(window, stage)
     extract = read_extract(stage)
     present = set(staged)
     emptied = _emptied_hours(window, present, extract, manifests, origin=origin)
+    kept_purged = [] if lower_purged else _purged_hours(window, staged, emptied, extract, manifests, recorded)
+    if kept_purged:
+        log.warning(
+            "Not sending %d hour(s) that LiteLLM's retention may have purged (at or before the oldest spend-log row "
+            "left, %s): CloudZero keeps the higher cost this export sent before: %s. If their rows were deleted on "
+            "purpose, run again with lower_purged.",
+            len(kept_purged),
+            iso_instant(extract.oldest_spend_log) if extract.oldest_spend_log else "none left",
+            [hour_label(h) for h in kept_purged],
+        )
+        emptied = [h for h in emptied if h not in kept_purged]
     ownership = apply_ownership(present, window, manifests, origin=origin, take_over=take_over)
     cleared = set(ownership.cleared) | set(emptied)
     if emptied:
@@ -185,9 +230,12 @@ def upload_window(
         _record_checked_empty(window, present, extract, manifests, set(ownership.owned_elsewhere), attempt)
     digests = {h: fig.digest for h, fig in staged.items()}
     digests.update({h: content_digest([serialize_row(clearing_row(h))]) for h in cleared})
-    candidates = (present - set(ownership.owned_elsewhere) - set(extract.failed_hours)) | cleared
+    candidates = (
+        present - set(ownership.owned_elsewhere) - set(extract.failed_hours) - set(kept_purged)
+    ) | cleared
     skipped, unchanged = [], []
     records = manifests.get_many(candidates)
+    connection_id = hook.connection_id
     for hour in sorted(candidates):
         current = records.get(hour)
         if current and current.extracted_at and current.extracted_at > extract.extracted_at:
@@ -198,6 +246,8 @@ def upload_window(
             and current
             and current.status == EXPORTED
             and current.content_sha256 == digests[hour]
+            # sent to this AnyCost connection: after the connection's extra names another, history goes again
+            and current.connection_id in (None, connection_id)
         ):
             unchanged.append(hour)
     to_send = candidates - set(skipped) - set(unchanged)
@@ -206,7 +256,6 @@ def upload_window(
                     [hour_label(h) for h in skipped])  # fmt: skip
     if unchanged:
         log.info("%d hour(s) already exported with exactly these rows, not sent again", len(unchanged))
-    connection_id = hook.connection_id
     started = time.monotonic()
     done: list[datetime] = []
 
@@ -270,4 +319,5 @@ def upload_window(
         cleared=sorted(cleared),
         skipped_owned=ownership.owned_elsewhere,
         failed_hours=dict(sorted(extract.failed_hours.items())),
+        kept_purged=kept_purged,
     )

@@ -159,6 +159,10 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
   chunk spans two days).
 - `take_over`: switch days the daily-rollup export owns in this stream back to hourly data (their 00:00 daily
   rows are replaced or cleared to 0). Without it such days are skipped with a warning.
+- `lower_purged` (destructive, off by default): an hour at or before the oldest spend-log row left may have been
+  purged by LiteLLM's retention, so a run over history past the retention never lowers what it exported before
+  (nor clears it to 0): the upload lists such hours under `kept_purged`. Turn it on only for rows deleted on
+  purpose.
 - `dry_run`: send nothing; write the exact request bodies of each hour beside its staging data
   (`range-dry-run-<run>/<hour>/requests/`) and return what would be sent: records, total cost, total tokens,
   accounts, services.
@@ -214,6 +218,14 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 title="Take days over from the daily-rollup export",
                 description="Replace the daily rollup these days hold in the stream with hourly data from spend logs.",
             ),
+            "lower_purged": Param(
+                False,
+                type="boolean",
+                title="Lower hours whose rows are gone (destructive)",
+                description="Send hours at or before the oldest spend-log row left even when that lowers what "
+                "CloudZero holds. Off: such hours may have been purged by LiteLLM's retention and keep their "
+                "exported cost. Only for rows deleted on purpose.",
+            ),
             "limit": Param(
                 None,
                 type=["null", "integer"],
@@ -260,7 +272,7 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
             area=staging_area("range"),
             extract={"isolate_hours": True},
             upload={"dry_run": "{{ params.dry_run }}", "limit": "{{ params.limit }}", "skip_unchanged": True,
-                    "take_over": "{{ params.take_over }}"},
+                    "take_over": "{{ params.take_over }}", "lower_purged": "{{ params.lower_purged }}"},
         )  # fmt: skip
         export_chunk.expand_kwargs(plan())
     return dag

@@ -193,6 +193,88 @@ def test_range_dag_bad_hour_fails_alone_and_a_rerun_sends_only_it(env, capfd):
     assert env["double"].double.cost_by_hour(CONNECTION_ID) == spend_by_hour(env["db"])
 
 
+def test_a_range_over_history_the_retention_purged_keeps_what_was_exported(env):
+    """LiteLLM's retention deletes the oldest spend logs: a range run over those hours again must not lower or
+    clear what CloudZero holds (the source is no longer whole there), while an hour emptied on purpose after the
+    oldest row left is still cleared; lower_purged (opt-in) lowers them too."""
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=60)
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "success"
+    double = env["double"].double
+    exported = double.cost_by_hour(CONNECTION_ID)
+    assert exported == spend_by_hour(env["db"])
+
+    def delete(before: datetime, after: datetime | None = None) -> None:
+        with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+            cur.execute("""DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s AND "startTime" >= %s""",
+                        (before.replace(tzinfo=None), (after or H0 - timedelta(days=1)).replace(tzinfo=None)))  # fmt: skip
+            assert cur.rowcount > 0
+
+    delete(
+        HOURS[2] + timedelta(hours=1), HOURS[2]
+    )  # the newest hour emptied on purpose: after the oldest row
+    emptied = build_range_dag().test(run_conf=conf)
+    assert emptied.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", emptied.run_id, "chunk.upload").values()
+    assert upload["cleared"] == ["2026-11-01T12Z"] and upload["kept_purged"] == []
+    assert double.cost_by_hour(CONNECTION_ID)["2026-11-01T12:00:00Z"] == 0
+
+    delete(HOURS[1] + timedelta(minutes=30))  # the retention: hour 10 gone, hour 11 half gone
+    source = spend_by_hour(env["db"])
+    assert (
+        "2026-11-01T10:00:00Z" not in source
+        and source["2026-11-01T11:00:00Z"] < exported["2026-11-01T11:00:00Z"]
+    )
+    sent = len(double.requests)
+    purged = build_range_dag().test(run_conf=conf)
+    assert purged.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", purged.run_id, "chunk.upload").values()
+    assert upload["kept_purged"] == ["2026-11-01T10Z", "2026-11-01T11Z"] and upload["hours"] == []
+    assert len(double.requests) == sent, "nothing was sent"
+    held = double.cost_by_hour(CONNECTION_ID)
+    assert {h: held[h] for h in ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z")} == {
+        h: exported[h] for h in ("2026-11-01T10:00:00Z", "2026-11-01T11:00:00Z")
+    }
+
+    lowered = build_range_dag().test(run_conf={**conf, "lower_purged": True})
+    assert lowered.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", lowered.run_id, "chunk.upload").values()
+    assert upload["kept_purged"] == [] and upload["hours"] == ["2026-11-01T10Z", "2026-11-01T11Z"]
+    held = double.cost_by_hour(CONNECTION_ID)
+    assert held["2026-11-01T10:00:00Z"] == 0 and {h: v for h, v in held.items() if v} == spend_by_hour(
+        env["db"]
+    )
+
+
+def test_a_range_run_after_the_connection_names_another_anycost_connection_sends_history_again(
+    env, monkeypatch
+):
+    """Manifests say what went to the AnyCost connection named then: after the connection's extra names another
+    stream, "already exported with exactly these rows" no longer holds, and a range sends every hour to it."""
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=40)
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "success"
+    double = env["double"].double
+    double.connections = {*(double.connections or ()), CONNECTION_ID, "new-stream"}
+    conn = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps({**conn, "extra": {**conn["extra"], "connection_id": "new-stream"}}),
+    )
+    moved = build_range_dag().test(run_conf=conf)
+    assert moved.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", moved.run_id, "chunk.upload").values()
+    assert upload["unchanged"] == [] and len(upload["hours"]) == 3
+    assert double.cost_by_hour("new-stream") == spend_by_hour(env["db"])
+    again = build_range_dag().test(run_conf=conf)
+    (upload,) = xcom("litellm_cloudzero_range", again.run_id, "chunk.upload").values()
+    assert upload["hours"] == [] and len(upload["unchanged"]) == 3, "then it is held there"
+
+
 def test_range_dag_maps_only_chunks_with_spend(env):
     from cloudzero_provider.ready_dags import build_range_dag
 
