@@ -53,7 +53,15 @@ def apply_ownership(
     take_over: bool,
 ) -> Ownership:
     """Of the hours about to be sent (``present``), which another source's day owns (not to be sent), and which
-    hours must be cleared to 0 to switch a day with ``take_over`` (send :func:`clearing_row` for them)."""
+    hours must be cleared to 0 to switch a day with ``take_over`` (send :func:`clearing_row` for them).
+
+    ``take_over`` switches whole days only: a day's 00:00 holds its daily rows, so a window holding part of a day
+    would clear the whole day's and send part of it (the range plans a day into one chunk when it takes over)."""
+    if take_over and not window.is_day_aligned:
+        raise AirflowFailException(
+            f"take_over switches whole UTC days; {window} covers part of one, whose daily rows at 00:00 count the "
+            "whole day. Nothing was sent. Take over whole days (start and end at 00:00 UTC)."
+        )
     days = sorted({day_start(h) for h in present} | {d.start for d in window.each_day()})
     held = manifests.get_many(h for d in days for h in Window(d, d + DAY).hour_starts())
     owners = manifests.day_owners(days, held=held)

@@ -27,8 +27,9 @@ from cloudzero_provider.settings import DEFAULT_RANGE_CHUNK_ROWS, ExportSettings
 from cloudzero_provider.windows import Window, hour_label, iso_hour
 
 
-def range_window(start: Any, end: Any) -> Window:
-    """The window ``[start, end)`` of a range run; a clear error for anything else."""
+def range_window(start: Any, end: Any, *, take_over: bool = False) -> Window:
+    """The window ``[start, end)`` of a range run (whole UTC days with ``take_over``); a clear error for anything
+    else."""
     if not start or not end:
         raise AirflowFailException(
             "Give both params: start and end (ISO-8601, hour-aligned; UTC or with offset)."
@@ -41,6 +42,11 @@ def range_window(start: Any, end: Any) -> Window:
         raise AirflowFailException(
             f"The range has {window.hours} hours; split it into runs of at most {MAX_RANGE_HOURS} hours, or use "
             f"`airflow backfill create --dag-id {HOURLY_DAG_ID}`."
+        )
+    if take_over and not window.is_day_aligned:
+        raise AirflowFailException(
+            f"take_over switches whole UTC days, and {window} covers part of one: its daily rows at 00:00 count the "
+            "whole day. Give start and end at 00:00 UTC."
         )
     return window
 
@@ -78,6 +84,7 @@ def plan_chunks(
     exported: set[datetime],
     *,
     chunk_rows: int = DEFAULT_RANGE_CHUNK_ROWS,
+    whole_days: bool = False,
 ) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """
     The chunks of a range worth mapping, sized by the spend-log rows they hold, and a summary of the range.
@@ -88,15 +95,16 @@ def plan_chunks(
     a sparse month is a few chunks and a dense one many bounded ones; only an hour holding more than
     ``chunk_rows`` rows on its own makes a chunk that holds more. A piece is mapped when it holds spend-log rows,
     or when an hour of it was exported before (it may have changed to nothing since, and must be looked at
-    again); empty time costs nothing, and a chunk never spans it.
+    again); empty time costs nothing, and a chunk never spans it. With ``whole_days`` (``take_over``: a day
+    switches owner in one upload, its 00:00 with the rest) no day is ever cut, whatever it holds.
     """
     if chunk_hours < 1 or chunk_rows < 1:
         raise ValueError(f"chunk_hours and chunk_rows must be at least 1, got {chunk_hours} and {chunk_rows}")
     chunks: list[Window] = []
     current: Window | None = None
     current_rows, skipped = 0, 0
-    for piece in window.chunks(min(chunk_hours, 24)):
-        for part in _split_by_rows(piece, chunk_rows, requests_by_hour):
+    for piece in window.chunks(24 if whole_days else min(chunk_hours, 24)):
+        for part in [piece] if whole_days else _split_by_rows(piece, chunk_rows, requests_by_hour):
             rows = _rows_of(part, requests_by_hour)
             if not rows and not any(h in exported for h in part.hour_starts()):
                 skipped += 1
@@ -158,7 +166,8 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
 - `chunk_hours`: the most hours one mapped chunk may span (default and maximum {MAX_CHUNK_HOURS}; with `24` no
   chunk spans two days).
 - `take_over`: switch days the daily-rollup export owns in this stream back to hourly data (their 00:00 daily
-  rows are replaced or cleared to 0). Without it such days are skipped with a warning.
+  rows are replaced or cleared to 0). Whole UTC days only (`start` and `end` at 00:00), and each day goes in one
+  chunk, its 00:00 with the rest, however many rows it holds. Without it such days are skipped with a warning.
 - `lower_purged` (destructive, off by default): an hour at or before the oldest spend-log row left may have been
   purged by LiteLLM's retention, so a run over history past the retention never lowers what it exported before
   (nor clears it to 0): the upload lists such hours under `kept_purged`. Turn it on only for rows deleted on
@@ -216,7 +225,8 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
                 False,
                 type="boolean",
                 title="Take days over from the daily-rollup export",
-                description="Replace the daily rollup these days hold in the stream with hourly data from spend logs.",
+                description="Replace the daily rollup these days hold in the stream with hourly data from spend logs "
+                "(whole UTC days: start and end at 00:00).",
             ),
             "lower_purged": Param(
                 False,
@@ -247,14 +257,15 @@ not hold yet (the manifests know which). The ledger page (Browse -> CloudZero le
 
             params = params or {}
             check_dry_run_limit(bool(params.get("dry_run")), params.get("limit"))
-            window = range_window(params.get("start"), params.get("end"))
+            take_over = str(params.get("take_over")).strip().lower() == "true"
+            window = range_window(params.get("start"), params.get("end"), take_over=take_over)
             hook = LiteLLMSpendHook(postgres_conn_id=settings.litellm_conn_id, db_schema=settings.db_schema)
             exported = {
                 h for h in export_target(settings).manifests.hours() if window.start <= h < window.end
             }
             chunk_hours = int(params.get("chunk_hours") or MAX_CHUNK_HOURS)
             chunks, summary = plan_chunks(window, chunk_hours, hook.hour_counts(window), exported,
-                                          chunk_rows=settings.range_chunk_rows)  # fmt: skip
+                                          chunk_rows=settings.range_chunk_rows, whole_days=take_over)  # fmt: skip
             logging.getLogger(__name__).info(
                 "Range %s: %d hour(s), %d with spend, %d request(s); %d chunk(s) of up to %d hour(s) and %d "
                 "request(s) to export (the largest %d), %d empty piece(s) skipped",

@@ -107,3 +107,32 @@ def test_plan_properties(offset, hours, chunk_hours, chunk_rows, counts, exporte
         assert rows or any(h in done for h in p.hour_starts()), "an empty chunk was mapped"
     assert summary["chunks"] == len(pieces) and summary["hours_in_chunks"] == len(covered)
     assert summary["requests"] == sum(n for h, n in by_hour.items() if h in set(covered))
+
+
+def test_taking_days_over_keeps_every_day_in_one_chunk_however_dense():
+    """take_over switches a day in one upload, its 00:00 (the daily rows of the whole day) with the rest: a day is
+    never cut, not by rows and not by chunk_hours."""
+    window = Window(START, START + timedelta(days=3))
+    counts = dict.fromkeys(window.hour_starts(), 100)
+    counts[START + 5 * HOUR] = 5_000
+    cut, _ = plan_chunks(window, 168, counts, set(), chunk_rows=1_000)
+    assert any(w.hours < 24 for w in windows_of(cut)), "without take_over the dense day is cut"
+    for chunk_hours in (6, 24, 168):
+        chunks, _ = plan_chunks(window, chunk_hours, counts, set(), chunk_rows=1_000, whole_days=True)
+        assert [w.display for w in windows_of(chunks)] == ["2026-10-30", "2026-10-31", "2026-11-01"]
+    joined, _ = plan_chunks(window, 168, counts, set(), whole_days=True)
+    assert [w.display for w in windows_of(joined)] == ["2026-10-30T00Z--2026-11-02T00Z"]
+
+
+def test_taking_over_part_of_a_day_is_refused():
+    import pytest
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from cloudzero_provider.ready_dags.range import range_window
+
+    assert range_window("2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", take_over=True).hours == 24
+    assert range_window("2026-11-01T12:00:00Z", "2026-11-02T00:00:00Z").hours == 12
+    with pytest.raises(
+        AirflowFailException, match=r"take_over switches whole UTC days, and \[2026-11-01T12:00Z"
+    ):
+        range_window("2026-11-01T12:00:00Z", "2026-11-02T00:00:00Z", take_over=True)

@@ -56,3 +56,14 @@ def test_the_two_rollup_tables_never_share_a_day(store):
     sent(store, DAY, "daily_user")
     with pytest.raises(AirflowFailException, match="owned by the daily_user export, not daily_team"):
         apply_ownership({DAY}, WINDOW, store, origin="daily_team", take_over=False)
+
+
+def test_take_over_of_part_of_a_day_is_refused_before_anything_is_cleared(store):
+    """The day's 00:00 holds its daily rows for the whole day: clearing it from a window of hours 12-23 would leave
+    hours 00-11 sent by nobody."""
+    sent(store, DAY, "daily_team")
+    afternoon = Window(DAY + timedelta(hours=12), DAY + timedelta(days=1))
+    with pytest.raises(AirflowFailException, match=r"take_over switches whole UTC days; .* Nothing was sent"):
+        apply_ownership({DAY + timedelta(hours=13)}, afternoon, store, origin="spend_logs", take_over=True)
+    out = apply_ownership({DAY + timedelta(hours=13)}, afternoon, store, origin="spend_logs", take_over=False)
+    assert out.owned_elsewhere == [DAY + timedelta(hours=13)] and not out.cleared
