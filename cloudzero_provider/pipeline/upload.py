@@ -70,6 +70,18 @@ def clear_hours(
                       manifests=manifests, on_hour_sent=record)  # fmt: skip
 
 
+def _held_cost(m: Manifest | None, origin: str) -> Decimal:
+    """The cost CloudZero may hold in an hour from this source's last acknowledged export: its recorded cost, even
+    when a later attempt failed or was cut off (``failed``/``sending`` keep what the last export recorded); 0 when
+    it never acknowledged rows of the hour, or they were cleared."""
+    if m is None or m.origin != origin or m.cleared or not m.was_sent or not m.cost:
+        return Decimal(0)
+    try:
+        return Decimal(m.cost)
+    except ArithmeticError:  # a hand-edited record: not a figure to act on
+        return Decimal(0)
+
+
 def _purged_hours(
     window: Window,
     staged: Mapping[datetime, Any],
@@ -87,11 +99,8 @@ def _purged_hours(
     held = manifests.get_many(hours)
     out = []
     for hour in hours:
-        m = held.get(hour)
-        if not (m and m.exported and m.was_sent and m.origin == SPEND_LOGS and not m.cleared):
-            continue
         now = Decimal(recorded.hours[hour].cost) if hour in staged and hour in recorded.hours else Decimal(0)
-        if now < m.sent_cost:
+        if now < _held_cost(held.get(hour), SPEND_LOGS):
             out.append(hour)
     return out
 
@@ -104,17 +113,15 @@ def _emptied_hours(
     *,
     origin: str,
 ) -> list[datetime]:
-    """Hours of the window this source exported with a cost that now have nothing to send: without an explicit
-    clearing row, CloudZero would keep their old cost forever (an empty hour sends no request)."""
-    out = []
+    """Hours of the window this source exported with a cost that now have nothing to send -- also when a later
+    attempt at the hour failed: without an explicit clearing row, CloudZero would keep their old cost forever (an
+    empty hour sends no request)."""
     held = manifests.get_many(window.hour_starts())
-    for hour in window.hour_starts():
-        if hour in present or hour in extract.failed_hours:
-            continue
-        m = held.get(hour)
-        if m and m.exported and m.origin == origin and not m.cleared and m.sent_cost != 0:
-            out.append(hour)
-    return out
+    return [
+        hour
+        for hour in window.hour_starts()
+        if hour not in present and hour not in extract.failed_hours and _held_cost(held.get(hour), origin) != 0
+    ]
 
 
 def _record_checked_empty(

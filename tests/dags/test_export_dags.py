@@ -275,6 +275,34 @@ def test_a_range_run_after_the_connection_names_another_anycost_connection_sends
     assert upload["hours"] == [] and len(upload["unchanged"]) == 3, "then it is held there"
 
 
+def test_an_hour_whose_last_attempt_failed_and_whose_rows_then_vanish_is_cleared(env):
+    """CloudZero still holds the hour's last acknowledged export when a later attempt fails: once the hour's rows
+    are gone, a range clears it to 0 (the failed record kept it out of "exported before", so it stayed forever)."""
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=30)
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "success"
+    path = env["staging"] / "manifests" / "2026-11-01T12Z.json"
+    record = json.loads(path.read_text())
+    assert record["drop_ids"] and Decimal(record["cost"]) > 0
+    path.write_text(json.dumps({**record, "status": "failed", "reason": "a later attempt failed"}))
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            """DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" >= %s""", (HOURS[2].replace(tzinfo=None),)
+        )
+    run = build_range_dag().test(run_conf=conf)
+    assert run.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", run.run_id, "chunk.upload").values()
+    assert upload["cleared"] == ["2026-11-01T12Z"] and upload["kept_purged"] == []
+    held = env["double"].double.cost_by_hour(CONNECTION_ID)
+    assert held["2026-11-01T12:00:00Z"] == 0 and {h: v for h, v in held.items() if v} == spend_by_hour(
+        env["db"]
+    )
+    after = json.loads(path.read_text())
+    assert after["status"] == "exported" and after["cleared"] is True
+
+
 def test_range_dag_maps_only_chunks_with_spend(env):
     from cloudzero_provider.ready_dags import build_range_dag
 
