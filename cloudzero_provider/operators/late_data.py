@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.reexport import reexport_hours
-from cloudzero_provider.windows import Window, hour_label, parse_instant
+from cloudzero_provider.windows import Window, floor_hour, hour_label, parse_instant
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -51,6 +52,10 @@ class LateDataOperator(ExportStepOperator):
     def _changed(self, checked: Window, context: Context) -> dict[datetime, str]:
         """The hours of ``checked`` to export again, with why."""
         current = self.litellm_hook.hour_spend(checked)
+        # After the read: LiteLLM's retention may have purged rows at or before the oldest one left (every hour,
+        # when none is left); an hour there that now holds less keeps what was exported.
+        oldest = self.litellm_hook.oldest_spend_log()
+        edge = floor_hour(oldest) if oldest is not None else None
         floor = parse_instant(self.not_before, what="not_before") if self.not_before else None
         held = self.target.manifests.get_many(checked.hour_starts())  # one listing, one read per manifest
         changed: dict[datetime, str] = {}
@@ -73,6 +78,18 @@ class LateDataOperator(ExportStepOperator):
                 changed[hour] = manifest.unreadable or f"its last upload ended {manifest.status}"
             elif recorded is None or (requests, spend) != (recorded.requests, recorded.spend):
                 was = f"{recorded.requests} / {recorded.spend}" if recorded else "unknown totals"
+                if (
+                    recorded is not None
+                    and Decimal(spend) < Decimal(recorded.spend)
+                    and (edge is None or hour <= edge)
+                ):
+                    self.log.warning(
+                        "%s: source now %s requests / %s USD, exported %s -- at or before the oldest spend-log row "
+                        "left (%s): LiteLLM's retention may have purged its rows, so CloudZero keeps what was "
+                        "exported (reconciliation decides such hours)", hour_label(hour), requests, spend, was,
+                        hour_label(edge) if edge else "none left",
+                    )  # fmt: skip
+                    continue
                 changed[hour] = f"source now {requests} requests / {spend} USD, exported {was}"
         return changed
 

@@ -169,6 +169,7 @@ class ReconcileOperator(ExportStepOperator):
             self.litellm_hook, self.cloudzero_hook, manifests, to_export,
             stage_of=lambda w: self.stage(w, area="reconcile"), options=options, attempt=attempt,
             why=lambda h: f"source {by_hour[h].source} USD, CloudZero {by_hour[h].held} USD -> {by_hour[h].status}",
+            lower_purged=True,  # its own purge guard chose these hours
         )  # fmt: skip
         done = [by_hour[h] for h in outcome.done]
         failures += [outcome.failure_lines()] if outcome.failed else []

@@ -66,6 +66,7 @@ def reexport_hours(
     source: str = SPEND_LOGS,
     late_correction: bool = True,
     why: Callable[[datetime], str] | None = None,
+    lower_purged: bool = False,
 ) -> ReexportOutcome:
     """
     Export each hour again from the source, alone: extract, transform, upload. Every hour is tried.
@@ -74,6 +75,8 @@ def reexport_hours(
     :param options: The export's options (dimensions, invalid-row policy, value cap, request size).
     :param attempt: The task attempt, named in idempotency keys and manifests.
     :param why: Why each hour is re-exported, for the log.
+    :param lower_purged: Lower hours LiteLLM's retention may have purged too (see :func:`upload_window`): for a
+        caller that decided with its own purge guard (reconciliation).
     """
     outcome = ReexportOutcome()
     for hour in hours:
@@ -86,11 +89,9 @@ def reexport_hours(
             transform_window(
                 window, stage, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap
             )
-            # lower_purged: a re-export's hours were chosen by its caller -- the late pass looks only within its
-            # look-back, reconciliation keeps its own purge guard, a retry sends hours never exported.
             result = upload_window(cloudzero, window, stage, manifests, max_request_bytes=options.max_request_bytes,
                                    attempt=attempt, late_correction=late_correction, origin=source,
-                                   lower_purged=True)  # fmt: skip
+                                   lower_purged=lower_purged)  # fmt: skip
         except AirflowException as exc:
             outcome.retryable = outcome.retryable or not isinstance(exc, AirflowFailException)
             wait = getattr(exc, "retry_after", None)

@@ -120,7 +120,9 @@ def _emptied_hours(
     return [
         hour
         for hour in window.hour_starts()
-        if hour not in present and hour not in extract.failed_hours and _held_cost(held.get(hour), origin) != 0
+        if hour not in present
+        and hour not in extract.failed_hours
+        and _held_cost(held.get(hour), origin) != 0
     ]
 
 

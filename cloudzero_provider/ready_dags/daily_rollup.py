@@ -189,8 +189,6 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             data_interval_start: Any = None,
             data_interval_end: Any = None,
         ) -> list[dict[str, str]]:
-            if settings.daily_tag_conn_id:
-                check_separate_streams(settings.cloudzero_conn_id, settings.daily_tag_conn_id)
             interval = (data_interval_start, data_interval_end)
             return planned(params, interval, settings.cloudzero_conn_id, source)
 
@@ -201,7 +199,10 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             data_interval_end: Any = None,
         ) -> list[dict[str, str]]:
             interval = (data_interval_start, data_interval_end)
-            return planned(params, interval, str(settings.daily_tag_conn_id), "daily_tag")
+            days = planned(params, interval, str(settings.daily_tag_conn_id), "daily_tag")
+            if not (params or {}).get("dry_run"):  # a dry run sends nothing, to either stream
+                check_separate_streams(settings.cloudzero_conn_id, str(settings.daily_tag_conn_id))
+            return days
 
         # A day's rows share one "hour" (00:00): each cap is a day's worth of the hourly one (0 stays "no cap").
         options = ExportOptions(dimensions=dimensions, on_invalid=settings.on_invalid,
@@ -221,8 +222,8 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             upload={**upload, "origin": source, "take_over": "{{ params.take_over }}"},
         ).expand_kwargs(days)  # fmt: skip
         if settings.daily_tag_conn_id:
+            # Apart from the team stream's tasks: a tag connection's trouble fails the tag stream alone.
             tag_days = plan_tag_days()
-            days >> tag_days >> settle
             # Its own stream: its hours are not the export's, so it announces none on the export's Asset.
             settle >> chunk_group(
                 settings, "tag_day", area=staging_area("daily-tag"), cloudzero_conn_id=settings.daily_tag_conn_id,

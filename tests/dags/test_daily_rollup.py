@@ -268,3 +268,33 @@ def test_a_scheduled_run_reads_the_day_before_again_and_sends_it_only_when_its_r
     assert sorted(h for u in uploads for h in u["unchanged"]) == ["2026-11-02T00Z"]
     assert [h for u in uploads for h in u["hours"]] == [], "an unchanged day (or an empty one) was sent"
     assert double.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"]) and len(double.requests) == sent
+
+
+def test_a_tag_stream_naming_the_exports_own_anycost_connection_fails_alone(
+    env, schema_age, monkeypatch, capfd
+):
+    """Two Airflow connections, one AnyCost connection: the tag stream is refused naming both, sends nothing, and
+    the team stream is exported all the same; a dry run checks nothing it would not send."""
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+    day1 = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
+
+    dry = run_daily(**day1, dry_run=True)
+    assert dry.state == "success"
+    assert env["double"].double.requests == []
+
+    run = run_daily(**day1)
+    assert run.state == "failed"
+    states = {task: ti[0] for (task, _), ti in task_instances(DAG_ID, run.run_id).items()}
+    assert states["plan_tag_days"] == "failed" and states["tag_day.upload"] == "upstream_failed"
+    assert states["day.upload"] == "success"
+    out = capfd.readouterr()
+    assert (
+        "'cloudzero_default' (CLOUDZERO_CONN_ID) and 'cloudzero_tags' (CLOUDZERO_DAILY_TAG_CONN_ID) name the same"
+        in (out.out + out.err)
+    )
+    assert env["double"].double.cost_by_hour(CONNECTION_ID) == {
+        "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
+    }

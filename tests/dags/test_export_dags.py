@@ -494,8 +494,12 @@ def test_late_pass_never_exports_hours_before_the_dag_start(env, monkeypatch):
 
 
 def test_an_hour_whose_rows_all_vanish_is_cleared_to_zero_by_the_late_pass(env):
+    """Rows deleted after the oldest spend-log row left: the hour is cleared to 0. Rows gone at or before it may be
+    LiteLLM's retention at work: the hour keeps what was exported."""
     seed_hours(env["db"], rows=50)
-    for hour in HOURS[:2]:
+    previous = H0 - timedelta(hours=1)  # an hour before, so that the vanished one is not the oldest
+    seed_synthetic(env["db"], previous, 20, id_prefix="before")
+    for hour in [previous, *HOURS[:2]]:
         assert run_hourly(hour).state == "success"
     with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
         cur.execute("""DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" >= %s AND "startTime" < %s""",
@@ -510,6 +514,16 @@ def test_an_hour_whose_rows_all_vanish_is_cleared_to_zero_by_the_late_pass(env):
     assert manifest["cleared"] is True and manifest["cost"] == "0"
     again = run_hourly(HOURS[2])
     assert xcom("litellm_cloudzero_hourly", again.run_id, "late_data")[-1]["corrected"] == [], "cleared once"
+
+    kept = held["2026-11-01T09:00:00Z"]
+    assert kept > 0
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:  # the retention takes the oldest hour
+        cur.execute("""DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s""", (H0.replace(tzinfo=None),))
+    purged = run_hourly(HOURS[2])
+    assert purged.state == "success"
+    late = xcom("litellm_cloudzero_hourly", purged.run_id, "late_data")[-1]
+    assert "2026-11-01T09Z" in late["checked"] and late["corrected"] == []
+    assert env["double"].double.cost_by_hour(CONNECTION_ID)["2026-11-01T09:00:00Z"] == kept
 
 
 def clear_and_resume(dag, run_id: str, task_id: str) -> Any:

@@ -57,8 +57,13 @@ def test_both_streams_wait_for_the_days_to_settle(monkeypatch):
     dag = _daily_dag(monkeypatch, CLOUDZERO_DAILY_TAG_CONN_ID="cloudzero_tags", CLOUDZERO_SETTLE_MINUTES="25")
     settle = dag.get_task("settle")
     assert isinstance(settle, SettledSensor) and settle.retries >= 1
-    assert settle.upstream_task_ids == {"plan_days", "plan_tag_days"}
+    assert settle.upstream_task_ids == {"plan_days"}, "the tag stream's plan never holds the team stream up"
     assert {"day.extract", "tag_day.extract"} <= settle.downstream_task_ids
+    assert dag.get_task("plan_tag_days").downstream_task_ids == {
+        "tag_day.extract",
+        "tag_day.transform",
+        "tag_day.upload",
+    }
     assert dag.params["settle_minutes"] == 25
     template = dag.get_template_env().from_string(settle.target_time)
     manual = {"end": "2026-11-03T00:00:00Z", "settle_minutes": 25}
