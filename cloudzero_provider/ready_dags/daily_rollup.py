@@ -26,7 +26,7 @@ from cloudzero_provider.ready_dags.common import (
 from cloudzero_provider.sensors.settle import SettledSensor
 from cloudzero_provider.settings import ExportSettings
 from cloudzero_provider.target import ExportTarget
-from cloudzero_provider.windows import DAY, Window, iso_hour, iso_instant, parse_instant
+from cloudzero_provider.windows import DAY, Window, day_start, iso_hour, iso_instant, parse_instant
 
 # Days before a scheduled run's day that it may read again for late rows.
 MAX_LOOKBACK_DAYS = 7
@@ -66,15 +66,18 @@ def rollup_days(
 
 
 def days_to_look_at_again(
-    first_day: datetime, lookback_days: int, manifests: ManifestStore, origin: str
+    first_day: datetime, lookback_days: int, manifests: ManifestStore, origin: str, *, not_before: datetime
 ) -> list[dict[str, str]]:
-    """Of the ``lookback_days`` days before ``first_day``, those this stream's ``origin`` exported: a scheduled run
-    reads them again, since rows can land after their run (only days whose rows changed are sent). A day another
-    source owns now is left alone."""
-    days = [first_day - DAY * n for n in range(lookback_days, 0, -1)]
+    """Of the ``lookback_days`` days before ``first_day``, those this stream's ``origin`` exported or that no source
+    holds (a day empty at its run): a scheduled run reads them again, since rows can land after their run (only
+    days whose rows changed are sent). A day another source owns now is left alone. Never a day before
+    ``not_before`` (the export's start)."""
+    days = [d for d in (first_day - DAY * n for n in range(lookback_days, 0, -1)) if d >= not_before]
     owners = manifests.day_owners(days)
     return [
-        {"window_start": iso_hour(d), "window_end": iso_hour(d + DAY)} for d in days if owners[d] == origin
+        {"window_start": iso_hour(d), "window_end": iso_hour(d + DAY)}
+        for d in days
+        if owners[d] in (origin, None)
     ]
 
 
@@ -180,7 +183,8 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             if lookback:
                 first = parse_instant(days[0]["window_start"])
                 manifests = ExportTarget(conn_id, settings.staging_uri).manifests
-                days = days_to_look_at_again(first, lookback, manifests, origin) + days
+                start = day_start(settings.start_date)
+                days = days_to_look_at_again(first, lookback, manifests, origin, not_before=start) + days
             return days
 
         @task(retries=0)

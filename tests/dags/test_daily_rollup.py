@@ -298,3 +298,25 @@ def test_a_tag_stream_naming_the_exports_own_anycost_connection_fails_alone(
     assert env["double"].double.cost_by_hour(CONNECTION_ID) == {
         "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"]
     }
+
+
+def test_a_day_empty_at_its_run_is_read_again_by_the_next_but_never_one_before_the_start(
+    env, schema_age, monkeypatch
+):
+    """All of a day's rollup rows land after its run (a quiet proxy, a long request): the day had no record, and the
+    next scheduled run reads it again and sends it. The look-back never reaches before CLOUDZERO_EXPORT_START."""
+    seed(env["db"], schema_age)
+    double = env["double"].double
+    empty = run_scheduled_daily(DAY1)  # the rollups hold nothing yet
+    assert empty.state == "success" and double.cost_by_hour(CONNECTION_ID) == {}
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    nxt = run_scheduled_daily(DAY2)
+    assert nxt.state == "success"
+    (planned,) = xcom(DAG_ID, nxt.run_id, "plan_days").values()
+    assert [d["window_start"] for d in planned] == ["2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z"]
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"])
+
+    monkeypatch.setenv("CLOUDZERO_EXPORT_START", "2026-11-02T00:00:00Z")
+    first = run_scheduled_daily(DAY2)
+    (planned,) = xcom(DAG_ID, first.run_id, "plan_days").values()
+    assert [d["window_start"] for d in planned] == ["2026-11-02T00:00:00Z"], "a day before the start"
