@@ -149,8 +149,8 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                 minimum=0,
                 maximum=MAX_LOOKBACK_DAYS,
                 title="Days to look at again (scheduled runs)",
-                description="Days before a scheduled run's day that this DAG exported, read again for rows that "
-                "landed after their run; only days whose rows changed are sent.",
+                description="Days before a scheduled run's day that this DAG exported, or that were empty at their "
+                "run, read again for rows that landed after it; only days whose rows changed are sent.",
             ),
             "settle_minutes": Param(
                 settings.settle_minutes,

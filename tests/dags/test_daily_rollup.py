@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.runs import task_instances, xcom
@@ -34,6 +37,21 @@ def run_daily(**conf):
     from cloudzero_provider.ready_dags import build_daily_rollup_dag
 
     return build_daily_rollup_dag().test(run_conf=conf)
+
+
+@contextmanager
+def tag_stream(monkeypatch) -> Iterator[Any]:
+    """A second CloudZero double, its own AnyCost connection ``tags-conn``, as the daily DAG's tag stream."""
+    from cloudzero_provider.testing.double import CloudZeroDouble
+    from cloudzero_provider.testing.fixtures import API_KEY
+    from cloudzero_provider.testing.server import CloudZeroDoubleServer
+
+    with CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={"tags-conn"})) as tags:
+        conn = {"conn_type": "cloudzero", "host": tags.url, "password": API_KEY,
+                "extra": {"connection_id": "tags-conn", "max_attempts": 2}}  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", json.dumps(conn))
+        monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+        yield tags
 
 
 def run_scheduled_daily(day: datetime):
@@ -146,17 +164,9 @@ def test_request_tags_go_to_their_own_stream_once_per_request(env, schema_age, m
     taskName tag is counted once, and the team stream is untouched by it."""
     import psycopg2
 
-    from cloudzero_provider.testing.double import CloudZeroDouble
-    from cloudzero_provider.testing.fixtures import API_KEY
-    from cloudzero_provider.testing.server import CloudZeroDoubleServer
-
     seed(env["db"], schema_age)
     roll_up_daily(env["db"], delete_spend_logs=True)
-    with CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={"tags-conn"})) as tags:
-        conn = {"conn_type": "cloudzero", "host": tags.url, "password": API_KEY,
-                "extra": {"connection_id": "tags-conn", "max_attempts": 2}}  # fmt: skip
-        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", json.dumps(conn))
-        monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+    with tag_stream(monkeypatch) as tags:
         run = run_daily(start="2026-11-01T00:00:00Z", end="2026-11-02T00:00:00Z")
         assert run.state == "success"
         with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
@@ -177,10 +187,6 @@ def test_the_tag_stream_is_exact_per_day_and_a_rerun_sends_only_what_changed(env
     change to one tag row re-sends that day of the tag stream only, to its new exact total."""
     import psycopg2
 
-    from cloudzero_provider.testing.double import CloudZeroDouble
-    from cloudzero_provider.testing.fixtures import API_KEY
-    from cloudzero_provider.testing.server import CloudZeroDoubleServer
-
     def tagged_by_day() -> dict[str, Decimal]:
         with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
             cur.execute("""SELECT date, SUM(spend::numeric) FROM "LiteLLM_DailyTagSpend"
@@ -189,11 +195,7 @@ def test_the_tag_stream_is_exact_per_day_and_a_rerun_sends_only_what_changed(env
 
     seed(env["db"], schema_age)
     roll_up_daily(env["db"], delete_spend_logs=True)
-    with CloudZeroDoubleServer(CloudZeroDouble(API_KEY, connections={"tags-conn"})) as tags:
-        conn = {"conn_type": "cloudzero", "host": tags.url, "password": API_KEY,
-                "extra": {"connection_id": "tags-conn", "max_attempts": 2}}  # fmt: skip
-        monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", json.dumps(conn))
-        monkeypatch.setenv("CLOUDZERO_DAILY_TAG_CONN_ID", "cloudzero_tags")
+    with tag_stream(monkeypatch) as tags:
         team, tag = env["double"].double, tags.double
 
         first = run_daily(**TWO_DAYS)
