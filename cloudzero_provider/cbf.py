@@ -34,7 +34,8 @@ from typing import Any, cast
 
 from cloudzero_provider.cbf_rules import MAX_NUMBER_CHARS, row_errors
 from cloudzero_provider.dimensions import Dimension
-from cloudzero_provider.json_lines import encode_line
+from cloudzero_provider.json_lines import decode_line, encode_line
+from cloudzero_provider.staged_group import StagedGroup
 from cloudzero_provider.windows import iso_hour
 
 SERVICE = "litellm"
@@ -224,13 +225,16 @@ def transform_pairs(
 
 
 def cbf_lines(
-    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension]
+    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension], *, first_index: int = 0
 ) -> Iterator[tuple[Mapping[str, Any], str, str, bytes]]:
     """As :func:`transform_pairs`, each CBF row as its staged line -- the bytes
     :func:`~cloudzero_provider.json_lines.encode_line` writes of it, built from the combination's columns encoded
     once and the row's own figures (digits, an hour's text: nothing JSON escapes), never a dict per row -- with the
-    aggregated row, and the row's ``cost/cost`` and ``usage/amount`` as the line holds them."""
-    items = _transform(rows, dims, as_lines=True)  # each row's line as bytes, never a dict
+    aggregated row, and the row's ``cost/cost`` and ``usage/amount`` as the line holds them. An error names a row
+    by its index counted from ``first_index``."""
+    items = _transform(
+        rows, dims, as_lines=True, first_index=first_index
+    )  # each row's line as bytes, never a dict
     return cast(Iterator[tuple[Mapping[str, Any], str, str, bytes]], items)
 
 
@@ -244,7 +248,7 @@ class _Combination:
 
 
 def _transform(
-    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension], *, as_lines: bool
+    rows: Iterable[Mapping[str, Any]], dims: Sequence[Dimension], *, as_lines: bool, first_index: int = 0
 ) -> Iterator[tuple[Mapping[str, Any], str, str, dict[str, str] | bytes]]:
     tag_keys = {d.name: d.tag for d in dims}
     known: dict[tuple[Any, ...], _Combination] = {}
@@ -252,7 +256,7 @@ def _transform(
     hour: Any = None
     hour_text = ""
     line_start = ""
-    for index, row in enumerate(rows):
+    for index, row in enumerate(rows, first_index):
         try:
             values = row["dims"]
             combination = known_combination((*values, *values.values()))  # names and values, in order
@@ -310,6 +314,75 @@ def _transform(
                     columns, encode_line(columns)[1:].decode() if as_lines else ""
                 )
         yield row, cbf["cost/cost"], cbf["usage/amount"], (encode_line(cbf) if as_lines else cbf)
+
+
+class StagedCBF:
+    """Staged group lines -> CBF lines, an hour's lines at a time, each line exactly what :func:`cbf_lines` gives
+    for the row it decodes to.
+
+    A line of the usual form is read as its :class:`~cloudzero_provider.staged_group.StagedGroup`: once its hour and
+    its ``dims`` bytes have been built and checked whole, its CBF line is those bytes' validated columns and its own
+    figures, under the same conditions as :func:`cbf_lines` takes a row's. Any other line, and the first of each
+    hour and of each combination, is decoded and goes through :func:`to_cbf` and
+    :func:`~cloudzero_provider.cbf_rules.row_errors` whole.
+
+    :param dims: The dimensions the lines were extracted with.
+    """
+
+    def __init__(self, dims: Sequence[Dimension]) -> None:
+        self.dims = dims
+        self.tag_keys = {d.name: d.tag for d in dims}
+        self.index = 0  # rows built so far: an error names a row by its index, as cbf_lines does
+        self._known: dict[bytes, str] = {}  # dims bytes -> the end of a CBF line ("resource/id":...}\n)
+
+    @staticmethod
+    def row(item: StagedGroup | dict[str, Any], line: bytes, hour: datetime) -> dict[str, Any]:
+        """The aggregated row of a staged line (``hour`` a datetime), as :func:`staged_rows` reads it."""
+        if isinstance(item, dict):
+            return item
+        row = cast(dict[str, Any], decode_line(line))
+        row["hour"] = hour
+        return row
+
+    def hour_lines(
+        self, hour: datetime, items: Sequence[StagedGroup | dict[str, Any]], lines: Sequence[bytes]
+    ) -> Iterator[tuple[str, str, bytes]]:
+        """One hour's items and lines (as :func:`~cloudzero_provider.pipeline.extract.staged_groups` gives them)
+        -> each CBF row's ``cost/cost``, ``usage/amount`` and line."""
+        known = self._known
+        line_start = ""
+        for item, line in zip(items, lines, strict=True):
+            index = self.index
+            self.index = index + 1
+            if line_start and type(item) is StagedGroup:
+                line_end = known.get(bytes(item.dims))
+                tokens, requests = item.total_tokens, item.requests
+                if (
+                    line_end is not None
+                    and tokens >= 0
+                    and (cost := cbf_cost(item.spend)) is not None
+                    and len(amount := str(tokens)) <= MAX_NUMBER_CHARS
+                ):  # as _transform's own shortcut
+                    plural = "s" if requests != 1 else ""
+                    yield (
+                        cost,
+                        amount,
+                        (
+                            f'{line_start}{cost}","usage/amount":"{amount}","usage/units":"tokens","lineitem/type":'
+                            f'"Usage","lineitem/description":"LiteLLM spend: {requests} request{plural}",{line_end}'
+                        ).encode(),
+                    )
+                    continue
+            row = self.row(item, line, hour)
+            cbf = _checked_cbf(index, row, self.tag_keys)
+            line_start = f'{{"time/usage_start":"{cbf["time/usage_start"]}","cost/cost":"'
+            if type(item) is StagedGroup and cacheable(row["dims"].values()):
+                if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
+                    known.clear()
+                known[bytes(item.dims)] = encode_line({k: v for k, v in cbf.items() if k not in _PER_ROW})[
+                    1:
+                ].decode()
+            yield cbf["cost/cost"], cbf["usage/amount"], encode_line(cbf)
 
 
 # The columns of a CBF row that vary with more than its dimension values (to_cbf writes them first).

@@ -317,12 +317,16 @@ class WindowStage:
         )
 
     def read_jsonl(self, name: str) -> Iterator[Any]:
+        return decode_lines(self.read_lines(name))
+
+    def read_lines(self, name: str) -> Iterator[bytes]:
+        """The file's lines as bytes, each with its newline, as they are read (never the file whole)."""
         try:
             fh = self.path(name).open("rb")
         except FileNotFoundError:
             raise self._missing(name) from None
         with fh:
-            yield from decode_lines(fh)
+            yield from fh
 
     def write_json(self, name: str, value: Any) -> ObjectStoragePath:
         path = self.path(name)

@@ -17,6 +17,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from cloudzero_provider.cbf import cacheable, is_caller_controlled
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
 from cloudzero_provider.json_lines import encode_line
+from cloudzero_provider.staged_group import group_line
 from cloudzero_provider.windows import Window, day_label, iso_hour, parse_hour
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
@@ -670,9 +671,8 @@ ORDER BY 1{outer_dims}, 2, 3"""
             req, ok, failed, spend, prompt, completion, total = figures_of = record[figures]
             if reason is None and g == 0:
                 values = tuple(record[3 : 3 + n_dims])
-                # As lines: the keys and order of AggregateRow.as_dict(), written by f-string when every figure is
-                # what the statement casts it to (a bigint: an int or None, which an f-string writes as json does)
-                # and the spend a numeric's text; anything else is encoded whole.
+                # As lines: written by f-string (group_line) when every figure is what the statement casts it to (a
+                # bigint: an int or None) and the spend a numeric's text; anything else is encoded whole.
                 if (
                     as_lines
                     and type(spend) is str
@@ -691,12 +691,7 @@ ORDER BY 1{outer_dims}, 2, 3"""
                             if len(encoded) >= MAX_ENCODED_COMBINATIONS:
                                 encoded.clear()
                             encoded[values] = dims_text
-                    yield (
-                        f'{{"hour":"{hour_text}","dims":{dims_text},"requests":{req or 0},"successes":'
-                        f'{"null" if ok is None else ok},"failures":{"null" if failed is None else failed},'
-                        f'"spend":"{spend}","prompt_tokens":{prompt},"completion_tokens":{completion},'
-                        f'"total_tokens":{total}}}\n'
-                    ).encode()
+                    yield group_line(hour_text, dims_text, req, ok, failed, spend, prompt, completion, total)
                 else:
                     row = AggregateRow(hour, dict(zip(names, values, strict=True)), Totals.of(*figures_of))
                     yield encode_line(row.as_dict()) if as_lines else row

@@ -7,15 +7,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.hooks.litellm import HourTotal, LiteLLMSpendHook, Source
+from cloudzero_provider.json_lines import decode_line
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
+from cloudzero_provider.staged_group import StagedGroup, read_group
 from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.windows import (
     Window,
@@ -86,6 +88,40 @@ def staged_rows(stage: WindowStage) -> Iterator[dict[str, Any]]:
         text = row["hour"]
         row["hour"] = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
         yield row
+
+
+def staged_groups(
+    stage: WindowStage,
+) -> Iterator[tuple[datetime, list[StagedGroup | dict[str, Any]], list[bytes]]]:
+    """The lines of ``extract.jsonl`` hour by hour as the extract streamed them (memory holds one hour's): each
+    hour's items and its lines. A line of the usual form is its :class:`~cloudzero_provider.staged_group.StagedGroup`;
+    any other is the row it decodes to, ``hour`` a datetime, as :func:`staged_rows` gives it."""
+    hours: dict[Any, datetime] = {}  # an hour's lines share one text: it is parsed once
+    current: datetime | None = None
+    items: list[StagedGroup | dict[str, Any]] = []
+    lines: list[bytes] = []
+    for line in stage.read_lines("extract.jsonl"):
+        found = read_group(line)
+        item: StagedGroup | dict[str, Any]
+        if found is not None:
+            item, text = found, found.hour
+            hour = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
+        else:
+            if not line.strip():
+                continue
+            item = row = decode_line(line)
+            text = row["hour"]
+            row["hour"] = hour = hours.get(text) or hours.setdefault(
+                text, parse_hour(text, what="staged row hour")
+            )
+        if hour is not current and hour != current:
+            if items:
+                yield cast(datetime, current), items, lines
+            current, items, lines = hour, [], []
+        items.append(item)
+        lines.append(line)
+    if items:
+        yield cast(datetime, current), items, lines
 
 
 def extract_window(

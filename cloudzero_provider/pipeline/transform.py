@@ -8,7 +8,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from itertools import groupby
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -17,6 +16,7 @@ from cloudzero_provider.cbf import (
     EXACT,
     OTHER,
     CBFError,
+    StagedCBF,
     cbf_lines,
     exact_decimal,
     exact_sum,
@@ -28,7 +28,7 @@ from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.drops import content_digest, serialize_row
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
-from cloudzero_provider.pipeline.extract import read_extract, staged_rows
+from cloudzero_provider.pipeline.extract import read_extract, staged_groups
 from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.windows import (
     Window,
@@ -108,26 +108,34 @@ def transform_window(
     row_capped: dict[datetime, int] = {}
     zero_cost = 0
 
-    def hour_rows() -> Iterator[dict[str, Any]]:
-        for hour, group in groupby(staged_rows(stage), key=lambda r: r["hour"]):
-            one_hour = list(group)
-            if capped and max_values_per_hour is not None:
-                one_hour, hour_folded = fold_rare_values(one_hour, capped, max_values_per_hour)
-                if hour_folded:
-                    folded[hour] = hour_folded
-            if max_rows_per_hour and len(one_hour) > max_rows_per_hour:
-                one_hour, groups_folded = fold_smallest_groups(one_hour, max_rows_per_hour)
-                if groups_folded:
-                    row_capped[hour] = groups_folded
-            yield from one_hour
+    builder = StagedCBF(dims)
+
+    def hour_lines(hour: datetime, items: list[Any], lines: list[bytes]) -> Iterator[tuple[str, str, bytes]]:
+        """An hour's CBF rows; its rows decoded and folded first when the hour holds more than a cap allows."""
+        values_cap = max_values_per_hour if capped and max_values_per_hour is not None else None
+        if (values_cap is None or len(items) <= values_cap) and not (
+            max_rows_per_hour and len(items) > max_rows_per_hour
+        ):  # no cap can fold anything: fewer rows than either allows
+            return builder.hour_lines(hour, items, lines)
+        one_hour = [builder.row(item, line, hour) for item, line in zip(items, lines, strict=True)]
+        if values_cap is not None:
+            one_hour, hour_folded = fold_rare_values(one_hour, capped, values_cap)
+            if hour_folded:
+                folded[hour] = hour_folded
+        if max_rows_per_hour and len(one_hour) > max_rows_per_hour:
+            one_hour, groups_folded = fold_smallest_groups(one_hour, max_rows_per_hour)
+            if groups_folded:
+                row_capped[hour] = groups_folded
+        first, builder.index = builder.index, builder.index + len(one_hour)
+        return ((c, a, line) for _, c, a, line in cbf_lines(one_hour, dims, first_index=first))
 
     def cbf_rows() -> Iterator[bytes]:
         nonlocal zero_cost
-        # An hour's rows come together (in hour order): their figures are summed once the hour's rows are written.
-        for hour, items in groupby(cbf_lines(hour_rows(), dims), key=lambda item: item[0]["hour"]):
+        # The extract wrote an hour's rows together (in hour order): their figures are summed once they are written.
+        for hour, items, lines in staged_groups(stage):
             costs: list[str] = []
             amounts: list[str] = []
-            for _, row_cost, amount, line in items:
+            for row_cost, amount, line in hour_lines(hour, items, lines):
                 if row_cost == "0":
                     zero_cost += 1  # adds nothing to CloudZero: not sent, counted
                     continue

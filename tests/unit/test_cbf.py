@@ -229,7 +229,23 @@ numeric_texts = st.one_of(
     decimals.map(lambda d: format(d, "f")),  # as PostgreSQL writes a numeric: plain, trailing zeros kept
     st.from_regex(r"-?[0-9]{0,3}(\.[0-9]{0,4})?([eE][+-]?[0-9]{1,2})?", fullmatch=True),
     st.sampled_from(
-        ["0", "0.000", "00.5", "-0", "1e-10", "1E+3", " 1", "1.", ".5", "NaN", "Infinity", "", "٣"]
+        [
+            "0",
+            "0.000",
+            "1.0",
+            "10.500",
+            "00.5",
+            "-0",
+            "1e-10",
+            "1E+3",
+            " 1",
+            "1.",
+            ".5",
+            "NaN",
+            "Infinity",
+            "",
+            "٣",
+        ]
     ),
 )
 
@@ -360,3 +376,130 @@ def test_a_combination_too_long_to_keep_is_built_whole_each_time(monkeypatch):
     assert built == [0, 1, 2, 4]
     tags = {d.name: d.tag for d in dims}
     assert lines == [encode_line(whole(i, row, tags)) for i, row in enumerate(rows)]
+
+
+group_rows = st.fixed_dictionaries(
+    {
+        # As the extract writes an hour, as a window label names it (decoded), and one a CBF row cannot start at.
+        "hour": st.sampled_from(["2026-11-01T13:00:00Z", "2026-11-01T14:00:00Z", "2026-11-01T13Z"]),
+        "dims": st.one_of(
+            st.sampled_from(
+                [
+                    {"team_id": "t1", "model": "m"},
+                    {"model": "m", "team_id": "t1"},  # the same values in another order: other bytes
+                    {"team_id": None, "model": "m"},
+                    {"team_id": 'é"\\ 团队\n', "model": "\u2028</script>"},
+                    # A value spelling out the rest of a line: a line's dims end where its object does.
+                    {
+                        "team_id": '},"requests":1,"successes":1,"failures":0,"spend":"9","prompt_tokens":1,'
+                        '"completion_tokens":1,"total_tokens":1}',
+                        "model": "m",
+                    },
+                    {"team_id": "t" * 5000, "model": "m"},  # too long to keep: built whole each time
+                    {"team_id": 5, "model": "m"},
+                    {"team_id": ["t"], "model": "m"},
+                ]
+            ),
+            st.fixed_dictionaries(
+                {"team_id": st.one_of(st.none(), st.text(max_size=8)), "model": st.just("m")}
+            ),
+        ),
+        "requests": st.one_of(st.integers(0, 3), st.just(10**30), st.just(-1)),
+        "successes": st.one_of(st.none(), st.integers(0, 3)),
+        "failures": st.one_of(st.none(), st.integers(0, 3)),
+        "spend": st.one_of(numeric_texts, st.just(10**600 // 3).map(str), st.integers(0, 5), st.just(1.5)),
+        "prompt_tokens": st.integers(-1, 9),
+        "completion_tokens": st.integers(0, 9),
+        "total_tokens": st.one_of(st.integers(-2, 10**6), st.just(10**500)),
+    }
+)
+
+
+@given(st.lists(st.tuples(group_rows, numeric_texts), max_size=8), st.booleans())
+@settings(max_examples=500)
+def test_staged_lines_give_what_their_rows_give(pairs, small_cache):
+    """A staged line read as its StagedGroup gives the CBF line, cost, amount and error its decoded row gives through
+    cbf_lines, whatever its values spell out, with the cache kept or cleared again and again."""
+    from cloudzero_provider.cbf import StagedCBF
+    from cloudzero_provider.json_lines import decode_line
+    from cloudzero_provider.staged_group import group_line, read_group
+    from cloudzero_provider.windows import parse_hour
+
+    dims = resolve(["team_id", "model"])
+    keys = ["hour", "dims", "requests", "successes", "failures", "spend", "prompt_tokens", "completion_tokens",
+            "total_tokens"]  # fmt: skip
+    # Each row followed by its combination again in the same hour, another spend: the line read by its bytes.
+    rows = [{k: r[k] for k in keys} for row, spend in pairs for r in (row, {**row, "spend": spend})]
+    lines = [encode_line(row) for row in rows]
+    ints = ("requests", "prompt_tokens", "completion_tokens", "total_tokens")
+    for row, line in zip(rows, lines, strict=True):  # the extract's f-string writes the same bytes
+        if all(type(row[k]) is int for k in ints) and type(row["spend"]) is str and type(row["dims"]) is dict:
+            dims_text = encode_line(row["dims"])[:-1].decode()
+            assert group_line(*(dims_text if k == "dims" else row[k] for k in keys)) == line
+    decoded = [
+        {**decode_line(line), "hour": parse_hour(row["hour"])} for row, line in zip(rows, lines, strict=True)
+    ]
+    expected: list[tuple[str, str, bytes]] = []
+    error = None
+    try:
+        for _, cost, amount, line in cbf_lines(decoded, dims):
+            expected.append((cost, amount, line))
+    except CBFError as exc:
+        error = str(exc)
+    # Consecutive lines of one hour together, each its StagedGroup or its decoded row, as staged_groups gives them.
+    groups: list[tuple[datetime, list, list[bytes]]] = []
+    for line, row in zip(lines, decoded, strict=True):
+        item = read_group(line) or row
+        if groups and groups[-1][0] == row["hour"]:
+            groups[-1][1].append(item)
+            groups[-1][2].append(line)
+        else:
+            groups.append((row["hour"], [item], [line]))
+    builder = StagedCBF(dims)
+    if small_cache:
+        cbf_module.MAX_CACHED_COMBINATIONS, kept = 1, cbf_module.MAX_CACHED_COMBINATIONS
+    got: list[tuple[str, str, bytes]] = []
+    try:
+        for hour, items, hour_lines in groups:
+            got.extend(builder.hour_lines(hour, items, hour_lines))
+    except CBFError as exc:
+        assert str(exc) == error
+    else:
+        assert error is None
+    finally:
+        if small_cache:
+            cbf_module.MAX_CACHED_COMBINATIONS = kept
+    assert got == expected
+
+
+def test_usual_lines_are_built_from_their_bytes(monkeypatch):
+    """A window's usual lines are read as their StagedGroup: only the first line of each hour and of each
+    combination is decoded and built whole; every line is the one its row gives."""
+    from cloudzero_provider.cbf import StagedCBF
+    from cloudzero_provider.json_lines import decode_line
+    from cloudzero_provider.staged_group import StagedGroup, read_group
+
+    built: list[int] = []
+    whole = cbf_module._checked_cbf
+    monkeypatch.setattr(
+        cbf_module, "_checked_cbf", lambda i, row, tags: built.append(i) or whole(i, row, tags)
+    )
+    dims = resolve(["team_id", "model"])
+    hours = [H13, H13.replace(hour=14)]
+    rows = [
+        {"hour": hour, "dims": {"team_id": f"t{i % 10}", "model": "m"}, "requests": i % 3, "successes": 1,
+         "failures": None, "spend": f"{i}.{i % 7}0", "prompt_tokens": i, "completion_tokens": 0, "total_tokens": i}
+        for hour in hours
+        for i in range(300)
+    ]  # fmt: skip
+    lines = [encode_line({**row, "hour": f"{row['hour']:%Y-%m-%dT%H:00:00Z}"}) for row in rows]
+    assert all(type(read_group(line)) is StagedGroup for line in lines)
+    builder = StagedCBF(dims)
+    got = []
+    for hour, hour_lines in ((hours[0], lines[:300]), (hours[1], lines[300:])):
+        got.extend(builder.hour_lines(hour, [read_group(line) for line in hour_lines], hour_lines))
+    assert built == [*range(10), 300]  # ten combinations, then the next hour's first line
+    built.clear()
+    expected = [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)]
+    assert got == expected and len(got) == 600
+    assert [decode_line(line)["cost/cost"] for _, _, line in got[:3]] == ["0", "1.1", "2.2"]
