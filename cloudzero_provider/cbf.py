@@ -337,7 +337,7 @@ class StagedCBF:
 
     @staticmethod
     def row(item: StagedGroup | dict[str, Any], line: bytes, hour: datetime) -> dict[str, Any]:
-        """The aggregated row of a staged line (``hour`` a datetime), as :func:`staged_rows` reads it."""
+        """The aggregated row a staged line decodes to, its ``hour`` the datetime given."""
         if isinstance(item, dict):
             return item
         row = cast(dict[str, Any], decode_line(line))

@@ -80,22 +80,13 @@ def read_extract(stage: WindowStage) -> ExtractSummary:
     )
 
 
-def staged_rows(stage: WindowStage) -> Iterator[dict[str, Any]]:
-    """The aggregated rows of ``extract.jsonl``, hour by hour as the extract streamed them, each ``hour`` a
-    datetime (an hour's rows share one text: it is parsed once)."""
-    hours: dict[str, datetime] = {}
-    for row in stage.read_jsonl("extract.jsonl"):
-        text = row["hour"]
-        row["hour"] = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
-        yield row
-
-
 def staged_groups(
     stage: WindowStage,
 ) -> Iterator[tuple[datetime, list[StagedGroup | dict[str, Any]], list[bytes]]]:
     """The lines of ``extract.jsonl`` hour by hour as the extract streamed them (memory holds one hour's): each
     hour's items and its lines. A line of the usual form is its :class:`~cloudzero_provider.staged_group.StagedGroup`;
-    any other is the row it decodes to, ``hour`` a datetime, as :func:`staged_rows` gives it."""
+    any other is the row it decodes to (``json_lines.decode_line``), its ``hour`` a datetime; blank lines are
+    skipped. An hour's text is parsed once, and refused (``ValueError``) when it names no hour."""
     hours: dict[Any, datetime] = {}  # an hour's lines share one text: it is parsed once
     current: datetime | None = None
     items: list[StagedGroup | dict[str, Any]] = []
