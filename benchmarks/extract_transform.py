@@ -125,7 +125,7 @@ def measure_daily(url: str, runs: int) -> dict:
     staging_root().exists()
     set_up_seconds = time.perf_counter() - started
     kw = {"window_start": MONTH[0], "window_end": MONTH[1]}
-    pg_runs, one_level_runs, fetch_runs, our_runs = [], [], [], []
+    pg_runs, one_level_runs, fetch_runs, our_runs, extract_runs = [], [], [], [], []
     for _ in range(runs):
         pg_runs.append(postgres_alone(*ours))
         one_level_runs.append(postgres_alone(*one_level))
@@ -134,6 +134,7 @@ def measure_daily(url: str, runs: int) -> dict:
         extracted = LiteLLMSpendExtractOperator(
             task_id="extract", source="daily_team", options=ExportOptions(dimensions=DAILY_DIMENSIONS), **kw
         ).execute({})
+        extract_runs.append(time.perf_counter() - started)
         transformed = CBFTransformOperator(task_id="transform", **kw).execute({})
         our_runs.append(time.perf_counter() - started)
     with conn.cursor() as cur:
@@ -148,6 +149,7 @@ def measure_daily(url: str, runs: int) -> dict:
         "one_level_runs": one_level_runs,
         "fetch_runs": fetch_runs,
         "our_runs": our_runs,
+        "extract_runs": extract_runs,
         "set_up_seconds": set_up_seconds,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -302,6 +304,8 @@ def run_daily(rows_per_day: int, runs: int) -> None:
         )
         took, pg_took, one_level = median(r["our_runs"]), median(r["pg_runs"]), median(r["one_level_runs"])
         fetch = median(r["fetch_runs"])
+        extract = median(r["extract_runs"])
+        transform = median(b - a for a, b in zip(r["extract_runs"], r["our_runs"], strict=True))
 
         def each(values: list[float]) -> str:
             return " ".join(f"{v:.2f}" for v in values)
@@ -311,7 +315,8 @@ def run_daily(rows_per_day: int, runs: int) -> None:
             f"requests): {r['cbf_rows']:,} CBF rows; medians of {runs} runs taken in turns -- PostgreSQL "
             f"{pg_took:.2f}s for the statement the read runs ({each(r['pg_runs'])}), {one_level:.2f}s for one plain "
             f"grouping ({each(r['one_level_runs'])}), {fetch:.2f}s for the statement's rows to reach a bare client "
-            f"({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}): "
+            f"({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}; medians: extract "
+            f"{extract:.2f}s, {extract - fetch:+.2f}s on the bare client's fetch, transform {transform:.2f}s): "
             f"{took / pg_took:.2f}x the statement, {took / fetch:.2f}x its rows fetched, {took / one_level:.2f}x the "
             "plain grouping; "
             f"{r['table_rows'] / took:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f}MB (seeded in {seeded:.1f}s; "

@@ -503,3 +503,30 @@ def test_usual_lines_are_built_from_their_bytes(monkeypatch):
     expected = [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)]
     assert got == expected and len(got) == 600
     assert [decode_line(line)["cost/cost"] for _, _, line in got[:3]] == ["0", "1.1", "2.2"]
+
+
+def test_lines_of_another_form_give_what_their_rows_give():
+    """Keys in another order, a key given twice (the last wins, as for json), an extra key, a figure of another
+    type: each line, read as its StagedGroup or decoded whole, gives what its decoded row gives."""
+    from cloudzero_provider.cbf import StagedCBF
+    from cloudzero_provider.json_lines import decode_line
+    from cloudzero_provider.staged_group import StagedGroup, read_group
+
+    dims = resolve(["team_id", "model"])
+    usual = '"hour":"2026-11-01T13:00:00Z","dims":{"team_id":"t","model":"m"},"requests":2'
+    lines = [
+        f'{{{usual},"spend":"1.50","total_tokens":7}}\n',
+        f'{{"total_tokens":8,"spend":"2.50",{usual}}}\n',  # keys in another order
+        f'{{{usual},"spend":"9","total_tokens":9,"spend":"3.0"}}\n',  # the last spend counts
+        f'{{{usual},"spend":"4","total_tokens":4,"note":"x"}}\n',  # a key the CBF row does not read
+        f'{{{usual},"spend":5,"total_tokens":5}}\n',  # a number, not PostgreSQL's text: decoded whole
+        f'{{{usual},"spend":"6","total_tokens":6.0}}\n',
+        f'{{{usual},"spend":"7","total_tokens":7,"dims":{{"model":"m","team_id":"t"}}}}\n',  # other dims bytes
+    ]
+    raw = [line.encode() for line in lines]
+    items = [read_group(line) or {**decode_line(line), "hour": H13} for line in raw]
+    assert [type(i) is StagedGroup for i in items] == [True, True, True, True, False, False, True]
+    rows = [{**decode_line(line), "hour": H13} for line in raw]
+    expected = [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)]
+    assert list(StagedCBF(dims).hour_lines(H13, items, raw)) == expected
+    assert [cost for cost, _, _ in expected] == ["1.5", "2.5", "3", "4", "5", "6", "7"]
