@@ -243,6 +243,7 @@ def classify(
     daily_owner: str | None = None,
     day_manifest: Manifest | None = None,
     schedule_dag: str = "",
+    daily_stream: bool = False,
 ) -> LedgerHour:
     """
     The status of one hour, each meaning one thing (:data:`STATUS_MEANING`), with the link to what decided it.
@@ -253,6 +254,8 @@ def classify(
     :param daily_owner: The daily-rollup origin that owns the hour's day in this stream, if one does.
     :param day_manifest: The record of the day's 00:00 (where a daily-rollup export writes the day).
     :param schedule_dag: The DAG whose runs export the hour: a late hour links to it.
+    :param daily_stream: The stream gets only daily rows (the request-tag stream): a day its daily-rollup run read
+        whole and found empty leaves no record (a daily record would claim the day), so its run's success says so.
     """
     figures = _figures(manifest)
     verdict = Verdict.of(manifest.reconcile) if manifest is not None else None
@@ -294,6 +297,10 @@ def classify(
         return LedgerHour(hour, RUNNING, f"run {run.state}", run_path(run))
     if now < due_at:
         return LedgerHour(hour, NOT_YET_DUE, f"due at {due_at:%Y-%m-%d %H:%M} UTC")
+    if run is not None and daily_stream and run.state == "success":
+        return LedgerHour(
+            hour, NO_SPEND, "its daily-rollup run read the day and found no rows", run_path(run)
+        )
     if run is not None:
         return LedgerHour(hour, LATE, f"its run ended {run.state} without a record", run_path(run))
     return LedgerHour(hour, LATE, f"due since {due_at:%Y-%m-%d %H:%M} UTC, no run yet",

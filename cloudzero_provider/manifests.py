@@ -154,6 +154,22 @@ class Manifest:
         return bool(self.drop_ids)
 
     @property
+    def acknowledged_cost(self) -> Decimal | None:
+        """The cost of this exporter's last send of the hour that CloudZero acknowledged: an exported hour's, or
+        the one a failed or cut-off later attempt leaves in place (its record keeps it, as it keeps the drop ids);
+        ``None`` when CloudZero never acknowledged rows of the hour, or a failed hour's were cleared."""
+        if not self.was_sent:
+            return None
+        if self.exported:
+            return self.sent_cost
+        if self.status not in (FAILED, SENDING) or self.cleared or not self.cost:
+            return None
+        try:
+            return Decimal(self.cost)
+        except ArithmeticError:  # a hand-edited record: not a figure to act on
+            return None
+
+    @property
     def is_daily(self) -> bool:
         return self.origin in DAILY_ORIGINS
 

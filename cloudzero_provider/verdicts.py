@@ -84,7 +84,8 @@ def decide(
     :param may_be_purged: The source may have lost some or all of the hour's rows to retention.
     :param remove_foreign: Clear an hour holding cost this exporter never sent, when the source has none.
     """
-    sent = manifest.sent_cost if manifest and manifest.exported and manifest.was_sent else None
+    # A later attempt that failed leaves the last acknowledged export in CloudZero: still this exporter's cost.
+    sent = manifest.acknowledged_cost if manifest else None
     ours = manifest is not None and manifest.is_ours and not manifest.empty
 
     def check(action: str, status: str) -> HourCheck:

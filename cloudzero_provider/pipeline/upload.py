@@ -70,11 +70,14 @@ def clear_hours(
                       manifests=manifests, on_hour_sent=record)  # fmt: skip
 
 
-def _held_cost(m: Manifest | None, origin: str) -> Decimal:
-    """The cost CloudZero may hold in an hour from this source's last acknowledged export: its recorded cost, even
-    when a later attempt failed or was cut off (``failed``/``sending`` keep what the last export recorded); 0 when
-    it never acknowledged rows of the hour, or they were cleared."""
+def _held_cost(m: Manifest | None, origin: str, connection_id: str | None) -> Decimal:
+    """The cost the AnyCost connection ``connection_id`` may hold in an hour from this source's last acknowledged
+    export: its recorded cost, even when a later attempt failed or was cut off (``failed``/``sending`` keep what the
+    last export recorded); 0 when it never acknowledged rows of the hour, they were cleared, or they went to another
+    AnyCost connection (a record that names none is taken for this one)."""
     if m is None or m.origin != origin or m.cleared or not m.was_sent or not m.cost:
+        return Decimal(0)
+    if m.connection_id not in (None, connection_id):
         return Decimal(0)
     try:
         return Decimal(m.cost)
@@ -89,6 +92,7 @@ def _purged_hours(
     extract: ExtractSummary,
     manifests: ManifestStore,
     recorded: TransformSummary,
+    connection_id: str | None,
 ) -> list[datetime]:
     """Spend-log hours LiteLLM's retention may have purged (:meth:`ExtractSummary.may_be_purged`) whose rows now
     cost less than this export sent for them (nothing, for an emptied hour): sending would lower CloudZero's
@@ -100,7 +104,7 @@ def _purged_hours(
     out = []
     for hour in hours:
         now = Decimal(recorded.hours[hour].cost) if hour in staged and hour in recorded.hours else Decimal(0)
-        if now < _held_cost(held.get(hour), SPEND_LOGS):
+        if now < _held_cost(held.get(hour), SPEND_LOGS, connection_id):
             out.append(hour)
     return out
 
@@ -112,6 +116,7 @@ def _emptied_hours(
     manifests: ManifestStore,
     *,
     origin: str,
+    connection_id: str | None,
 ) -> list[datetime]:
     """Hours of the window this source exported with a cost that now have nothing to send -- also when a later
     attempt at the hour failed: without an explicit clearing row, CloudZero would keep their old cost forever (an
@@ -122,7 +127,7 @@ def _emptied_hours(
         for hour in window.hour_starts()
         if hour not in present
         and hour not in extract.failed_hours
-        and _held_cost(held.get(hour), origin) != 0
+        and _held_cost(held.get(hour), origin, connection_id) != 0
     ]
 
 
@@ -216,8 +221,11 @@ def upload_window(
     staged, recorded = check_staged_cbf(window, stage)
     extract = read_extract(stage)
     present = set(staged)
-    emptied = _emptied_hours(window, present, extract, manifests, origin=origin)
-    kept_purged = [] if lower_purged else _purged_hours(window, staged, emptied, extract, manifests, recorded)
+    here = hook.connection_id  # what the manifests say went elsewhere, this AnyCost connection does not hold
+    emptied = _emptied_hours(window, present, extract, manifests, origin=origin, connection_id=here)
+    kept_purged = (
+        [] if lower_purged else _purged_hours(window, staged, emptied, extract, manifests, recorded, here)
+    )
     if kept_purged:
         log.warning(
             "Not sending %d hour(s) that LiteLLM's retention may have purged (at or before the oldest spend-log row "

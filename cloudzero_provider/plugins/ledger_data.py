@@ -190,6 +190,7 @@ def read_stream(
                 daily_owner=owners[day],
                 day_manifest=reader.get(day),
                 schedule_dag=DAILY_ROLLUP_DAG_ID if daily else HOURLY_DAG_ID,
+                daily_stream=daily,
             )
         )
         hour += HOUR

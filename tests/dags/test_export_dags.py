@@ -275,6 +275,43 @@ def test_a_range_run_after_the_connection_names_another_anycost_connection_sends
     assert upload["hours"] == [] and len(upload["unchanged"]) == 3, "then it is held there"
 
 
+def test_a_stream_that_never_held_a_purged_hour_is_sent_what_is_left_of_it(env, monkeypatch):
+    """The purge guard keeps what a stream holds: after the connection's extra names another AnyCost connection,
+    a range over hours LiteLLM's retention purged sends the rows left to the new stream (it held none of them, so
+    nothing is lowered there) and clears nothing there; the old stream keeps what it was sent."""
+    from cloudzero_provider.ready_dags import build_range_dag
+
+    seed_hours(env["db"], rows=40)
+    conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
+    assert build_range_dag().test(run_conf=conf).state == "success"
+    double = env["double"].double
+    exported = double.cost_by_hour(CONNECTION_ID)
+    with (
+        psycopg2.connect(env["db"]) as conn,
+        conn.cursor() as cur,
+    ):  # the retention: 10:00 gone, 11:00 half gone
+        cur.execute(
+            """DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < %s""",
+            ((HOURS[1] + timedelta(minutes=30)).replace(tzinfo=None),),
+        )
+    source = spend_by_hour(env["db"])
+    assert "2026-11-01T10:00:00Z" not in source
+    assert source["2026-11-01T11:00:00Z"] < exported["2026-11-01T11:00:00Z"]
+    double.connections = {*(double.connections or ()), CONNECTION_ID, "new-stream"}
+    conn_json = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps({**conn_json, "extra": {**conn_json["extra"], "connection_id": "new-stream"}}),
+    )
+    moved = build_range_dag().test(run_conf=conf)
+    assert moved.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", moved.run_id, "chunk.upload").values()
+    assert upload["kept_purged"] == [] and upload["cleared"] == []
+    assert upload["hours"] == ["2026-11-01T11Z", "2026-11-01T12Z"]
+    assert double.cost_by_hour("new-stream") == source
+    assert double.cost_by_hour(CONNECTION_ID) == exported, "the old stream keeps what it was sent"
+
+
 def test_an_hour_whose_last_attempt_failed_and_whose_rows_then_vanish_is_cleared(env):
     """CloudZero still holds the hour's last acknowledged export when a later attempt fails: once the hour's rows
     are gone, a range clears it to 0 (the failed record kept it out of "exported before", so it stayed forever)."""

@@ -153,6 +153,24 @@ def test_by_default_purged_hours_are_kept_and_a_deleted_later_hour_is_cleared(en
     }
 
 
+def test_an_hour_whose_later_attempt_failed_and_whose_rows_vanish_is_cleared_not_called_foreign(env):
+    """CloudZero still holds the hour's last acknowledged export when a later attempt fails: once the hour's rows
+    are gone, reconciliation clears it as this exporter's own (it read "foreign data kept" and left the cost)."""
+    export_day(env)
+    double = env["double"].double
+    path = env["staging"] / "manifests" / "2026-11-01T06Z.json"
+    record = json.loads(path.read_text())
+    assert record["drop_ids"] and Decimal(record["cost"]) > 0
+    path.write_text(json.dumps({**record, "status": "failed", "reason": "a later attempt failed"}))
+    delete_hour(env["db"], HOURS[4])
+    run, summary = reconcile()
+    assert run.state == "success"
+    assert summary["hours_changed"] == ["2026-11-01T06Z"] and summary["foreign_kept"] == []
+    assert double.cost_by_hour(CONNECTION_ID)["2026-11-01T06:00:00Z"] == 0
+    assert nonzero(double.cost_by_hour(CONNECTION_ID)) == spend_by_hour(env["db"])
+    assert json.loads(path.read_text())["reconcile"]["status"] == "cleared"
+
+
 def test_other_writers_cost_is_kept_unless_the_run_is_told_to_remove_it(env):
     from cloudzero_provider.ready_dags import build_reconcile_dag
 

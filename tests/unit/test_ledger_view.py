@@ -63,6 +63,28 @@ def test_an_hour_without_a_record_is_before_the_start_not_yet_due_running_or_lat
     assert ended.link.path == RUN_PATH
 
 
+def test_a_day_of_the_tag_stream_its_daily_run_found_empty_has_no_spend_not_late():
+    """The request-tag stream gets only daily rows: a day its daily-rollup run read and found empty leaves no record
+    (one would claim the day), and reads as no spend once the run succeeded -- late while it has not, as before."""
+    daily_run = lv.RunInfo(
+        "litellm_cloudzero_daily_rollup", "scheduled__2026-11-01T00:00:00+00:00", "success"
+    )
+    day = H.replace(hour=0)
+    due = day + timedelta(days=1)
+    now = due + timedelta(hours=2)
+    empty = status(hour=H, run=daily_run, daily_stream=True, due_at=due, now=now)
+    assert (empty.status, empty.detail) == (
+        lv.NO_SPEND,
+        "its daily-rollup run read the day and found no rows",
+    )
+    assert empty.link.path.startswith("/dags/litellm_cloudzero_daily_rollup/runs/")
+    failed_run = lv.RunInfo(daily_run.dag_id, daily_run.run_id, "failed")
+    assert status(hour=H, run=failed_run, daily_stream=True, due_at=due, now=now).status == lv.LATE
+    assert status(hour=H, run=daily_run, due_at=due, now=now).status == lv.LATE, (
+        "an hourly stream records empties"
+    )
+
+
 def test_a_failed_hour_says_why_and_links_the_attempt_that_failed():
     failed = Manifest(
         H, status="failed", reason="task transform failed: spend is NaN in 1 row", decided_by=DECIDED

@@ -22,6 +22,9 @@ from cloudzero_provider.verdicts import (
 H = datetime(2026, 11, 1, 5, tzinfo=timezone.utc)
 OURS = Manifest(H, status="exported", cost="3", origin="spend_logs", drop_ids=["d"])
 EMPTY = Manifest(H, status="exported", empty=True)
+FAILED_LATER = Manifest(H, status="failed", cost="3", origin="spend_logs", drop_ids=["d"], reason="HTTP 503")
+SENDING_LATER = Manifest(H, status="sending", cost="3", origin="spend_logs", drop_ids=["d"])
+FAILED_NEVER_SENT = Manifest(H, status="failed", origin="spend_logs", reason="HTTP 503")
 
 
 @pytest.mark.parametrize(
@@ -96,6 +99,10 @@ EMPTY = Manifest(H, status="exported", empty=True)
         ("1", 2, "3", OURS, "spend_logs", True, False, "none", PURGED, "0"),  # partly purged: never lowered
         ("4", 2, "3", OURS, "spend_logs", True, False, "export", REPAIRED, "1"),  # more at the source: raised
         ("5", 5, "1", OURS, "daily_team", False, True, "none", DAILY_OWNED, "0"),
+        # A later attempt failed: CloudZero still holds the last acknowledged export, which is ours to clear.
+        ("0", 0, "3", FAILED_LATER, "spend_logs", False, False, "clear", CLEARED, "3"),
+        ("0", 0, "3", SENDING_LATER, "spend_logs", False, False, "clear", CLEARED, "3"),
+        ("0", 0, "3", FAILED_NEVER_SENT, "spend_logs", False, False, "none", FOREIGN_KEPT, "0"),
     ],
 )
 def test_verdicts(source, requests, held, manifest, owner, purged, foreign, action, status, moved):
