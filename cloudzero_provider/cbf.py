@@ -54,6 +54,9 @@ OTHER = "(other)"
 # whole each time, so a cache holds at most MAX_CACHED_COMBINATIONS x MAX_CACHED_VALUE_CHARS characters of them.
 MAX_CACHED_COMBINATIONS = 5000
 MAX_CACHED_VALUE_CHARS = 4096
+# The JSON bytes of a combination StagedCBF keeps as a key: its values written out, each character escaped at most
+# as \uXXXX, with room for the names.
+MAX_CACHED_DIMS_BYTES = 6 * MAX_CACHED_VALUE_CHARS + 1024
 
 
 def cacheable(values: Iterable[Any]) -> bool:
@@ -376,7 +379,12 @@ class StagedCBF:
             row = self.row(item, line, hour)
             cbf = _checked_cbf(index, row, self.tag_keys)
             line_start = f'{{"time/usage_start":"{cbf["time/usage_start"]}","cost/cost":"'
-            if type(item) is StagedGroup and cacheable(row["dims"].values()):
+            if (
+                type(item) is StagedGroup
+                and len(item.dims)
+                <= MAX_CACHED_DIMS_BYTES  # padding or repeated keys: a short value, long bytes
+                and cacheable(row["dims"].values())
+            ):
                 if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
                     known.clear()
                 known[bytes(item.dims)] = encode_line({k: v for k, v in cbf.items() if k not in _PER_ROW})[

@@ -297,7 +297,7 @@ def classify(
         return LedgerHour(hour, RUNNING, f"run {run.state}", run_path(run))
     if now < due_at:
         return LedgerHour(hour, NOT_YET_DUE, f"due at {due_at:%Y-%m-%d %H:%M} UTC")
-    if run is not None and daily_stream and run.state == "success":
+    if run is not None and daily_stream and run.state == "success" and day_manifest is None:
         return LedgerHour(
             hour, NO_SPEND, "its daily-rollup run read the day and found no rows", run_path(run)
         )

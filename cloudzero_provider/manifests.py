@@ -110,6 +110,9 @@ class Manifest:
     :param empty: The hour was checked and held no spend to send: nothing went to CloudZero.
     :param decided_by: The task attempt that last wrote the record (:meth:`Attempt.as_record`).
     :param late_corrections: How many times the hour was exported again after its first export.
+    :param acknowledged_by: Per AnyCost connection this hour was ever exported to, the ``origin`` and ``cost`` of
+        its last acknowledged export there (one entry per connection an admin configured; ``None`` in a record
+        written before it was kept, which then knows only its own ``connection_id``).
     :param reason: Why the last attempt failed. :param reconcile: The last reconciliation's verdict.
     :param unreadable: Set when the file could not be read; the manifest then reads as failed.
     """
@@ -137,6 +140,7 @@ class Manifest:
     attempt_at: datetime | None = None
     reason: str | None = None
     reconcile: dict[str, Any] | None = None
+    acknowledged_by: dict[str, dict[str, str]] | None = None
     unreadable: str | None = None
 
     @property
@@ -167,6 +171,26 @@ class Manifest:
         try:
             return Decimal(self.cost)
         except ArithmeticError:  # a hand-edited record: not a figure to act on
+            return None
+
+    def acknowledged_on(
+        self, connection_id: str | None, origin: str | None = None, *, unknown_as_own: bool
+    ) -> Decimal | None:
+        """:attr:`acknowledged_cost` as the AnyCost connection ``connection_id`` holds it from this exporter (of
+        ``origin``'s rows, when given): the record's own when it names that connection (or none), else what
+        :attr:`acknowledged_by` kept for that connection (``None``: CloudZero never acknowledged the hour there).
+        A record from before ``acknowledged_by`` cannot tell: ``unknown_as_own`` takes its own figures, else
+        ``None`` -- each caller picks the reading under which a guess destroys nothing."""
+        if self.connection_id in (None, connection_id) or (self.acknowledged_by is None and unknown_as_own):
+            if origin is not None and self.origin != origin:
+                return None
+            return self.acknowledged_cost
+        entry = (self.acknowledged_by or {}).get(str(connection_id))
+        if entry is None or (origin is not None and entry.get("origin") != origin):
+            return None
+        try:
+            return Decimal(entry["cost"])
+        except (ArithmeticError, KeyError, TypeError):  # a hand-edited record: not a figure to act on
             return None
 
     @property
@@ -206,6 +230,11 @@ class Manifest:
                 kw[key] = int(kw.get(key) or 0)
             kw["cost"] = str(Decimal(str(kw.get("cost", "0"))))  # a number, whatever a hand wrote
             kw["drop_ids"] = [str(d) for d in kw.get("drop_ids") or []]
+            if kw.get("acknowledged_by") is not None:
+                kw["acknowledged_by"] = {
+                    str(conn): {"origin": str(e["origin"]), "cost": str(Decimal(str(e["cost"])))}
+                    for conn, e in dict(kw["acknowledged_by"]).items()
+                }
             if kw.get("status", FAILED) not in (SENDING, EXPORTED, FAILED):
                 raise ValueError(f"unknown status {kw['status']!r}")
         except (TypeError, ValueError, InvalidOperation, AttributeError) as exc:
@@ -324,6 +353,16 @@ class ManifestStore:
             manifest.status, manifest.unreadable, manifest.reason = EXPORTED, None, None
             base = previous.late_corrections if previous else 0
             manifest.late_corrections = base + (1 if late_correction else 0)
+            # What each AnyCost connection holds of the hour, so that a switch away and back still knows.
+            held = dict(previous.acknowledged_by or {}) if previous is not None else {}
+            if previous is not None and previous.acknowledged_by is None and previous.connection_id:
+                before = previous.acknowledged_cost  # a record from before: its own connection's figures
+                if before is not None:
+                    held[previous.connection_id] = {"origin": previous.origin, "cost": str(before)}
+            if manifest.connection_id and manifest.was_sent:
+                cost = "0" if manifest.cleared else manifest.cost
+                held[manifest.connection_id] = {"origin": manifest.origin, "cost": cost}
+            manifest.acknowledged_by = held or None  # none named: the record's own figures say it all
             return manifest
 
         self.update(manifest.hour, change)

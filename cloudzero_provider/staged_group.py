@@ -13,15 +13,20 @@ from __future__ import annotations
 import msgspec
 
 
-class StagedGroup(msgspec.Struct, gc=False):
-    """What a CBF row is built from of a group's line: msgspec reads these fields as the untyped decoder does
-    (``json_lines.decode_line``), ``dims`` left as its JSON bytes."""
+class StagedGroup(msgspec.Struct, gc=False, forbid_unknown_fields=True):
+    """A group's line, every byte read: msgspec reads these fields as the untyped decoder does
+    (``json_lines.decode_line``), ``dims`` left as its JSON bytes (read whole the first time they are seen). A line
+    with any other key, or a field of another type, is not one."""
 
     hour: str
     dims: msgspec.Raw
     requests: int
     spend: str
     total_tokens: int
+    successes: int | None = None
+    failures: int | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
 
 
 _DECODER = msgspec.json.Decoder(StagedGroup)

@@ -75,6 +75,7 @@ def decide(
     owner: str | None,
     may_be_purged: bool,
     remove_foreign: bool = False,
+    connection_id: str | None = None,
 ) -> HourCheck:
     """
     The verdict for one hour. A default never destroys data: an hour that may have lost its rows to LiteLLM's
@@ -83,10 +84,14 @@ def decide(
     :param owner: Who owns the hour's day in this stream (``spend_logs``, a daily origin, or None).
     :param may_be_purged: The source may have lost some or all of the hour's rows to retention.
     :param remove_foreign: Clear an hour holding cost this exporter never sent, when the source has none.
+    :param connection_id: The AnyCost connection ``held`` was read from: cost this exporter sent to another one is
+        not its cost here (nor is that of a record too old to say which connection it went to).
     """
     # A later attempt that failed leaves the last acknowledged export in CloudZero: still this exporter's cost.
-    sent = manifest.acknowledged_cost if manifest else None
+    sent = manifest.acknowledged_on(connection_id, unknown_as_own=False) if manifest else None
     ours = manifest is not None and manifest.is_ours and not manifest.empty
+    if manifest is not None and manifest.connection_id not in (None, connection_id):
+        ours = ours and sent is not None  # what went to another connection is not this one's
 
     def check(action: str, status: str) -> HourCheck:
         return HourCheck(hour, source, requests, held, sent, action, status)

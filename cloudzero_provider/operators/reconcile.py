@@ -143,6 +143,7 @@ class ReconcileOperator(ExportStepOperator):
         may_be_purged = self._purge_evidence(window, source)
         remove_foreign = str(self.remove_foreign).strip().lower() in ("true", "1", "yes")
         held, basis, unreadable = self._cloudzero_state(window)
+        here = self.cloudzero_hook.connection_id
         days = [d.start for d in window.each_day()]
         # one listing, one read per manifest (the whole days: who owns a day is decided over all its hours)
         records = manifests.get_many(h for d in window.each_day() for h in d.hour_starts())
@@ -156,11 +157,12 @@ class ReconcileOperator(ExportStepOperator):
             requests, spend = source.get(hour, (0, "0"))
             if held is not None:
                 now_held = held.get(hour, Decimal(0))
-            else:
-                now_held = Decimal(manifest.cost) if manifest and manifest.drop_ids else Decimal(0)
+            else:  # what the manifest says this connection acknowledged
+                acknowledged = manifest.acknowledged_on(here, unknown_as_own=True) if manifest else None
+                now_held = acknowledged if acknowledged is not None else Decimal(0)
             checks.append(decide(hour, source=Decimal(spend), requests=requests, held=now_held, manifest=manifest,
                                  owner=owners[day_start(hour)], may_be_purged=may_be_purged(hour),
-                                 remove_foreign=remove_foreign))  # fmt: skip
+                                 remove_foreign=remove_foreign, connection_id=here))  # fmt: skip
         attempt = attempt_of(context).for_pass("reconcile")
         retryable = False
         by_hour = {c.hour: c for c in checks}

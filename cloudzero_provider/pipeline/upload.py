@@ -72,17 +72,11 @@ def clear_hours(
 
 def _held_cost(m: Manifest | None, origin: str, connection_id: str | None) -> Decimal:
     """The cost the AnyCost connection ``connection_id`` may hold in an hour from this source's last acknowledged
-    export: its recorded cost, even when a later attempt failed or was cut off (``failed``/``sending`` keep what the
-    last export recorded); 0 when it never acknowledged rows of the hour, they were cleared, or they went to another
-    AnyCost connection (a record that names none is taken for this one)."""
-    if m is None or m.origin != origin or m.cleared or not m.was_sent or not m.cost:
-        return Decimal(0)
-    if m.connection_id not in (None, connection_id):
-        return Decimal(0)
-    try:
-        return Decimal(m.cost)
-    except ArithmeticError:  # a hand-edited record: not a figure to act on
-        return Decimal(0)
+    export (:meth:`Manifest.acknowledged_on`): its recorded cost, even when a later attempt failed or was cut off;
+    0 when CloudZero never acknowledged rows of the hour there, or they were cleared. A record from before
+    connections were kept apart is read as its own connection's: a purged hour is kept, an emptied one cleared."""
+    cost = m.acknowledged_on(connection_id, origin, unknown_as_own=True) if m is not None else None
+    return cost if cost is not None else Decimal(0)
 
 
 def _purged_hours(

@@ -278,7 +278,8 @@ def test_a_range_run_after_the_connection_names_another_anycost_connection_sends
 def test_a_stream_that_never_held_a_purged_hour_is_sent_what_is_left_of_it(env, monkeypatch):
     """The purge guard keeps what a stream holds: after the connection's extra names another AnyCost connection,
     a range over hours LiteLLM's retention purged sends the rows left to the new stream (it held none of them, so
-    nothing is lowered there) and clears nothing there; the old stream keeps what it was sent."""
+    nothing is lowered there) and clears nothing there; the old stream keeps what it was sent, and a switch back
+    to it keeps the purged hours there (each hour's record remembers every connection's acknowledged export)."""
     from cloudzero_provider.ready_dags import build_range_dag
 
     seed_hours(env["db"], rows=40)
@@ -310,6 +311,14 @@ def test_a_stream_that_never_held_a_purged_hour_is_sent_what_is_left_of_it(env, 
     assert upload["hours"] == ["2026-11-01T11Z", "2026-11-01T12Z"]
     assert double.cost_by_hour("new-stream") == source
     assert double.cost_by_hour(CONNECTION_ID) == exported, "the old stream keeps what it was sent"
+    # Back to the first stream, which holds the purged hours whole: they are kept there, never lowered.
+    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps(conn_json))
+    back = build_range_dag().test(run_conf=conf)
+    assert back.state == "success"
+    (upload,) = xcom("litellm_cloudzero_range", back.run_id, "chunk.upload").values()
+    assert upload["kept_purged"] == ["2026-11-01T10Z", "2026-11-01T11Z"] and upload["cleared"] == []
+    assert double.cost_by_hour(CONNECTION_ID) == exported
+    assert double.cost_by_hour("new-stream") == source
 
 
 def test_an_hour_whose_last_attempt_failed_and_whose_rows_then_vanish_is_cleared(env):

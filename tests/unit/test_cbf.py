@@ -525,8 +525,24 @@ def test_lines_of_another_form_give_what_their_rows_give():
     ]
     raw = [line.encode() for line in lines]
     items = [read_group(line) or {**decode_line(line), "hour": H13} for line in raw]
-    assert [type(i) is StagedGroup for i in items] == [True, True, True, True, False, False, True]
+    # Every byte is read: a key the row does not use, or a figure of another type, makes the line decoded whole.
+    assert [type(i) is StagedGroup for i in items] == [True, True, True, False, False, False, True]
     rows = [{**decode_line(line), "hour": H13} for line in raw]
     expected = [(cost, amount, line) for _, cost, amount, line in cbf_lines(rows, dims)]
     assert list(StagedCBF(dims).hour_lines(H13, items, raw)) == expected
     assert [cost for cost, _, _ in expected] == ["1.5", "2.5", "3", "4", "5", "6", "7"]
+    # Bytes the CBF row does not read are still read: invalid UTF-8 there fails as decode_line fails.
+    bad = f'{{{usual},"successes":"\udcff","spend":"2","total_tokens":2}}\n'.encode(
+        "utf-8", "surrogateescape"
+    )
+    assert read_group(bad) is None
+
+    class Stage:  # staged_groups reads only the lines
+        @staticmethod
+        def read_lines(name: str) -> list[bytes]:
+            return [raw[0], bad]
+
+    from cloudzero_provider.pipeline.extract import staged_groups
+
+    with pytest.raises(UnicodeDecodeError):
+        list(staged_groups(Stage()))  # type: ignore[arg-type]

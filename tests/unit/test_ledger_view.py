@@ -83,6 +83,9 @@ def test_a_day_of_the_tag_stream_its_daily_run_found_empty_has_no_spend_not_late
     assert status(hour=H, run=daily_run, due_at=due, now=now).status == lv.LATE, (
         "an hourly stream records empties"
     )
+    failed_day = Manifest(day, status="failed", origin="daily_tag", reason="look-back pass: HTTP 503")
+    late = status(hour=H, run=daily_run, daily_stream=True, due_at=due, now=now, day_manifest=failed_day)
+    assert late.status == lv.LATE, "a day whose 00:00 holds a failed record was not found empty"
 
 
 def test_a_failed_hour_says_why_and_links_the_attempt_that_failed():

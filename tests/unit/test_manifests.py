@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 import pytest
 
@@ -33,6 +35,35 @@ def test_a_manifest_round_trips_through_its_file_with_the_same_keys_as_before(st
     assert raw["late_corrections"] == 0 and "unreadable" not in raw and "reason" not in raw
     back = store.get(hour)
     assert back == exported(hour, run="r1", status="exported")
+
+
+def test_each_anycost_connection_keeps_what_it_acknowledged(store, tmp_path):
+    """A manifest remembers, per AnyCost connection, the last export CloudZero acknowledged there: a switch to
+    another connection and back still knows what the first holds; a record from before knows only its own."""
+    hour = DAY.replace(hour=3)
+    store.write_exported(exported(hour, connection_id="conn-a"), late_correction=False)
+    store.write_exported(replace(exported(hour, connection_id="conn-b"), cost="0.5"), late_correction=False)
+    store.mark(hour, status="failed", attempt=Attempt(run_id="later"), reason="HTTP 503")
+    m = store.get(hour)
+    assert m.acknowledged_by == {"conn-a": {"origin": "spend_logs", "cost": "1.5"},
+                                 "conn-b": {"origin": "spend_logs", "cost": "0.5"}}  # fmt: skip
+    assert m.acknowledged_on("conn-b", unknown_as_own=False) == Decimal("0.5"), "failed later: still held"
+    assert m.acknowledged_on("conn-a", "spend_logs", unknown_as_own=False) == Decimal("1.5")
+    assert m.acknowledged_on("conn-a", "daily_team", unknown_as_own=True) is None
+    assert m.acknowledged_on("conn-c", unknown_as_own=True) is None, "known never sent there"
+    legacy = Manifest(hour, status="exported", cost="2", drop_ids=["d"], connection_id="conn-a")
+    assert legacy.acknowledged_on("conn-c", unknown_as_own=True) == Decimal("2")
+    assert legacy.acknowledged_on("conn-c", unknown_as_own=False) is None
+    path = tmp_path / "manifests" / "2026-11-01T04Z.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**legacy.to_json(), "hour": "2026-11-01T04:00:00Z"}))
+    store.write_exported(exported(DAY.replace(hour=4), connection_id="conn-b"), late_correction=False)
+    assert store.get(DAY.replace(hour=4)).acknowledged_by == {"conn-a": {"origin": "spend_logs", "cost": "2"},
+                                                              "conn-b": {"origin": "spend_logs", "cost": "1.5"}}  # fmt: skip
+    path.write_text(
+        json.dumps({**legacy.to_json(), "acknowledged_by": {"conn-a": {"origin": "x", "cost": "NaN?"}}})
+    )
+    assert store.get(DAY.replace(hour=4)).unreadable, "a malformed entry makes the record read as unreadable"
 
 
 def test_late_corrections_count_on_and_mark_keeps_what_the_export_recorded(store):

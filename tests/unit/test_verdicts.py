@@ -118,3 +118,36 @@ def test_a_torn_manifest_is_repaired_even_when_the_sums_agree():
         H, source=Decimal(3), requests=5, held=Decimal(3), manifest=torn, owner=None, may_be_purged=False
     )
     assert (check.action, check.status) == ("export", REPAIRED)
+
+
+def test_cost_sent_to_another_anycost_connection_is_not_ours_to_clear():
+    """Reconciling connection B: an hour this exporter sent only to A, whose source is now empty, holds B's cost
+    that no record says it sent there -- kept, said (cleared only when asked); one it sent to B too is cleared."""
+    only_a = Manifest(H, status="failed", cost="3", origin="spend_logs", drop_ids=["d"], connection_id="conn-a",
+                      acknowledged_by={"conn-a": {"origin": "spend_logs", "cost": "3"}})  # fmt: skip
+    legacy_a = Manifest(
+        H, status="exported", cost="3", origin="spend_logs", drop_ids=["d"], connection_id="conn-a"
+    )
+    both = Manifest(H, status="exported", cost="3", origin="spend_logs", drop_ids=["d"], connection_id="conn-a",
+                    acknowledged_by={"conn-a": {"origin": "spend_logs", "cost": "3"},
+                                     "conn-b": {"origin": "spend_logs", "cost": "2"}})  # fmt: skip
+    args = {
+        "source": Decimal(0),
+        "requests": 0,
+        "held": Decimal(2),
+        "owner": "spend_logs",
+        "may_be_purged": False,
+    }
+    for manifest in (only_a, legacy_a):
+        check = decide(H, manifest=manifest, connection_id="conn-b", **args)
+        assert (check.action, check.status, check.sent) == ("none", FOREIGN_KEPT, None)
+        assert (
+            decide(H, manifest=manifest, connection_id="conn-b", remove_foreign=True, **args).action
+            == "clear"
+        )
+    check = decide(H, manifest=both, connection_id="conn-b", **args)
+    assert (check.action, check.status, check.sent) == ("clear", CLEARED, Decimal(2))
+    check = decide(H, manifest=only_a, connection_id="conn-a", **{**args, "held": Decimal(3)})
+    assert (check.action, check.status) == ("clear", CLEARED), (
+        "its own connection: the failed-later hour is ours"
+    )
