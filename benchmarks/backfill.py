@@ -6,6 +6,8 @@ Celery workers, PostgreSQL metadata DB; see tests/deployment/harness.py).
     ./dev bench --backfill --chunk-hours 24  # at most a day per chunk (the trigger form's chunk_hours)
     ./dev bench --backfill --compare        # also: 168-hour range holding 6 hours of spend vs the hourly
                                             # DAG's catchup of those 6 hours
+    ./dev bench --backfill --daily          # instead: a month of daily rollups imported through the daily-rollup
+                                            # DAG, a chunk per day and then in its default chunks
 
 The range DAG is triggered through the REST API as the UI's trigger form does. Printed: wall time, task instances,
 hours per minute, source rows per second, PostgreSQL's own time for the same aggregate (EXPLAIN ANALYZE), and
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 RANGE = "litellm_cloudzero_range"
 HOURLY = "litellm_cloudzero_hourly"
+DAILY = "litellm_cloudzero_daily_rollup"
 
 
 def iso(moment: datetime) -> str:
@@ -50,24 +53,26 @@ class RangeRun:
     tis: list[dict[str, Any]]
 
 
-def trigger_range(d, start: datetime, end: datetime, chunk_hours: int | None = None) -> RangeRun:
-    """Trigger the range DAG as the UI form does; wait; return the run and its task instances."""
+def trigger_range(
+    d, start: datetime, end: datetime, chunk_hours: int | None = None, *, dag_id: str = RANGE, **more: Any
+) -> RangeRun:
+    """Trigger the range DAG (or ``dag_id``) as the UI form does; wait; return the run and its task instances."""
     began = time.monotonic()
-    conf: dict[str, object] = {"start": iso(start), "end": iso(end)}
+    conf: dict[str, object] = {"start": iso(start), "end": iso(end), **more}
     if chunk_hours:
         conf["chunk_hours"] = chunk_hours
-    run = d.api("POST", f"/dags/{RANGE}/dagRuns", json={"logical_date": None, "conf": conf})
+    run = d.api("POST", f"/dags/{dag_id}/dagRuns", json={"logical_date": None, "conf": conf})
     state = d.wait_for(
         lambda: (lambda s: s if s in ("success", "failed") else None)(
-            d.api("GET", f"/dags/{RANGE}/dagRuns/{run['dag_run_id']}")["state"]
+            d.api("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}")["state"]
         ),
         3600,
-        "the range run",
+        "the run",
         every=1,
     )
     wall = time.monotonic() - began
-    finished = d.api("GET", f"/dags/{RANGE}/dagRuns/{run['dag_run_id']}")
-    return RangeRun(wall, state, finished, d.task_instances(RANGE, run["dag_run_id"]))
+    finished = d.api("GET", f"/dags/{dag_id}/dagRuns/{run['dag_run_id']}")
+    return RangeRun(wall, state, finished, d.task_instances(dag_id, run["dag_run_id"]))
 
 
 def breakdown(result: RangeRun) -> list[str]:
@@ -84,7 +89,7 @@ def breakdown(result: RangeRun) -> list[str]:
         if started and queued:
             waits.append((started - queued).total_seconds())
     lines = []
-    for step in ("plan", "extract", "transform", "upload"):
+    for step in ("plan", "plan_days", "settle", "extract", "transform", "upload"):
         spans = sorted(steps.get(step, []))
         if not spans:
             continue
@@ -139,6 +144,60 @@ def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
         return float(cur.fetchone()[0][0]["Execution Time"]) / 1000
 
 
+def daily_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
+    """PostgreSQL's own time for the daily-rollup read of ``[start, end)`` in one statement, as the read runs it."""
+    import os
+
+    import psycopg2
+
+    from cloudzero_provider.dimensions import resolve
+    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, hashes_groups, planner_settings
+    from cloudzero_provider.ready_dags.daily_rollup import DAILY_DIMENSIONS
+    from cloudzero_provider.testing.postgres import airflow_conn_uri
+    from cloudzero_provider.windows import Window
+
+    os.environ["AIRFLOW_CONN_LITELLM_DB"] = airflow_conn_uri(url)
+    dims = resolve(list(DAILY_DIMENSIONS["team"]))
+    sql, params = LiteLLMSpendHook().aggregate_sql(Window(start, end), dims, "daily_team")
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for setting in planner_settings(hash_groups=hashes_groups(dims, "daily_team"),
+                                        server_version=conn.server_version):  # fmt: skip
+            cur.execute(f"SET LOCAL {setting}")
+        cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
+        return float(cur.fetchone()[0][0]["Execution Time"]) / 1000
+
+
+def daily_imports(d, rows_per_day: int) -> None:
+    """A month of daily rollups imported through the daily-rollup DAG's trigger form twice -- September a chunk per
+    day (``chunk_days`` 1, as every import ran before chunks), October in the DAG's default chunks -- each checked
+    exact against the table, with where the time went."""
+    from benchmarks.extract_transform import seed_daily_month
+    from cloudzero_provider.ready_dags.daily_rollup import DEFAULT_CHUNK_DAYS
+    from cloudzero_provider.testing.fixtures import CONNECTION_ID
+    from cloudzero_provider.testing.seed import spend_by_day
+
+    d.unpause(DAILY)
+    for first in ("2026-09-01", "2026-10-01"):
+        began = time.monotonic()
+        seed_daily_month(d.litellm_url, rows_per_day, first)
+        print(f"seeded 30 days x {rows_per_day:,} rollup rows from {first} in {time.monotonic() - began:.0f}s",
+              flush=True)  # fmt: skip
+    for first, chunk_days in (("2026-09-01", 1), ("2026-10-01", DEFAULT_CHUNK_DAYS)):
+        start = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
+        end = start + timedelta(days=30)
+        pg = daily_aggregate_seconds(d.litellm_url, start, end)
+        rr = trigger_range(d, start, end, dag_id=DAILY, chunk_days=chunk_days)
+        held = {
+            h: v for h, v in d.double.double.cost_by_hour(CONNECTION_ID).items() if h.startswith(first[:7])
+        }
+        source = {h: v for h, v in spend_by_day(d.litellm_url).items() if h.startswith(first[:7])}
+        print(f"daily rollups of 30 days x {rows_per_day:,} rows from {first}, chunk_days {chunk_days}: "
+              f"{rr.wall:.0f}s wall, {rr.state}, {len(rr.tis)} task instances; PostgreSQL's own aggregate of the "
+              f"month in one statement {pg:.2f}s ({rr.wall / pg:.0f}x); exact: {held == source and len(held) == 30}",
+              flush=True)  # fmt: skip
+        print("\n".join(breakdown(rr)), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -147,6 +206,8 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000, help="requests per hour")
     parser.add_argument("--compare", action="store_true", help="also the 168-hour range vs hourly catchup")
     parser.add_argument("--chunk-hours", type=int, help="the most hours per chunk (default: the DAG's)")
+    parser.add_argument("--daily", action="store_true", help="a month of daily rollups through the daily DAG")
+    parser.add_argument("--daily-rows", type=int, default=5000, help="--daily: rollup rows per day")
     args = parser.parse_args()
     if shutil.which("redis-server") is None:
         sys.exit("redis-server is needed (apt-get install redis-server)")
@@ -159,6 +220,9 @@ def main() -> None:
     settings = {"CLOUDZERO_EXPORT_START": catchup_start.isoformat(), "CLOUDZERO_SETTLE_MINUTES": "0",
                 "CLOUDZERO_TASK_RETRIES": "2", "CLOUDZERO_RETRY_DELAY_SECONDS": "3"}  # fmt: skip
     with Deployment(settings, workers=2) as d:
+        if args.daily:
+            daily_imports(d, args.daily_rows)
+            return
         d.unpause(RANGE)
         if args.compare:
             for h in range(6):

@@ -28,28 +28,30 @@ MONTH = ("2026-10-01T00:00:00Z", "2026-10-31T00:00:00Z")  # 30 UTC days
 DAILY_DIMENSIONS = ["team_id", "api_key_alias", "model", "model_group", "provider"]
 
 
-def seed_daily_month(url: str, rows_per_day: int) -> None:
-    """``rows_per_day`` rollup rows (team x key x model x provider) for each of the month's 30 days, inside
+def seed_daily_month(url: str, rows_per_day: int, first_day: str = "2026-10-01") -> None:
+    """``rows_per_day`` rollup rows (team x key x model x provider) for each of 30 days from ``first_day``, inside
     PostgreSQL, with their keys in LiteLLM_VerificationToken for the alias lookup."""
     import psycopg2
 
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         cur.execute(
             """INSERT INTO "LiteLLM_VerificationToken" (token, key_alias)
-               SELECT md5('key' || k), 'alias-' || k FROM generate_series(0, 199) AS k"""
+               SELECT md5('key' || k), 'alias-' || k FROM generate_series(0, 199) AS k
+               ON CONFLICT DO NOTHING"""
         )
         cur.execute(
             """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, model_group,
                    custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests,
                    successful_requests, failed_requests, updated_at)
-               SELECT d || '-' || i, 'team-' || mod(i, 40), to_char(date '2026-10-01' + d, 'YYYY-MM-DD'),
+               SELECT %(first)s || '+' || d || '-' || i, 'team-' || mod(i, 40),
+                      to_char(%(first)s::date + d, 'YYYY-MM-DD'),
                       md5('key' || mod(i, 200)), 'model-' || mod(i, 12), 'group-' || mod(i, 12),
                       (ARRAY['openai','anthropic','bedrock','vertex_ai'])[1 + mod(i, 4)],
                       1000 + mod(i * 7919, 90000), 100 + mod(i, 7000),
                       round((0.0001 * (1 + mod(i * 7919, 5000)))::numeric, 10)::float8, 1 + mod(i, 500),
                       1 + mod(i, 500), 0, now()
                FROM generate_series(0, 29) AS d, generate_series(0, %(rows)s - 1) AS i""",
-            {"rows": rows_per_day},
+            {"rows": rows_per_day, "first": first_day},
         )
     conn.close()
     settle(url, ["LiteLLM_DailyTeamSpend", "LiteLLM_VerificationToken"])

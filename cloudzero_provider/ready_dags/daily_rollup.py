@@ -30,6 +30,11 @@ from cloudzero_provider.windows import DAY, Window, day_start, iso_hour, iso_ins
 
 # Days before a scheduled run's day that it may read again for late rows.
 MAX_LOOKBACK_DAYS = 7
+# Consecutive days a manual run maps as one chunk (its own extract, transform and upload): an import of a month is
+# a few task groups, not thirty. The transform holds one day's rows at a time, so this bounds no memory; it bounds
+# how much one failed task leaves to retry.
+DEFAULT_CHUNK_DAYS = 7
+MAX_CHUNK_DAYS = 31
 
 DAILY_DIMENSIONS = {
     "team": ("team_id", "api_key_alias", "model", "model_group", "provider"),
@@ -81,6 +86,39 @@ def days_to_look_at_again(
     ]
 
 
+def chunk_days(
+    days: list[dict[str, str]],
+    owners: dict[datetime, str | None],
+    origin: str,
+    *,
+    max_days: int,
+    take_over: bool = False,
+) -> list[dict[str, str]]:
+    """Consecutive days of a manual run joined into chunks of at most ``max_days`` days. A day another source owns
+    in this stream (``owners``, :meth:`ManifestStore.day_owners`) stays a chunk of its own unless ``take_over``: its
+    refusal fails that day alone, and the days around it are sent, as when every day was its own chunk."""
+    if max_days < 1:
+        raise ValueError(f"max_days must be at least 1, got {max_days}")
+    chunks: list[Window] = []
+    joinable = False  # whether the last chunk may take the next day
+    for item in days:
+        day = Window.of(item["window_start"], item["window_end"])
+        ours = take_over or owners.get(day.start) in (origin, None)
+        last = chunks[-1] if chunks else None
+        if (
+            ours
+            and joinable
+            and last is not None
+            and last.end == day.start
+            and last.hours + 24 <= max_days * 24
+        ):
+            chunks[-1] = Window(last.start, day.end)
+        else:
+            chunks.append(day)
+        joinable = ours
+    return [{"window_start": iso_hour(c.start), "window_end": iso_hour(c.end)} for c in chunks]
+
+
 def build_daily_rollup_dag(settings: ExportSettings | None = None) -> DAG:
     settings = settings or ExportSettings.from_env()
     if settings.daily_source not in DAILY_DIMENSIONS:
@@ -112,7 +150,8 @@ UTC day before it (`CronDataIntervalTimetable("0 0 * * *")`, catchup), `settle_m
 statement, CBF rows stamped at the day's 00:00 UTC, reconciled exactly against the table's
 `SUM(spend::numeric)` for the day, sent with `replace_hourly` through the one-slot pool `{settings.pool}`, a
 manifest per day, an Asset event per day. Manual runs: `start`/`end` (whole UTC days that have ended),
-`dry_run`, `settle_minutes`. A scheduled run also reads again the `late_lookback_days` (default 1) days before it
+`dry_run`, `settle_minutes`, `chunk_days` (consecutive days mapped as one chunk, default {DEFAULT_CHUNK_DAYS}: an
+import of a month is a few task groups; a day another source owns stays a chunk of its own). A scheduled run also reads again the `late_lookback_days` (default 1) days before it
 that it exported, and sends one only when its rows changed; a row later still is sent by running its day again.
 
 **One owner per day and stream.** A day that the hourly export (spend logs) already sent to this CloudZero stream is
@@ -161,6 +200,15 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
                 description="Minutes after the last day ends before reading it: LiteLLM writes its rollups in "
                 "batches, and counts a request on the day it started (at most a day).",
             ),
+            "chunk_days": Param(
+                DEFAULT_CHUNK_DAYS,
+                type="integer",
+                minimum=1,
+                maximum=MAX_CHUNK_DAYS,
+                title="Days per chunk (manual runs)",
+                description="Consecutive days read, transformed and sent as one chunk (1: a chunk per day). A day "
+                "another source owns in this stream stays a chunk of its own.",
+            ),
             "take_over": Param(
                 False,
                 type="boolean",
@@ -179,7 +227,13 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
 
             params = params or {}
             days = rollup_days(params, *interval, now=utc_now())
-            lookback = 0 if params.get("start") else int(params.get("late_lookback_days") or 0)
+            if params.get("start"):  # a manual run: an import, its consecutive days in chunks
+                manifests = ExportTarget(conn_id, settings.staging_uri).manifests
+                owners = manifests.day_owners(parse_instant(d["window_start"]) for d in days)
+                max_days = int(params.get("chunk_days") or DEFAULT_CHUNK_DAYS)
+                take_over = bool(params.get("take_over"))
+                return chunk_days(days, owners, origin, max_days=max_days, take_over=take_over)
+            lookback = int(params.get("late_lookback_days") or 0)
             if lookback:
                 first = parse_instant(days[0]["window_start"])
                 manifests = ExportTarget(conn_id, settings.staging_uri).manifests

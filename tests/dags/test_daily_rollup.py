@@ -79,7 +79,10 @@ def test_days_land_at_midnight_exactly_and_the_hourly_export_leaves_them_alone(e
     assert double.cost_by_hour(CONNECTION_ID) == expected
     labels = {ti[2] for (task, _), ti in task_instances("litellm_cloudzero_daily_rollup", run.run_id).items()
               if task == "day.upload"}  # fmt: skip
-    assert labels == {"2026-11-01", "2026-11-02"}
+    assert labels == {"2026-11-01T00Z--2026-11-03T00Z"}, "a manual run's consecutive days are one chunk"
+    for day in ("2026-11-01", "2026-11-02"):  # still a record per day
+        record = json.loads((env["staging"] / "manifests" / f"{day}T00Z.json").read_text())
+        assert Decimal(record["cost"]) == expected[f"{day}T00:00:00Z"]
     manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T00Z.json").read_text())
     assert (
         manifest["origin"] == "daily_team" and Decimal(manifest["cost"]) == expected["2026-11-01T00:00:00Z"]
@@ -322,3 +325,35 @@ def test_a_day_empty_at_its_run_is_read_again_by_the_next_but_never_one_before_t
     first = run_scheduled_daily(DAY2)
     (planned,) = xcom(DAG_ID, first.run_id, "plan_days").values()
     assert [d["window_start"] for d in planned] == ["2026-11-02T00:00:00Z"], "a day before the start"
+
+
+def test_an_import_runs_in_chunks_and_a_day_another_source_owns_fails_alone(env, schema_age, capfd):
+    """A manual run maps its consecutive days as chunks; a day the hourly export holds in this stream is a chunk of
+    its own, refused naming it, while the days around it are exported as when each day was its own chunk."""
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"])  # spend logs kept: day 2's hour 05 goes out hourly first
+    hour = DAY2 + timedelta(hours=5)
+    assert run_hourly(hour).state == "success"
+    double = env["double"].double
+    hourly = double.cost_by_hour(CONNECTION_ID)
+    assert set(hourly) == {"2026-11-02T05:00:00Z"}
+
+    run = run_daily(start="2026-11-01T00:00:00Z", end="2026-11-05T00:00:00Z")
+    assert run.state == "failed"
+    (planned,) = xcom(DAG_ID, run.run_id, "plan_days").values()
+    assert [(d["window_start"][5:10], d["window_end"][5:10]) for d in planned] == [
+        ("11-01", "11-02"), ("11-02", "11-03"), ("11-03", "11-05")
+    ]  # fmt: skip
+    out = capfd.readouterr()
+    assert "2026-11-02 of this stream already holds hourly data exported from spend logs" in out.out + out.err
+    states = {label: ti[0] for (task, _), ti in task_instances(DAG_ID, run.run_id).items()
+              if task == "day.upload" for label in [ti[2]]}  # fmt: skip
+    assert states == {
+        "2026-11-01": "success",
+        "2026-11-02": "failed",
+        "2026-11-03T00Z--2026-11-05T00Z": "success",
+    }
+    assert double.cost_by_hour(CONNECTION_ID) == {
+        "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"],
+        **hourly,
+    }, "day 1 exported, day 2 left to the hourly export, the empty days sent nothing"

@@ -116,3 +116,53 @@ def test_two_connections_naming_one_anycost_stream_are_refused(monkeypatch):
     other = cloudzero_conn_json("https://api.cloudzero.com", key="k2", connection_id="tags-stream")
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_TAGS", other)
     assert check_separate_streams("cloudzero_default", "cloudzero_tags") is None
+
+
+def _days(first: int, last: int) -> list[dict[str, str]]:
+    return [
+        {"window_start": f"2026-11-{d:02d}T00:00:00Z", "window_end": f"2026-11-{d + 1:02d}T00:00:00Z"}
+        for d in range(first, last + 1)
+    ]
+
+
+def _windows(chunks: list[dict[str, str]]) -> list[tuple[str, str]]:
+    return [(c["window_start"][5:10], c["window_end"][5:10]) for c in chunks]
+
+
+def test_a_manual_runs_consecutive_days_are_chunks_of_at_most_chunk_days():
+    from cloudzero_provider.ready_dags.daily_rollup import chunk_days
+
+    days = _days(1, 16)
+    assert _windows(chunk_days(days, {}, "daily_team", max_days=7)) == [
+        ("11-01", "11-08"), ("11-08", "11-15"), ("11-15", "11-17")
+    ]  # fmt: skip
+    assert chunk_days(days, {}, "daily_team", max_days=1) == days, "chunk_days 1: a chunk per day, as before"
+    assert _windows(chunk_days(days, {}, "daily_team", max_days=31)) == [("11-01", "11-17")]
+    # days the stream's own source holds join like empty ones; every day stays in exactly one chunk
+    owned = {datetime(2026, 11, d, tzinfo=timezone.utc): "daily_team" for d in (2, 3)}
+    assert _windows(chunk_days(days, owned, "daily_team", max_days=16)) == [("11-01", "11-17")]
+    with pytest.raises(ValueError, match="max_days must be at least 1, got 0"):
+        chunk_days(days, {}, "daily_team", max_days=0)
+
+
+def test_a_day_another_source_owns_is_a_chunk_of_its_own_unless_taken_over():
+    from cloudzero_provider.ready_dags.daily_rollup import chunk_days
+
+    days = _days(1, 9)
+    owners = {
+        datetime(2026, 11, 4, tzinfo=timezone.utc): "spend_logs",
+        datetime(2026, 11, 5, tzinfo=timezone.utc): "daily_user",
+    }
+    # its refusal fails that day alone: the days around it are sent, as when every day was a chunk
+    assert _windows(chunk_days(days, owners, "daily_team", max_days=7)) == [
+        ("11-01", "11-04"), ("11-04", "11-05"), ("11-05", "11-06"), ("11-06", "11-10")
+    ]  # fmt: skip
+    assert _windows(chunk_days(days, owners, "daily_team", max_days=7, take_over=True)) == [
+        ("11-01", "11-08"), ("11-08", "11-10")
+    ]  # fmt: skip
+    # a gap (days planned apart) is never bridged
+    gapped = _days(1, 2) + _days(5, 6)
+    assert _windows(chunk_days(gapped, {}, "daily_team", max_days=7)) == [
+        ("11-01", "11-03"),
+        ("11-05", "11-07"),
+    ]
