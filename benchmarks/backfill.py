@@ -170,7 +170,7 @@ def daily_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
 def daily_imports(d, rows_per_day: int) -> None:
     """A month of daily rollups imported through the daily-rollup DAG's trigger form twice -- September a chunk per
     day (``chunk_days`` 1, as every import ran before chunks), October in the DAG's default chunks -- each checked
-    exact against the table, with where the time went."""
+    exact against the table, with where the time went; first the floor, a one-day import of a few rows."""
     from benchmarks.extract_transform import seed_daily_month
     from cloudzero_provider.ready_dags.daily_rollup import DEFAULT_CHUNK_DAYS
     from cloudzero_provider.testing.fixtures import CONNECTION_ID
@@ -182,6 +182,13 @@ def daily_imports(d, rows_per_day: int) -> None:
         seed_daily_month(d.litellm_url, rows_per_day, first)
         print(f"seeded 30 days x {rows_per_day:,} rollup rows from {first} in {time.monotonic() - began:.0f}s",
               flush=True)  # fmt: skip
+    # The floor: a one-day import of 100 rollup rows in the same deployment -- task start-up and scheduling.
+    seed_daily_month(d.litellm_url, 100, "2026-08-01")
+    day = datetime(2026, 8, 1, tzinfo=timezone.utc)
+    floor = trigger_range(d, day, day + timedelta(days=1), dag_id=DAILY)
+    print(f"floor: a one-day import of 100 rollup rows: {floor.wall:.1f}s wall, {floor.state}, {len(floor.tis)} "
+          "task instances", flush=True)  # fmt: skip
+    print("\n".join(breakdown(floor)), flush=True)
     for first, chunk_days in (("2026-09-01", 1), ("2026-10-01", DEFAULT_CHUNK_DAYS)):
         start = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
         end = start + timedelta(days=30)
