@@ -16,13 +16,13 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from cloudzero_provider.hooks.cloudzero import CloudZeroHook, CloudZeroTransientError
 from cloudzero_provider.hooks.litellm import LiteLLMSpendHook
-from cloudzero_provider.manifests import SPEND_LOGS, Attempt, ManifestStore
+from cloudzero_provider.manifests import DAILY_ORIGINS, SPEND_LOGS, Attempt, ManifestStore
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.pipeline.extract import extract_window
 from cloudzero_provider.pipeline.transform import transform_window
 from cloudzero_provider.pipeline.upload import upload_window
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import Window, hour_label
+from cloudzero_provider.windows import DAY, Window, hour_label
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def reexport_hours(
     lower_purged: bool = False,
 ) -> ReexportOutcome:
     """
-    Export each hour again from the source, alone: extract, transform, upload. Every hour is tried.
+    Export each hour again from the source, alone: extract, transform, upload. Every hour is tried. With a daily
+    rollup ``source`` each hour is a day's 00:00, read again as its whole day.
 
     :param stage_of: Where an hour is staged (a pass's own area, so it never shares files with another run).
     :param options: The export's options (dimensions, invalid-row policy, value cap, request size).
@@ -80,7 +81,8 @@ def reexport_hours(
     """
     outcome = ReexportOutcome()
     for hour in hours:
-        window = Window.hour(hour)
+        # A daily rollup's rows sit at its day's 00:00 and are read a whole day at a time.
+        window = Window(hour, hour + DAY) if source in DAILY_ORIGINS else Window.hour(hour)
         if why is not None:
             log.warning("Re-exporting %s: %s", window.label, why(hour))
         stage = stage_of(window)

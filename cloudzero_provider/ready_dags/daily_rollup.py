@@ -275,8 +275,11 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             target_time="{{ (params.end or data_interval_end) | cz_settled(params.settle_minutes) }}",
         )
         days >> settle
+        # isolate_hours: a chunk holds several days, and a day with invalid rows fails alone (as when each day was a
+        # chunk) while the others are sent; a clear of the upload reads that day again.
         settle >> chunk_group(
-            settings, "day", area=staging_area("daily"), options=options, extract={"source": source},
+            settings, "day", area=staging_area("daily"), options=options,
+            extract={"source": source, "isolate_hours": True},
             upload={**upload, "origin": source, "take_over": "{{ params.take_over }}"},
         ).expand_kwargs(days)  # fmt: skip
         if settings.daily_tag_conn_id:
@@ -286,7 +289,8 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
             settle >> chunk_group(
                 settings, "tag_day", area=staging_area("daily-tag"), cloudzero_conn_id=settings.daily_tag_conn_id,
                 options=options.but(dimensions=[f"tag:{settings.daily_tag_prefix}", "model", "provider"]),
-                extract={"source": "daily_tag"}, upload={**upload, "origin": "daily_tag", "outlets": []},
+                extract={"source": "daily_tag", "isolate_hours": True},
+                upload={**upload, "origin": "daily_tag", "outlets": []},
             ).expand_kwargs(tag_days)  # fmt: skip
     return dag
 

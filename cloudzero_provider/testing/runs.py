@@ -30,3 +30,49 @@ def xcom_key(dag_id: str, run_id: str, task_id: str, key: str, *, all_maps: bool
         rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key=key)
         values = {r.map_index: r.value if not isinstance(r.value, str) else json.loads(r.value) for r in rows}
     return values if all_maps else values.get(-1)
+
+
+def clear_and_resume(dag: Any, run_id: str, task_id: str) -> Any:
+    """
+    Clear a failed task of a finished run as the UI's Clear and the REST ``clearTaskInstances`` do, then run the
+    run on in this process as ``dag.test`` runs one: Airflow schedules the cleared task again, numbering its next
+    try, and runs it with dag.test's own task runner. (``dag.test`` itself always starts a new run.)
+
+    :return: The run's state once it is over.
+    """
+    from airflow.models.dagbag import DBDagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.models.taskinstance import clear_task_instances
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+
+    with create_session() as session:
+        run = session.query(DagRun).filter_by(dag_id=dag.dag_id, run_id=run_id).one()
+        scheduler_dag = DBDagBag().get_dag_for_run(run, session=session)
+        assert scheduler_dag is not None, f"{dag.dag_id} is not serialized for {run_id}"
+        cleared = scheduler_dag.clear(dry_run=True, task_ids=[task_id], run_id=run_id, only_failed=True,
+                                      session=session)  # fmt: skip
+        assert cleared, f"{task_id} of {run_id} had failed"
+        clear_task_instances(cleared, session, DagRunState.QUEUED)
+        run.dag = scheduler_dag
+        run.state = DagRunState.RUNNING  # what the scheduler does with a queued run
+        session.commit()
+        for _ in range(20):
+            session.expire_all()
+            schedulable, _callback = run.update_state(session=session)
+            if run.state != DagRunState.RUNNING:
+                return run.state
+            for ti in schedulable:
+                ti.try_number += 1
+                ti.state = TaskInstanceState.SCHEDULED
+            session.commit()
+            scheduled = [
+                ti
+                for ti in run.get_task_instances(session=session)
+                if ti.state == TaskInstanceState.SCHEDULED
+            ]
+            assert scheduled, f"the cleared run is stuck: {run.get_task_instances(session=session)}"
+            for ti in scheduled:
+                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
+    raise AssertionError(f"{run_id} did not finish")

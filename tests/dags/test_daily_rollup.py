@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
-from cloudzero_provider.testing.runs import task_instances, xcom
+from cloudzero_provider.testing.runs import clear_and_resume, task_instances, xcom
 from cloudzero_provider.testing.seed import (
     insert_spend_logs,
     roll_up_daily,
@@ -357,3 +357,48 @@ def test_an_import_runs_in_chunks_and_a_day_another_source_owns_fails_alone(env,
         "2026-11-01T00:00:00Z": spend_by_day(env["db"])["2026-11-01T00:00:00Z"],
         **hourly,
     }, "day 1 exported, day 2 left to the hourly export, the empty days sent nothing"
+
+
+def test_a_day_with_invalid_rows_fails_alone_in_its_chunk_and_a_clear_sends_it_once_fixed(
+    env, schema_age, capfd
+):
+    """Two days in one chunk, day 1 holding a NaN spend: day 2 is exported exactly, the chunk's upload fails naming
+    day 1 and why; after the row is fixed, a clear of the upload reads day 1 again -- as its whole day -- and sends
+    it alone."""
+    import psycopg2
+
+    seed(env["db"], schema_age)
+    roll_up_daily(env["db"], delete_spend_logs=True)
+    with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_DailyTeamSpend" SET spend = 'NaN'
+                       WHERE id = (SELECT min(id) FROM "LiteLLM_DailyTeamSpend" WHERE date = '2026-11-01')
+                       RETURNING id""")
+        (poisoned,) = cur.fetchone()
+    from cloudzero_provider.ready_dags import build_daily_rollup_dag
+
+    dag = build_daily_rollup_dag()
+    run = dag.test(run_conf=TWO_DAYS)
+    assert run.state == "failed"
+    tis = task_instances(DAG_ID, run.run_id)
+    assert [tis[(t, 0)][:2] for t in ("day.extract", "day.transform", "day.upload")] == [
+        ("success", 1), ("success", 1), ("failed", 1)
+    ]  # fmt: skip
+    out = capfd.readouterr()
+    failure = (out.out + out.err).split("hour(s) failed and were not sent: ", 1)[-1]
+    assert failure.startswith("2026-11-01T00Z: ") and "hour 2026-11-01T00:00:00Z:" in failure
+    assert "spend is NaN" in failure.split(". Fix the rows", 1)[0]
+    double = env["double"].double
+    expected = spend_by_day(env["db"])
+    assert double.cost_by_hour(CONNECTION_ID) == {"2026-11-02T00:00:00Z": expected["2026-11-02T00:00:00Z"]}
+    manifest = json.loads((env["staging"] / "manifests" / "2026-11-01T00Z.json").read_text())
+    assert manifest["status"] == "failed" and "spend is NaN" in manifest["reason"]
+
+    with psycopg2.connect(env["db"]) as db, db.cursor() as cur:
+        cur.execute("""UPDATE "LiteLLM_DailyTeamSpend" SET spend = 0.125 WHERE id = %s""", (poisoned,))
+    before = len(double.requests)
+    assert clear_and_resume(dag, run.run_id, "day.upload") == "success"
+    assert task_instances(DAG_ID, run.run_id)[("day.upload", 0)][:2] == ("success", 2)
+    result = xcom(DAG_ID, run.run_id, "day.upload")[0]
+    assert result["failed_hours"] == {} and result["retried"] == ["2026-11-01T00Z"]
+    assert [r["hours"] for r in double.requests[before:]] == [["2026-11-01T00:00:00Z"]]
+    assert double.cost_by_hour(CONNECTION_ID) == spend_by_day(env["db"])

@@ -9,7 +9,6 @@ import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import psycopg2
@@ -17,7 +16,7 @@ import pytest
 
 from cloudzero_provider.options import ExportOptions
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
-from cloudzero_provider.testing.runs import task_instances, xcom, xcom_key
+from cloudzero_provider.testing.runs import clear_and_resume, task_instances, xcom, xcom_key
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
 
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
@@ -570,51 +569,6 @@ def test_an_hour_whose_rows_all_vanish_is_cleared_to_zero_by_the_late_pass(env):
     late = xcom("litellm_cloudzero_hourly", purged.run_id, "late_data")[-1]
     assert "2026-11-01T09Z" in late["checked"] and late["corrected"] == []
     assert env["double"].double.cost_by_hour(CONNECTION_ID)["2026-11-01T09:00:00Z"] == kept
-
-
-def clear_and_resume(dag, run_id: str, task_id: str) -> Any:
-    """
-    Clear a failed task of a finished run as the UI's Clear and the REST ``clearTaskInstances`` do, then run the
-    run on in this process as ``dag.test`` runs one: Airflow schedules the cleared task again, numbering its next
-    try, and runs it with dag.test's own task runner. (``dag.test`` itself always starts a new run.)
-
-    :return: The run's state once it is over.
-    """
-    from airflow.models.dagbag import DBDagBag
-    from airflow.models.dagrun import DagRun
-    from airflow.models.taskinstance import clear_task_instances
-    from airflow.sdk.definitions.dag import _run_task
-    from airflow.utils.session import create_session
-    from airflow.utils.state import DagRunState, TaskInstanceState
-
-    with create_session() as session:
-        run = session.query(DagRun).filter_by(dag_id=dag.dag_id, run_id=run_id).one()
-        scheduler_dag = DBDagBag().get_dag_for_run(run, session=session)
-        cleared = scheduler_dag.clear(dry_run=True, task_ids=[task_id], run_id=run_id, only_failed=True,
-                                      session=session)  # fmt: skip
-        assert cleared, f"{task_id} of {run_id} had failed"
-        clear_task_instances(cleared, session, DagRunState.QUEUED)
-        run.dag = scheduler_dag
-        run.state = DagRunState.RUNNING  # what the scheduler does with a queued run
-        session.commit()
-        for _ in range(20):
-            session.expire_all()
-            schedulable, _callback = run.update_state(session=session)
-            if run.state != DagRunState.RUNNING:
-                return run.state
-            for ti in schedulable:
-                ti.try_number += 1
-                ti.state = TaskInstanceState.SCHEDULED
-            session.commit()
-            scheduled = [
-                ti
-                for ti in run.get_task_instances(session=session)
-                if ti.state == TaskInstanceState.SCHEDULED
-            ]
-            assert scheduled, f"the cleared run is stuck: {run.get_task_instances(session=session)}"
-            for ti in scheduled:
-                _run_task(ti=ti, task=dag.task_dict[ti.task_id])
-    raise AssertionError(f"{run_id} did not finish")
 
 
 def test_clearing_the_failed_chunk_upload_after_fixing_the_row_sends_only_that_hour(env):
