@@ -122,7 +122,11 @@ def covered_seconds(spans: list[tuple[datetime, datetime]]) -> float:
     return covered
 
 
-def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
+def pg_aggregate_seconds(
+    url: str, start: datetime, end: datetime, dimensions: list[str] | None = None, source: str = "spend_logs"
+) -> float:
+    """PostgreSQL's own time for the read of ``[start, end)`` in one statement (``source`` and ``dimensions``: the
+    default hourly read), as the read runs it."""
     import os
 
     import psycopg2
@@ -133,35 +137,14 @@ def pg_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
     from cloudzero_provider.windows import Window
 
     os.environ["AIRFLOW_CONN_LITELLM_DB"] = airflow_conn_uri(url)
-    sql, params = LiteLLMSpendHook().aggregate_sql(Window(start, end), resolve(None))
+    dims = resolve(dimensions)
+    sql, params = LiteLLMSpendHook().aggregate_sql(Window(start, end), dims, source)  # type: ignore[arg-type]
     with psycopg2.connect(url) as conn, conn.cursor() as cur:
         # as the read runs it (its planner settings, LiteLLMSpendHook._stream)
         for setting in planner_settings(
-            hash_groups=hashes_groups(resolve(None)), server_version=conn.server_version
+            hash_groups=hashes_groups(dims, source),  # type: ignore[arg-type]
+            server_version=conn.server_version,
         ):
-            cur.execute(f"SET LOCAL {setting}")
-        cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
-        return float(cur.fetchone()[0][0]["Execution Time"]) / 1000
-
-
-def daily_aggregate_seconds(url: str, start: datetime, end: datetime) -> float:
-    """PostgreSQL's own time for the daily-rollup read of ``[start, end)`` in one statement, as the read runs it."""
-    import os
-
-    import psycopg2
-
-    from cloudzero_provider.dimensions import resolve
-    from cloudzero_provider.hooks.litellm import LiteLLMSpendHook, hashes_groups, planner_settings
-    from cloudzero_provider.ready_dags.daily_rollup import DAILY_DIMENSIONS
-    from cloudzero_provider.testing.postgres import airflow_conn_uri
-    from cloudzero_provider.windows import Window
-
-    os.environ["AIRFLOW_CONN_LITELLM_DB"] = airflow_conn_uri(url)
-    dims = resolve(list(DAILY_DIMENSIONS["team"]))
-    sql, params = LiteLLMSpendHook().aggregate_sql(Window(start, end), dims, "daily_team")
-    with psycopg2.connect(url) as conn, conn.cursor() as cur:
-        for setting in planner_settings(hash_groups=hashes_groups(dims, "daily_team"),
-                                        server_version=conn.server_version):  # fmt: skip
             cur.execute(f"SET LOCAL {setting}")
         cur.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + sql, params)
         return float(cur.fetchone()[0][0]["Execution Time"]) / 1000
@@ -172,7 +155,7 @@ def daily_imports(d, rows_per_day: int) -> None:
     day (``chunk_days`` 1, as every import ran before chunks), October in the DAG's default chunks -- each checked
     exact against the table, with where the time went; first the floor, a one-day import of a few rows."""
     from benchmarks.extract_transform import seed_daily_month
-    from cloudzero_provider.ready_dags.daily_rollup import DEFAULT_CHUNK_DAYS
+    from cloudzero_provider.ready_dags.daily_rollup import DAILY_DIMENSIONS, DEFAULT_CHUNK_DAYS
     from cloudzero_provider.testing.fixtures import CONNECTION_ID
     from cloudzero_provider.testing.seed import spend_by_day
 
@@ -192,7 +175,7 @@ def daily_imports(d, rows_per_day: int) -> None:
     for first, chunk_days in (("2026-09-01", 1), ("2026-10-01", DEFAULT_CHUNK_DAYS)):
         start = datetime.fromisoformat(first).replace(tzinfo=timezone.utc)
         end = start + timedelta(days=30)
-        pg = daily_aggregate_seconds(d.litellm_url, start, end)
+        pg = pg_aggregate_seconds(d.litellm_url, start, end, list(DAILY_DIMENSIONS["team"]), "daily_team")
         rr = trigger_range(d, start, end, dag_id=DAILY, chunk_days=chunk_days)
         held = {
             h: v for h, v in d.double.double.cost_by_hour(CONNECTION_ID).items() if h.startswith(first[:7])

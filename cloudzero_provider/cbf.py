@@ -277,18 +277,10 @@ def _transform(
             and (cost := cbf_cost(spend)) is not None
             and len(amount := str(tokens)) <= MAX_NUMBER_CHARS
         ):
-            plural = "s" if requests != 1 else ""
-            if as_lines:  # the bytes encode_line writes of the dict below: one text, encoded once
-                yield (
-                    row,
-                    cost,
-                    amount,
-                    (
-                        f'{line_start}{cost}","usage/amount":"{amount}","usage/units":"tokens","lineitem/type":"Usage",'
-                        f'"lineitem/description":"LiteLLM spend: {requests} request{plural}",{combination.line_end}'
-                    ).encode(),
-                )
+            if as_lines:  # the bytes encode_line writes of the dict below
+                yield row, cost, amount, _usage_line(line_start, cost, amount, requests, combination.line_end)
             else:
+                plural = "s" if requests != 1 else ""
                 yield (
                     row,
                     cost,
@@ -306,7 +298,7 @@ def _transform(
             continue
         cbf = _checked_cbf(index, row, tag_keys)
         hour, hour_text = row["hour"], cbf["time/usage_start"]  # an ISO-8601 date-time: nothing to escape
-        line_start = f'{{"time/usage_start":"{hour_text}","cost/cost":"'
+        line_start = _line_start(hour_text)
         values = row["dims"]
         if cacheable(values.values()):
             if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
@@ -314,7 +306,7 @@ def _transform(
             with contextlib.suppress(TypeError, AttributeError):
                 columns = {k: v for k, v in cbf.items() if k not in _PER_ROW}
                 known[(*values, *values.values())] = _Combination(
-                    columns, encode_line(columns)[1:].decode() if as_lines else ""
+                    columns, _line_end(columns) if as_lines else ""
                 )
         yield row, cbf["cost/cost"], cbf["usage/amount"], (encode_line(cbf) if as_lines else cbf)
 
@@ -333,7 +325,6 @@ class StagedCBF:
     """
 
     def __init__(self, dims: Sequence[Dimension]) -> None:
-        self.dims = dims
         self.tag_keys = {d.name: d.tag for d in dims}
         self.index = 0  # rows built so far: an error names a row by its index, as cbf_lines does
         self._known: dict[bytes, str] = {}  # dims bytes -> the end of a CBF line ("resource/id":...}\n)
@@ -366,19 +357,11 @@ class StagedCBF:
                     and (cost := cbf_cost(item.spend)) is not None
                     and len(amount := str(tokens)) <= MAX_NUMBER_CHARS
                 ):  # as _transform's own shortcut
-                    plural = "s" if requests != 1 else ""
-                    yield (
-                        cost,
-                        amount,
-                        (
-                            f'{line_start}{cost}","usage/amount":"{amount}","usage/units":"tokens","lineitem/type":'
-                            f'"Usage","lineitem/description":"LiteLLM spend: {requests} request{plural}",{line_end}'
-                        ).encode(),
-                    )
+                    yield cost, amount, _usage_line(line_start, cost, amount, requests, line_end)
                     continue
             row = self.row(item, line, hour)
             cbf = _checked_cbf(index, row, self.tag_keys)
-            line_start = f'{{"time/usage_start":"{cbf["time/usage_start"]}","cost/cost":"'
+            line_start = _line_start(cbf["time/usage_start"])
             if (
                 type(item) is StagedGroup
                 and len(item.dims)
@@ -387,10 +370,28 @@ class StagedCBF:
             ):
                 if len(known) >= MAX_CACHED_COMBINATIONS:  # memory stays bounded however many a window holds
                     known.clear()
-                known[bytes(item.dims)] = encode_line({k: v for k, v in cbf.items() if k not in _PER_ROW})[
-                    1:
-                ].decode()
+                known[bytes(item.dims)] = _line_end({k: v for k, v in cbf.items() if k not in _PER_ROW})
             yield cbf["cost/cost"], cbf["usage/amount"], encode_line(cbf)
+
+
+def _line_start(hour_text: str) -> str:
+    """A CBF line up to its cost's digits (an ISO-8601 hour holds nothing JSON escapes)."""
+    return f'{{"time/usage_start":"{hour_text}","cost/cost":"'
+
+
+def _line_end(columns: Mapping[str, str]) -> str:
+    """A combination's columns as the end of a CBF line: what encode_line writes after the row's own figures."""
+    return encode_line(columns)[1:].decode()
+
+
+def _usage_line(line_start: str, cost: str, amount: str, requests: int, line_end: str) -> bytes:
+    """The bytes encode_line writes of a usage row: its hour's ``line_start``, its figures (digits: nothing to
+    escape) and its combination's ``line_end``."""
+    plural = "s" if requests != 1 else ""
+    return (
+        f'{line_start}{cost}","usage/amount":"{amount}","usage/units":"tokens","lineitem/type":"Usage",'
+        f'"lineitem/description":"LiteLLM spend: {requests} request{plural}",{line_end}'
+    ).encode()
 
 
 # The columns of a CBF row that vary with more than its dimension values (to_cbf writes them first).

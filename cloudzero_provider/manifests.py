@@ -173,6 +173,13 @@ class Manifest:
         except ArithmeticError:  # a hand-edited record: not a figure to act on
             return None
 
+    def held_on(self, connection_id: str | None, origin: str | None = None) -> Decimal:
+        """What the AnyCost connection ``connection_id`` may hold in the hour from this exporter's last acknowledged
+        export (of ``origin``, if given): :meth:`acknowledged_on` with a record from before connections were kept
+        apart read as its own connection's, and 0 when it holds nothing of ours."""
+        cost = self.acknowledged_on(connection_id, origin, unknown_as_own=True)
+        return cost if cost is not None else Decimal(0)
+
     def acknowledged_on(
         self, connection_id: str | None, origin: str | None = None, *, unknown_as_own: bool
     ) -> Decimal | None:

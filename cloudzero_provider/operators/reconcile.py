@@ -158,8 +158,7 @@ class ReconcileOperator(ExportStepOperator):
             if held is not None:
                 now_held = held.get(hour, Decimal(0))
             else:  # what the manifest says this connection acknowledged
-                acknowledged = manifest.acknowledged_on(here, unknown_as_own=True) if manifest else None
-                now_held = acknowledged if acknowledged is not None else Decimal(0)
+                now_held = manifest.held_on(here) if manifest else Decimal(0)
             checks.append(decide(hour, source=Decimal(spend), requests=requests, held=now_held, manifest=manifest,
                                  owner=owners[day_start(hour)], may_be_purged=may_be_purged(hour),
                                  remove_foreign=remove_foreign, connection_id=here))  # fmt: skip

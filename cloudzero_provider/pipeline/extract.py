@@ -94,17 +94,17 @@ def staged_groups(
     for line in stage.read_lines("extract.jsonl"):
         found = read_group(line)
         item: StagedGroup | dict[str, Any]
+        row = None
         if found is not None:
             item, text = found, found.hour
-            hour = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
         else:
             if not line.strip():
                 continue
             item = row = decode_line(line)
             text = row["hour"]
-            row["hour"] = hour = hours.get(text) or hours.setdefault(
-                text, parse_hour(text, what="staged row hour")
-            )
+        hour = hours.get(text) or hours.setdefault(text, parse_hour(text, what="staged row hour"))
+        if row is not None:
+            row["hour"] = hour
         if hour is not current and hour != current:
             if items:
                 yield cast(datetime, current), items, lines

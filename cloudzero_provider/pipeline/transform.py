@@ -109,10 +109,10 @@ def transform_window(
     zero_cost = 0
 
     builder = StagedCBF(dims)
+    values_cap = max_values_per_hour if capped and max_values_per_hour is not None else None
 
     def hour_lines(hour: datetime, items: list[Any], lines: list[bytes]) -> Iterator[tuple[str, str, bytes]]:
         """An hour's CBF rows; its rows decoded and folded first when the hour holds more than a cap allows."""
-        values_cap = max_values_per_hour if capped and max_values_per_hour is not None else None
         if (values_cap is None or len(items) <= values_cap) and not (
             max_rows_per_hour and len(items) > max_rows_per_hour
         ):  # no cap can fold anything: fewer rows than either allows

@@ -75,8 +75,7 @@ def _held_cost(m: Manifest | None, origin: str, connection_id: str | None) -> De
     export (:meth:`Manifest.acknowledged_on`): its recorded cost, even when a later attempt failed or was cut off;
     0 when CloudZero never acknowledged rows of the hour there, or they were cleared. A record from before
     connections were kept apart is read as its own connection's: a purged hour is kept, an emptied one cleared."""
-    cost = m.acknowledged_on(connection_id, origin, unknown_as_own=True) if m is not None else None
-    return cost if cost is not None else Decimal(0)
+    return m.held_on(connection_id, origin) if m is not None else Decimal(0)
 
 
 def _purged_hours(
@@ -246,7 +245,6 @@ def upload_window(
     ) | cleared
     skipped, unchanged = [], []
     records = manifests.get_many(candidates)
-    connection_id = hook.connection_id
     for hour in sorted(candidates):
         current = records.get(hour)
         if current and current.extracted_at and current.extracted_at > extract.extracted_at:
@@ -258,7 +256,7 @@ def upload_window(
             and current.status == EXPORTED
             and current.content_sha256 == digests[hour]
             # sent to this AnyCost connection: after the connection's extra names another, history goes again
-            and current.connection_id in (None, connection_id)
+            and current.connection_id in (None, here)
         ):
             unchanged.append(hour)
     to_send = candidates - set(skipped) - set(unchanged)
@@ -282,7 +280,7 @@ def upload_window(
         manifests.write_exported(
             Manifest(
                 hour,
-                connection_id=connection_id,
+                connection_id=here,
                 window=window.label,
                 rows=fig.rows,
                 cost=fig.cost,
@@ -316,7 +314,7 @@ def upload_window(
     drops = sorted({d for h in exported for d in (manifests.get(h) or Manifest(h)).drop_ids})
     log.info(
         "Uploaded %s to AnyCost connection %s: %d hour(s), %d rows, cost %s USD, %d request(s); drops %s",
-        window, connection_id, len(exported), rows, total, sent, drops,
+        window, here, len(exported), rows, total, sent, drops,
     )  # fmt: skip
     return UploadResult(
         window=window,

@@ -227,16 +227,19 @@ Dimensions: `{", ".join(dimensions)}` (setting `CLOUDZERO_DAILY_DIMENSIONS`).
 
             params = params or {}
             days = rollup_days(params, *interval, now=utc_now())
+            manifests = ExportTarget(conn_id, settings.staging_uri).manifests  # reads nothing until asked
             if params.get("start"):  # a manual run: an import, its consecutive days in chunks
-                manifests = ExportTarget(conn_id, settings.staging_uri).manifests
-                owners = manifests.day_owners(parse_instant(d["window_start"]) for d in days)
                 max_days = int(params.get("chunk_days") or DEFAULT_CHUNK_DAYS)
                 take_over = bool(params.get("take_over"))
+                owners = (
+                    {}  # every day joins (take_over), or none does: nothing to read
+                    if take_over or max_days == 1
+                    else manifests.day_owners(parse_instant(d["window_start"]) for d in days)
+                )
                 return chunk_days(days, owners, origin, max_days=max_days, take_over=take_over)
             lookback = int(params.get("late_lookback_days") or 0)
             if lookback:
                 first = parse_instant(days[0]["window_start"])
-                manifests = ExportTarget(conn_id, settings.staging_uri).manifests
                 start = day_start(settings.start_date)
                 days = days_to_look_at_again(first, lookback, manifests, origin, not_before=start) + days
             return days

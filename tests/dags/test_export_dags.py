@@ -9,6 +9,7 @@ import sys
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import psycopg2
@@ -247,6 +248,18 @@ def test_a_range_over_history_the_retention_purged_keeps_what_was_exported(env):
     )
 
 
+def point_export_at(env: dict[str, Any], monkeypatch: Any, connection_id: str) -> None:
+    """The export's Airflow connection names ``connection_id`` as its AnyCost connection from now on (as an admin
+    editing its extra does); the CloudZero double accepts it beside the first."""
+    double = env["double"].double
+    double.connections = {*(double.connections or ()), CONNECTION_ID, connection_id}
+    conn = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
+        json.dumps({**conn, "extra": {**conn["extra"], "connection_id": connection_id}}),
+    )
+
+
 def test_a_range_run_after_the_connection_names_another_anycost_connection_sends_history_again(
     env, monkeypatch
 ):
@@ -258,12 +271,7 @@ def test_a_range_run_after_the_connection_names_another_anycost_connection_sends
     conf = {"start": "2026-11-01T10:00:00Z", "end": "2026-11-01T13:00:00Z"}
     assert build_range_dag().test(run_conf=conf).state == "success"
     double = env["double"].double
-    double.connections = {*(double.connections or ()), CONNECTION_ID, "new-stream"}
-    conn = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
-        json.dumps({**conn, "extra": {**conn["extra"], "connection_id": "new-stream"}}),
-    )
+    point_export_at(env, monkeypatch, "new-stream")
     moved = build_range_dag().test(run_conf=conf)
     assert moved.state == "success"
     (upload,) = xcom("litellm_cloudzero_range", moved.run_id, "chunk.upload").values()
@@ -297,12 +305,7 @@ def test_a_stream_that_never_held_a_purged_hour_is_sent_what_is_left_of_it(env, 
     source = spend_by_hour(env["db"])
     assert "2026-11-01T10:00:00Z" not in source
     assert source["2026-11-01T11:00:00Z"] < exported["2026-11-01T11:00:00Z"]
-    double.connections = {*(double.connections or ()), CONNECTION_ID, "new-stream"}
-    conn_json = json.loads(env["AIRFLOW_CONN_CLOUDZERO_DEFAULT"])
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CLOUDZERO_DEFAULT",
-        json.dumps({**conn_json, "extra": {**conn_json["extra"], "connection_id": "new-stream"}}),
-    )
+    point_export_at(env, monkeypatch, "new-stream")
     moved = build_range_dag().test(run_conf=conf)
     assert moved.state == "success"
     (upload,) = xcom("litellm_cloudzero_range", moved.run_id, "chunk.upload").values()
@@ -311,7 +314,7 @@ def test_a_stream_that_never_held_a_purged_hour_is_sent_what_is_left_of_it(env, 
     assert double.cost_by_hour("new-stream") == source
     assert double.cost_by_hour(CONNECTION_ID) == exported, "the old stream keeps what it was sent"
     # Back to the first stream, which holds the purged hours whole: they are kept there, never lowered.
-    monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", json.dumps(conn_json))
+    point_export_at(env, monkeypatch, CONNECTION_ID)
     back = build_range_dag().test(run_conf=conf)
     assert back.state == "success"
     (upload,) = xcom("litellm_cloudzero_range", back.run_id, "chunk.upload").values()
