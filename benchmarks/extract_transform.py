@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,25 @@ def seed_daily_month(url: str, rows_per_day: int, first_day: str = "2026-10-01")
         )
     conn.close()
     settle(url, ["LiteLLM_DailyTeamSpend", "LiteLLM_VerificationToken"])
+
+
+def paired(ours: list[float], theirs: list[float]) -> str:
+    """Each of our runs divided by PostgreSQL's run of the same turn, and their median: two runs a few seconds apart
+    meet the same machine, which medians taken apart do not pair (this machine's own runs of one statement vary by
+    a third from turn to turn)."""
+    from statistics import median
+
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return f"{' '.join(f'{x:.2f}' for x in ratios)}, median {median(ratios):.2f}x"
+
+
+def empty_stage() -> None:
+    """The staging folder emptied (outside the timings): each run writes its files new, as a run's first try does,
+    rather than replacing the previous run's, whose blocks the file system would free inside the timing (15-25 ms
+    a run for a month of rollups' 5 MB of staged groups and their CBF lines)."""
+    root = os.environ["CLOUDZERO_STAGING_URI"]
+    for name in os.listdir(root):
+        shutil.rmtree(os.path.join(root, name))
 
 
 def settle(url: str, tables: list[str]) -> None:
@@ -132,6 +152,7 @@ def measure_daily(url: str, runs: int) -> dict:
         pg_runs.append(postgres_alone(*ours))
         one_level_runs.append(postgres_alone(*one_level))
         fetch_runs.append(fetched(*ours))
+        empty_stage()
         started = time.perf_counter()
         extracted = LiteLLMSpendExtractOperator(
             task_id="extract", source="daily_team", options=ExportOptions(dimensions=DAILY_DIMENSIONS), **kw
@@ -197,10 +218,9 @@ def measure(url: str, dims: list[str] | None, runs: int) -> dict:
 
     postgres_alone(as_read)
     pg_runs, default_runs, extract_runs, our_runs = [], [], [], []
-    for _ in range(runs):
-        plan = postgres_alone(as_read)
-        pg_runs.append(plan["Execution Time"] / 1000)
-        default_runs.append(postgres_alone([])["Execution Time"] / 1000)
+
+    def ours() -> tuple[dict, dict]:
+        empty_stage()
         started = time.perf_counter()
         extracted = LiteLLMSpendExtractOperator(
             task_id="extract", window_start=HOUR, options=ExportOptions(dimensions=dims)
@@ -208,6 +228,21 @@ def measure(url: str, dims: list[str] | None, runs: int) -> dict:
         extract_runs.append(time.perf_counter() - started)
         transformed = CBFTransformOperator(task_id="transform", window_start=HOUR).execute({})
         our_runs.append(time.perf_counter() - started)
+        return extracted, transformed
+
+    for turn in range(runs):
+        # PostgreSQL's defaults first, then a checkpoint: they sort every row and spill it to temporary files, whose
+        # writes must not land under the two runs compared. Those two swap places every turn, so that neither is
+        # always the one after the other.
+        default_runs.append(postgres_alone([])["Execution Time"] / 1000)
+        with conn.cursor() as cur:
+            cur.execute("CHECKPOINT")
+        if turn % 2:
+            extracted, transformed = ours()
+        plan = postgres_alone(as_read)
+        pg_runs.append(plan["Execution Time"] / 1000)
+        if not turn % 2:
+            extracted, transformed = ours()
     conn.close()
     return {
         "requests": extracted["requests"],
@@ -260,6 +295,7 @@ def main() -> None:
             started = time.perf_counter()
             seed_synthetic(url, HOUR, size)
             seeded = time.perf_counter() - started
+            settle(url, ["LiteLLM_SpendLogs"])  # no autovacuum of the fresh rows beside a measured read
             cmd = [sys.executable, __file__, "--child", url, "--runs", str(args.runs or 1)] + (
                 ["--dimensions", args.dimensions] if dims else []
             )
@@ -280,7 +316,8 @@ def main() -> None:
                     f"; medians of {len(r['pg_runs'])} runs in turns, PostgreSQL "
                     f"{' '.join(f'{v:.2f}' for v in r['pg_runs'])}, with its defaults "
                     f"{' '.join(f'{v:.2f}' for v in r['default_runs'])}, ours "
-                    f"{' '.join(f'{v:.2f}' for v in r['our_runs'])}"
+                    f"{' '.join(f'{v:.2f}' for v in r['our_runs'])}; each run of ours against PostgreSQL's of its "
+                    f"turn {paired(r['our_runs'], r['pg_runs'])}"
                     if len(r["pg_runs"]) > 1
                     else ""
                 ),
@@ -319,7 +356,8 @@ def run_daily(rows_per_day: int, runs: int) -> None:
             f"grouping ({each(r['one_level_runs'])}), {fetch:.2f}s for the statement's rows to reach a bare client "
             f"({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}; medians: extract "
             f"{extract:.2f}s, {extract - fetch:+.2f}s on the bare client's fetch, transform {transform:.2f}s): "
-            f"{took / pg_took:.2f}x the statement, {took / fetch:.2f}x its rows fetched, {took / one_level:.2f}x the "
+            f"{took / pg_took:.2f}x the statement (each run against the statement's of its turn "
+            f"{paired(r['our_runs'], r['pg_runs'])}), {took / fetch:.2f}x its rows fetched, {took / one_level:.2f}x the "
             "plain grouping; "
             f"{r['table_rows'] / took:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f}MB (seeded in {seeded:.1f}s; "
             f"the task process's own set-up, not counted: {r['set_up_seconds']:.2f}s)",
