@@ -18,15 +18,18 @@ import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
+from cloudzero_provider.json_lines import decode_line
 from cloudzero_provider.windows import hour_of, iso_hour, month_start
 
 DEFAULT_MAX_REQUEST_BYTES = 4_000_000  # below 5 MB whether CloudZero means 5,000,000 or 5,242,880 bytes
 
 
 _SORTED = msgspec.json.Encoder(order="sorted")
+_STRING_ROW = msgspec.json.Decoder(dict[str, str])
 
 
 def serialize_row(row: Mapping[str, str]) -> bytes:
@@ -35,6 +38,21 @@ def serialize_row(row: Mapping[str, str]) -> bytes:
     if type(row) is dict and all(type(k) is str and type(v) is str for k, v in row.items()):
         return _SORTED.encode(row)
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def read_cbf_line(line: bytes) -> tuple[Any, bytes] | None:
+    """A staged CBF line (``cbf.jsonl``) as the row :func:`~cloudzero_provider.json_lines.decode_line` reads and
+    that row's :func:`serialize_row`; ``None`` for a blank line. A row of strings only, as the transform writes, is
+    read typed by msgspec (every key and value checked a string in C, not by a loop per value) and written straight;
+    any other line goes through ``decode_line`` and ``serialize_row``."""
+    try:
+        row = _STRING_ROW.decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
+        if not line.strip():
+            return None
+        other = decode_line(line)
+        return other, serialize_row(other)
+    return row, _SORTED.encode(row)
 
 
 def month_of(hour: datetime) -> str:

@@ -25,7 +25,7 @@ from cloudzero_provider.cbf import (
     is_caller_controlled,
 )
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.drops import content_digest, serialize_row
+from cloudzero_provider.drops import content_digest, read_cbf_line
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
 from cloudzero_provider.pipeline.extract import read_extract, staged_groups
@@ -263,7 +263,11 @@ def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, l
     rows: list[bytes] = []
     cost = Decimal(0)
     done: set[datetime] = set()
-    for row in stage.read_jsonl("cbf.jsonl"):
+    for line in stage.read_lines("cbf.jsonl"):
+        read = read_cbf_line(line)
+        if read is None:  # a blank line
+            continue
+        row, body = read
         text = row["time/usage_start"]
         hour = hours_of.get(text) or hours_of.setdefault(text, hour_of(text))
         if hour != current:
@@ -273,7 +277,7 @@ def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, l
             if hour in done:
                 raise StagedOrderError(f"the rows of hour {iso_hour(hour)} are not together")
             current, rows, cost = hour, [], Decimal(0)
-        rows.append(serialize_row(row))
+        rows.append(body)
         if costs:
             cost = EXACT.add(cost, Decimal(row["cost/cost"]))
     if current is not None:

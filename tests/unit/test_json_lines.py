@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cloudzero_provider.drops import serialize_row
+from cloudzero_provider.drops import read_cbf_line, serialize_row
 from cloudzero_provider.json_lines import (
     decode_line,
     decode_lines,
@@ -126,3 +126,35 @@ def test_lines_read_in_a_stream_are_each_line_as_json_reads_it_blank_ones_skippe
                     list(decode_lines(lines))
                 return
     assert all(same(a, b) for a, b in zip(decode_lines(lines), expected, strict=True))
+
+
+@settings(max_examples=500)
+@given(
+    st.sampled_from(
+        [b"\n", b"  \r\n", b'{"a":NaN}\n', b'{"b":"\\ud800"}\n', b"[1,2]", b'{"a":1\n', b"\x80\n"]
+    )
+    | st.dictionaries(texts, texts, max_size=12).map(
+        lambda row: json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+    )
+    | st.dictionaries(texts, texts | scalars | numbers, max_size=6).map(
+        lambda row: json.dumps(row, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+    )
+)
+def test_a_staged_cbf_line_is_read_and_sent_as_its_decoded_row_is(line):
+    """The upload's typed read of cbf.jsonl gives, for every line, what decoding it and serializing the row gives:
+    the same row, the same bytes, the same error; None only for a blank line."""
+    if not line.strip():
+        assert read_cbf_line(line) is None
+        return
+    try:
+        row = decode_line(line)
+        expected: object = (row, serialize_row(row))
+    except (UnicodeEncodeError, ValueError) as exc:
+        expected = type(exc)
+    try:
+        got = read_cbf_line(line)
+    except (UnicodeEncodeError, ValueError) as exc:
+        assert expected is type(exc)
+        return
+    assert got is not None and not isinstance(expected, type)
+    assert same(got[0], expected[0]) and got[1] == expected[1]
