@@ -40,18 +40,17 @@ def serialize_row(row: Mapping[str, str]) -> bytes:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode("utf-8")
 
 
-def read_cbf_line(line: bytes) -> tuple[Any, bytes] | None:
-    """A staged CBF line (``cbf.jsonl``) as the row :func:`~cloudzero_provider.json_lines.decode_line` reads and
-    that row's :func:`serialize_row`; ``None`` for a blank line. A row of strings only, as the transform writes, is
-    read typed by msgspec (every key and value checked a string in C, not by a loop per value) and written straight;
-    any other line goes through ``decode_line`` and ``serialize_row``."""
+def read_cbf_line(line: bytes) -> tuple[Any, bytes | None] | None:
+    """A staged CBF line (``cbf.jsonl``) as the row :func:`~cloudzero_provider.json_lines.decode_line` reads, with
+    that row's :func:`serialize_row` when msgspec read it typed; ``None`` for a blank line. A row of strings only,
+    as the transform writes, has every key and value checked a string in C and is written sorted straight, no loop
+    per value in Python. Any other line gives its decoded row and ``None``: its caller serializes it where it always
+    did, after reading the row's hour, so an edited file fails on the same check as before."""
     try:
         row = _STRING_ROW.decode(line)
     except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError is a DecodeError
-        if not line.strip():
-            return None
-        other = decode_line(line)
-        return other, serialize_row(other)
+        # decode_line's own fallback, with a blank line told apart first: it is skipped, never an error.
+        return None if not line.strip() else (decode_line(line), None)
     return row, _SORTED.encode(row)
 
 

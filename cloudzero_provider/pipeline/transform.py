@@ -25,7 +25,7 @@ from cloudzero_provider.cbf import (
     is_caller_controlled,
 )
 from cloudzero_provider.dimensions import resolve
-from cloudzero_provider.drops import content_digest, read_cbf_line
+from cloudzero_provider.drops import content_digest, read_cbf_line, serialize_row
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
 from cloudzero_provider.pipeline.extract import read_extract, staged_groups
@@ -265,7 +265,7 @@ def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, l
     done: set[datetime] = set()
     for line in stage.read_lines("cbf.jsonl"):
         read = read_cbf_line(line)
-        if read is None:  # a blank line
+        if read is None:
             continue
         row, body = read
         text = row["time/usage_start"]
@@ -277,7 +277,7 @@ def _cbf_hours(stage: WindowStage, *, costs: bool) -> Iterator[tuple[datetime, l
             if hour in done:
                 raise StagedOrderError(f"the rows of hour {iso_hour(hour)} are not together")
             current, rows, cost = hour, [], Decimal(0)
-        rows.append(body)
+        rows.append(body if body is not None else serialize_row(row))
         if costs:
             cost = EXACT.add(cost, Decimal(row["cost/cost"]))
     if current is not None:
@@ -301,7 +301,8 @@ def check_staged_cbf(
         try:
             for hour, rows, cost in _cbf_hours(stage, costs=True):
                 staged[hour] = StagedHour(len(rows), cost, content_digest(rows))
-        except (ValueError, KeyError, TypeError) as exc:  # a line cut in the middle, rows out of order
+        # A line cut in the middle, rows out of order, an hour or a cost that is not one (an edited file).
+        except (ValueError, KeyError, TypeError, AttributeError, ArithmeticError) as exc:
             torn = f"cbf.jsonl cannot be read ({exc})"
         problems = [
             f"hour {iso_hour(h)}: cbf.jsonl holds {staged[h].rows if h in staged else 0} rows / "

@@ -90,6 +90,40 @@ def test_a_torn_cbf_file_is_rebuilt_once_with_the_transforms_own_cap(tmp_path):
     assert hour == H10 and sum(Decimal(json.loads(r)["cost/cost"]) for r in rows) == 4
 
 
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (('"cost/cost":"1"', '"cost/cost":"x"'), "a cost that is not a number"),
+        (('"time/usage_start":"2026-11-01T10:00:00Z"', '"time/usage_start":1'), "an hour that is not a text"),
+        (('"cost/cost":"1"', '"cost/cost":"1","x":"\\ud800"'), "a value that cannot be sent"),
+    ],
+)
+def test_an_edited_cbf_file_is_rebuilt_whatever_its_lines_hold(tmp_path, edit, why):
+    stage = staged(tmp_path, [row("2026-11-01T10:00:00Z", "u", "1")], {"2026-11-01T10:00:00Z": "1"})
+    transform_window(WINDOW, stage)
+    cbf = stage.path("cbf.jsonl")
+    text = cbf.read_text()
+    assert edit[0] in text
+    cbf.write_text(text.replace(*edit))
+    held, _ = check_staged_cbf(WINDOW, stage)
+    assert (held[H10].rows, held[H10].cost) == (1, 1), why
+    assert edit[1] not in cbf.read_text(), "rebuilt from extract.jsonl"
+
+
+def test_an_hour_of_staged_rows_comes_whole_before_a_later_line_fails(tmp_path):
+    """A line that cannot be sent fails where it is read: the hours before it come first, as they always did."""
+    rows = [row("2026-11-01T10:00:00Z", "a", "1"), row("2026-11-01T11:00:00Z", "b", "2")]
+    stage = staged(tmp_path, rows, {"2026-11-01T10:00:00Z": "1", "2026-11-01T11:00:00Z": "2"})
+    transform_window(WINDOW, stage)
+    lines = stage.path("cbf.jsonl").read_text().splitlines()
+    lines[1] = lines[1].replace('"cost/cost":"2"', '"cost/cost":"2","x":"\\ud800"')
+    stage.path("cbf.jsonl").write_text("\n".join(lines) + "\n")
+    read = cbf_hours(stage)
+    assert next(read)[0] == H10
+    with pytest.raises(UnicodeEncodeError):
+        next(read)
+
+
 def test_staged_rows_that_stay_wrong_are_never_sent(tmp_path):
     """cbf.jsonl edited after the transform, and the rebuild cannot reconcile either: nothing is sent."""
     stage = staged(tmp_path, [row("2026-11-01T10:00:00Z", "u", "1")], {"2026-11-01T10:00:00Z": "1"})
