@@ -451,7 +451,7 @@ class ManifestStore:
         caller's :meth:`get_many` of those days' hours)."""
         days = list(days)
         if held is None:
-            held = self.get_many(h for d in days for h in Window(d, d + DAY).hour_starts())
+            held = self.get_many(h for d in days for h in Window.day(d).hour_starts())
         out: dict[datetime, str | None] = {}
         for day in days:
             first = held.get(day)
@@ -459,7 +459,7 @@ class ManifestStore:
             if first and first.is_daily and first.status != FAILED:
                 out[day] = first.origin
                 continue
-            for hour in Window(day, day + DAY).hour_starts():
+            for hour in Window.day(day).hour_starts():
                 m = held.get(hour)
                 if m and m.is_ours and (m.drop_ids or m.status == SENDING):
                     out[day] = SPEND_LOGS

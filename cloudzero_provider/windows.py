@@ -112,7 +112,7 @@ def parse_window_label(label: str) -> Window:
         return Window.of(parse_hour(start, what="window label"), parse_hour(end, what="window label"))
     if len(label) == 10:
         day = parse_day(label, what="window label")
-        return Window(day, day + DAY)
+        return Window.day(day)
     return Window.hour(parse_hour(label, what="window label"))
 
 
@@ -160,6 +160,11 @@ class Window:
         s = parse_hour(start, what="hour")
         return cls.of(s, s + HOUR)
 
+    @classmethod
+    def day(cls, start: datetime) -> Window:
+        """The UTC day starting at ``start`` (a UTC midnight)."""
+        return cls(start, start + DAY)
+
     @property
     def hours(self) -> int:
         return int((self.end - self.start) / HOUR)
@@ -183,7 +188,7 @@ class Window:
         """The UTC days the window touches, each as a whole day."""
         day = self.start.replace(hour=0)
         while day < self.end:
-            yield Window(day, day + DAY)
+            yield Window.day(day)
             day += DAY
 
     def chunks(self, hours: int) -> list[Window]:

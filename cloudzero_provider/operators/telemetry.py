@@ -73,7 +73,7 @@ def days_of(
     last = max(hours).replace(hour=0, minute=0, second=0, microsecond=0)
     out, day = [], first
     while day <= last:
-        out.append(Window(day, day + DAY))
+        out.append(Window.day(day))
         day += DAY
     return out
 

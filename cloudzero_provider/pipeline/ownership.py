@@ -12,7 +12,7 @@ from datetime import datetime
 from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.manifests import DAILY_ORIGINS, SPEND_LOGS, ManifestStore
-from cloudzero_provider.windows import DAY, Window, day_label, day_start, iso_hour
+from cloudzero_provider.windows import Window, day_label, day_start, iso_hour
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def apply_ownership(
             "whole day. Nothing was sent. Take over whole days (start and end at 00:00 UTC)."
         )
     days = sorted({day_start(h) for h in present} | {d.start for d in window.each_day()})
-    held = manifests.get_many(h for d in days for h in Window(d, d + DAY).hour_starts())
+    held = manifests.get_many(h for d in days for h in Window.day(d).hour_starts())
     owners = manifests.day_owners(days, held=held)
     out = Ownership()
     for day in days:
@@ -79,7 +79,7 @@ def apply_ownership(
             if day not in present:
                 out.cleared.add(day)
             continue
-        hours = Window(day, day + DAY).hour_starts()
+        hours = Window.day(day).hour_starts()
         if not take_over:
             if origin == SPEND_LOGS:
                 owned = [h for h in hours if h in present]

@@ -22,7 +22,7 @@ from cloudzero_provider.pipeline.extract import extract_window
 from cloudzero_provider.pipeline.transform import transform_window
 from cloudzero_provider.pipeline.upload import upload_window
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import DAY, Window, hour_label
+from cloudzero_provider.windows import Window, hour_label
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def reexport_hours(
     outcome = ReexportOutcome()
     for hour in hours:
         # A daily rollup's rows sit at its day's 00:00 and are read a whole day at a time.
-        window = Window(hour, hour + DAY) if source in DAILY_ORIGINS else Window.hour(hour)
+        window = Window.day(hour) if source in DAILY_ORIGINS else Window.hour(hour)
         if why is not None:
             log.warning("Re-exporting %s: %s", window.label, why(hour))
         stage = stage_of(window)

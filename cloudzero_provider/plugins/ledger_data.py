@@ -137,7 +137,7 @@ class _Reader:
         """:meth:`ManifestStore.day_owner` from the manifests listed and read here: no request of its own."""
         if not self.any_in(day, day + DAY):
             return None
-        held = {h: m for h in Window(day, day + DAY).hour_starts() if (m := self.get(h)) is not None}
+        held = {h: m for h in Window.day(day).hour_starts() if (m := self.get(h)) is not None}
         return self.store.day_owners([day], held=held)[day]
 
     def newest_held(self) -> datetime | None:
