@@ -230,16 +230,14 @@ class Manifest:
                     kw[key] = parse_instant(str(kw[key]), what=key)
             if isinstance(kw.get("source"), dict):
                 src = kw["source"]
-                kw["source"] = SourceTotals(
-                    int(src.get("requests", 0)), str(Decimal(str(src.get("spend", "0"))))
-                )
+                kw["source"] = SourceTotals(int(src.get("requests", 0)), _number_text(src.get("spend", "0")))
             for key in ("rows", "tokens", "late_corrections"):
                 kw[key] = int(kw.get(key) or 0)
-            kw["cost"] = str(Decimal(str(kw.get("cost", "0"))))  # a number, whatever a hand wrote
+            kw["cost"] = _number_text(kw.get("cost", "0"))  # a number, whatever a hand wrote
             kw["drop_ids"] = [str(d) for d in kw.get("drop_ids") or []]
             if kw.get("acknowledged_by") is not None:
                 kw["acknowledged_by"] = {
-                    str(conn): {"origin": str(e["origin"]), "cost": str(Decimal(str(e["cost"])))}
+                    str(conn): {"origin": str(e["origin"]), "cost": _number_text(e["cost"])}
                     for conn, e in dict(kw["acknowledged_by"]).items()
                 }
             if kw.get("status", FAILED) not in (SENDING, EXPORTED, FAILED):
@@ -247,6 +245,20 @@ class Manifest:
         except (TypeError, ValueError, InvalidOperation, AttributeError) as exc:
             raise ValueError(f"malformed field: {exc}") from None
         return cls(hour=hour, **kw)
+
+
+# A manifest's figure is at most this many digits either side of the point (PostgreSQL's numeric: 131072 before).
+MAX_FIGURE_EXPONENT = 1000
+
+
+def _number_text(value: Any) -> str:
+    """A recorded figure checked to be a number and kept as written: PostgreSQL's text of a sum stays byte for byte
+    what the source gives (``0.0000001``, ``12.50``), where ``str(Decimal)`` would write ``1E-7`` and no longer
+    compare equal. A hand-written exponent is written out, within :data:`MAX_FIGURE_EXPONENT` digits."""
+    number = Decimal(str(value))
+    if number.is_finite() and abs(number.adjusted()) > MAX_FIGURE_EXPONENT:
+        raise ValueError(f"{str(value)[:40]!r} is out of range")
+    return format(number, "f") if number.is_finite() else str(number)
 
 
 class ManifestStore:
@@ -435,8 +447,8 @@ class ManifestStore:
     def day_owner(self, day: datetime) -> str | None:
         """
         Which source owns a UTC day of this stream: the daily-rollup export (its origin, on the day's 00:00
-        manifest, unless that export failed), ``spend_logs`` when any hour of the day went out from spend logs
-        (or is going out), or ``None``.
+        manifest, unless that export failed before CloudZero acknowledged any of its rows), ``spend_logs`` when any
+        hour of the day went out from spend logs (or is going out), or ``None``.
 
         Daily rows sit at 00:00, so hourly and daily data of one day in one stream would either erase each other
         (``replace_hourly`` of hour 00) or be counted twice: a day has one owner. The pipeline, reconciliation and
@@ -456,7 +468,8 @@ class ManifestStore:
         for day in days:
             first = held.get(day)
             out[day] = None
-            if first and first.is_daily and first.status != FAILED:
+            # A daily export that failed still owns the day while CloudZero holds rows it acknowledged before.
+            if first and first.is_daily and (first.status != FAILED or first.acknowledged_cost is not None):
                 out[day] = first.origin
                 continue
             for hour in Window.day(day).hour_starts():

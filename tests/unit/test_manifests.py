@@ -107,6 +107,28 @@ def test_an_unreadable_manifest_reads_as_failed_and_says_why(store, text):
     assert store.get(hour).unreadable is None, "the next write makes it sound again"
 
 
+@pytest.mark.parametrize("figure", ["0.0000001", "0.00000012", "0.0000010", "12.50", "0", "1E+3"])
+def test_a_recorded_figure_reads_back_as_written_never_in_exponent_notation(store, figure):
+    """PostgreSQL writes a sum's text without an exponent; the late pass and the export sensor compare it as text
+    with the manifest's, so a figure read back as ``1E-7`` would look changed for ever."""
+    hour = DAY.replace(hour=3)
+    store.write_exported(
+        replace(exported(hour, connection_id="c1"), cost=figure, source=SourceTotals(3, figure)),
+        late_correction=False,
+    )
+    back = store.get(hour)
+    plain = "1000" if figure == "1E+3" else figure  # a hand's exponent is written out
+    assert (back.cost, back.source.spend, back.acknowledged_by["c1"]["cost"]) == (plain, plain, plain)
+
+
+def test_a_figure_out_of_any_range_makes_the_manifest_unreadable_not_a_billion_digits(store, tmp_path):
+    hour = DAY.replace(hour=4)
+    store.write_exported(exported(hour), late_correction=False)
+    path = tmp_path / "manifests" / "2026-11-01T04Z.json"
+    path.write_text(path.read_text().replace('"cost": "1.5"', '"cost": "1E+999999999"'))
+    assert "out of range" in store.get(hour).unreadable
+
+
 def test_hours_lists_manifests_oldest_first_and_ignores_foreign_files(store):
     for h in (5, 1, 3):
         store.write_exported(exported(DAY.replace(hour=h)), late_correction=False)
@@ -123,7 +145,14 @@ def test_one_owner_per_day(store):
     store.write_exported(exported(other, origin="daily_team"), late_correction=False)
     assert store.day_owner(other) == "daily_team"
     store.mark(other, status="failed", attempt=Attempt(run_id="r"))
-    assert store.day_owner(other) is None, "a failed daily export owns nothing"
+    assert store.day_owner(other) == "daily_team", (
+        "a failed re-export leaves the daily rows CloudZero acknowledged before: the day stays theirs"
+    )
+    never = DAY + timedelta(days=3)
+    store.put(Manifest(never, origin="daily_team", status="failed", reason="CloudZero 503"))
+    assert store.day_owner(never) is None, "a daily export that failed before any receipt owns nothing"
+    store.update(other, lambda m: replace(m, cleared=True))
+    assert store.day_owner(other) is None, "nor does one whose rows were cleared"
     third = DAY + timedelta(days=2, hours=4)
     store.mark(third, status="sending", attempt=Attempt(run_id="r"))
     assert store.day_owner(third.replace(hour=0)) == "spend_logs", "an hour in flight claims its day"
