@@ -9,7 +9,7 @@ import random
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from functools import cached_property, partial
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -93,13 +93,27 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def _body_excerpt(response: requests.Response) -> str:
-    """The start of an answer's body, for a message: printable, at most 200 characters."""
-    text = re.sub(r"[\x00-\x1f\x7f]+", " ", (response.text or "")[:200]).strip()
-    return text or "(empty body)"
+# How much of an answer's text a message is cut from: secrets are scrubbed from this much first, then the message is
+# cut, so a cut never leaves part of a secret behind.
+_SCANNED_CHARS = 65_536
 
 
-def _receipt(response: requests.Response) -> dict[str, Any]:
+def _same(text: str) -> str:
+    return text
+
+
+def _excerpt(text: str, limit: int, scrub: Callable[[str], str]) -> str:
+    """Text from an answer made fit for a message: secrets scrubbed, control characters blanked, at most ``limit``
+    characters."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", scrub(text[:_SCANNED_CHARS])).strip()[:limit]
+
+
+def _body_excerpt(response: requests.Response, scrub: Callable[[str], str] = _same) -> str:
+    """The start of an answer's body, for a message: scrubbed, printable, at most 200 characters."""
+    return _excerpt(response.text or "", 200, scrub) or "(empty body)"
+
+
+def _receipt(response: requests.Response, scrub: Callable[[str], str] = _same) -> dict[str, Any]:
     """
     CloudZero's receipt for a billing drop, as it came: ``{"drop_id", "month", "row_count"}``.
 
@@ -115,7 +129,7 @@ def _receipt(response: requests.Response) -> dict[str, Any]:
     if not isinstance(drop_id, str) or not _DROP_ID.fullmatch(drop_id):
         raise _Retryable(
             f"HTTP {response.status_code} without a drop receipt (no connection.drop_id in the answer: "
-            f"{_body_excerpt(response)!r}); the drop may not have been applied"
+            f"{_body_excerpt(response, scrub)!r}); the drop may not have been applied"
         )
     assert isinstance(connection, Mapping)
     receipt: dict[str, Any] = {"drop_id": drop_id}
@@ -127,7 +141,7 @@ def _receipt(response: requests.Response) -> dict[str, Any]:
     return receipt
 
 
-def _json_field(response: requests.Response, key: str) -> list[Any]:
+def _json_field(response: requests.Response, key: str, scrub: Callable[[str], str] = _same) -> list[Any]:
     """The list under ``key`` in a JSON answer; an answer of another shape is retried, never read as empty."""
     try:
         payload = response.json()
@@ -136,7 +150,7 @@ def _json_field(response: requests.Response, key: str) -> list[Any]:
     value = payload.get(key) if isinstance(payload, Mapping) else None
     if not isinstance(value, list):
         raise _Retryable(
-            f"HTTP {response.status_code} without the expected {key!r} list: {_body_excerpt(response)!r}"
+            f"HTTP {response.status_code} without the expected {key!r} list: {_body_excerpt(response, scrub)!r}"
         )
     return value
 
@@ -164,20 +178,22 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def _error_message(response: requests.Response) -> str:
-    """CloudZero's own message: ``{"error": {"message"}}`` for 400/404, ``{"message"}`` for 403/413."""
+def _error_message(response: requests.Response, scrub: Callable[[str], str] = _same) -> str:
+    """CloudZero's own message: ``{"error": {"message"}}`` for 400/404, ``{"message"}`` for 403/413; scrubbed,
+    printable and at most 500 characters, whatever the answer holds."""
     try:
         payload = response.json()
     except ValueError:
-        return (response.text or response.reason or "").strip()[:500] or "(empty response)"
-    if isinstance(payload, Mapping):
-        error = payload.get("error")
-        if isinstance(error, Mapping) and error.get("message"):
-            kind = error.get("type")
-            return f"{error['message']} ({kind})" if kind else str(error["message"])
-        if payload.get("message"):
-            return str(payload["message"])
-    return json.dumps(payload)[:500]
+        return _excerpt(response.text or response.reason or "", 500, scrub) or "(empty response)"
+    error = payload.get("error") if isinstance(payload, Mapping) else None
+    if isinstance(error, Mapping) and error.get("message"):
+        kind = error.get("type")
+        text = str(error["message"])[:_SCANNED_CHARS] + (f" ({str(kind)[:200]})" if kind else "")
+    elif isinstance(payload, Mapping) and payload.get("message"):
+        text = str(payload["message"])
+    else:
+        text = json.dumps(payload)
+    return _excerpt(text, 500, scrub) or "(empty response)"
 
 
 @dataclass(frozen=True)
@@ -572,7 +588,7 @@ class CloudZeroHook(HttpHook):
             ) from None
         if response.status_code in TRANSIENT_STATUSES:
             raise _Retryable(
-                f"HTTP {response.status_code}: {self._scrub(_error_message(response))}",
+                f"HTTP {response.status_code}: {_error_message(response, self._scrub)}",
                 _retry_after_seconds(response.headers.get("Retry-After")),
             )
         if 300 <= response.status_code < 400:
@@ -670,7 +686,7 @@ class CloudZeroHook(HttpHook):
         if response.status_code in expect:
             return response, accepted
         status = response.status_code
-        message = self._scrub(_error_message(response))
+        message = _error_message(response, self._scrub)
         error_cls = CloudZeroRequestTooLarge if status == 413 else CloudZeroAPIError
         if status < 400:
             message = f"unexpected answer: {message}"
@@ -710,7 +726,7 @@ class CloudZeroHook(HttpHook):
             self._drops_path(connection_id),
             **self._body(body),
             idempotency_key=idempotency_key,
-            accept=_receipt,
+            accept=partial(_receipt, scrub=self._scrub),
         )
         return dict(receipt)
 
@@ -721,7 +737,9 @@ class CloudZeroHook(HttpHook):
         :param connection_id: AnyCost connection; defaults to the Airflow connection's extra.
         """
         _, drops = self.request(
-            "GET", self._drops_path(connection_id), accept=lambda r: _json_field(r, "billing_drops")
+            "GET",
+            self._drops_path(connection_id),
+            accept=lambda r: _json_field(r, "billing_drops", self._scrub),
         )
         return list(drops)
 
@@ -782,7 +800,7 @@ class CloudZeroHook(HttpHook):
             answer = None
         if not isinstance(answer, Mapping):
             raise CloudZeroTransientError(
-                f"CloudZero answered the validation without a result: {_body_excerpt(response)!r}"
+                f"CloudZero answered the validation without a result: {_body_excerpt(response, self._scrub)!r}"
             )
         return dict(answer)
 

@@ -41,6 +41,7 @@ class Fault:
     status: int = 503
     retry_after: str | None = None
     location: str | None = None
+    message: str | None = None  # a status fault's {"message"} (default: names the fault)
     seconds: float = 0.0
     method: str | None = None  # only requests with this method; None matches any
     path_contains: str | None = None
@@ -130,7 +131,9 @@ class _Handler(BaseHTTPRequestHandler):
                 elif fault.kind == "hollow":
                     reply = Reply(200, b"<html><body>Sign in to continue to the network</body></html>")
                 else:
-                    reply = Reply(fault.status, {"message": f"injected fault: HTTP {fault.status}"})
+                    reply = Reply(
+                        fault.status, {"message": fault.message or f"injected fault: HTTP {fault.status}"}
+                    )
                 if fault.retry_after is not None:
                     reply.headers["Retry-After"] = fault.retry_after
                 with double.lock:
@@ -236,10 +239,17 @@ class CloudZeroDoubleServer:
         return f"http://{host!s}:{port}"
 
     def fail_next(
-        self, count: int, status: int = 503, *, retry_after: str | None = None, **match: Any
+        self,
+        count: int,
+        status: int = 503,
+        *,
+        retry_after: str | None = None,
+        message: str | None = None,
+        **match: Any,
     ) -> None:
-        """The next ``count`` matching requests get ``status`` without being applied."""
-        self._queue(count, Fault("status", status=status, retry_after=retry_after, **match))
+        """The next ``count`` matching requests get ``status`` (and ``{"message": message}``) without being
+        applied."""
+        self._queue(count, Fault("status", status=status, retry_after=retry_after, message=message, **match))
 
     def redirect_next(
         self, count: int = 1, *, status: int = 301, location: str | None = None, **match: Any

@@ -215,6 +215,22 @@ def test_client_errors_fail_at_once_with_cloudzero_message(double, cloudzero_con
         assert isinstance(info.value, CloudZeroRequestTooLarge)
 
 
+@pytest.mark.parametrize("status", [400, 502])
+def test_an_answers_message_is_cut_after_the_key_is_scrubbed_whatever_its_size(
+    double, cloudzero_conn, caplog, capsys, status
+):
+    """A 5 MB message (a proxy's page, or an error quoting the request) reaches no log line or exception whole, and
+    the key it quotes where the cut falls leaves no part of itself behind."""
+    double.fail_next(3, status, message="a" * 490 + API_KEY + "b" * 5_000_000, method="POST")
+    with caplog.at_level(logging.INFO), pytest.raises((CloudZeroAPIError, CloudZeroTransientError)) as info:
+        fast_hook(max_attempts=3).post_billing_drop(BODY)
+    assert "a" * 490 + "***" in str(info.value)
+    logged = [r.getMessage() for r in caplog.records] + capsys.readouterr().out.splitlines()
+    assert status == 400 or any("still failing" in line or "retrying" in line for line in logged)
+    for text in [str(info.value), *logged]:
+        assert len(text) < 1_000 and API_KEY[:6] not in text
+
+
 def test_wrong_key_403_never_shows_the_key(double, monkeypatch, caplog):
     secret = "sk-wrong-key-that-must-not-leak"
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=secret))
