@@ -9,9 +9,11 @@ Nothing that a run in flight may still read is touched:
 - the late pass's and reconciliation's areas (``late/``, ``reconcile/``) while such a pass runs (each pass
   stages and reads within one task, so between passes their files are leftovers).
 
-Ages come from the names (the window a folder stages), counted back from the housekeeping run's data interval:
-no clock is read for them. Temporary files a killed writer left are removed once older than
-:data:`ORPHAN_AGE`. Deleting is idempotent: a run killed half-way leaves only folders that are already past
+Ages come from the names (the window a folder stages), counted back from the housekeeping run's data interval. A
+per-run area also keeps its files while any of them was written after that cutoff: a history import stages windows
+that are past retention the day it runs, and a failed one must still be there when its task is cleared (its
+extract may hold hours LiteLLM's retention has purged since). Temporary files a killed writer left are removed once
+older than :data:`ORPHAN_AGE`. Deleting is idempotent: a run killed half-way leaves only folders that are already past
 retention and that nothing reads, and the next run finishes them.
 """
 
@@ -64,6 +66,7 @@ class InFlight:
 class Sweep:
     removed: dict[str, Removed] = field(default_factory=dict)
     kept_in_flight: list[str] = field(default_factory=list)
+    kept_recent: list[str] = field(default_factory=list)  # per-run areas written within the retention
 
     def area(self, name: str) -> Removed:
         return self.removed.setdefault(name, Removed())
@@ -74,6 +77,7 @@ class Sweep:
             "files": sum(v.files for v in self.removed.values()),
             "bytes": sum(v.bytes for v in self.removed.values()),
             "kept_in_flight": sorted(self.kept_in_flight),
+            "kept_recent": sorted(self.kept_recent),
         }
 
 
@@ -245,6 +249,10 @@ class Housekeeper:
         owner = self.target.area_owner(area)
         if owner is not None and self.in_flight.run(*owner):
             self.sweep.kept_in_flight.append(f"{area}/ (run {owner[1]} of {owner[0]} is in flight)")
+            return
+        last = max((m for m in (_mtime(info) for _, info in files) if m is not None), default=None)
+        if last is not None and last > self.cutoff:
+            self.sweep.kept_recent.append(f"{area}/ (written {last:%Y-%m-%dT%H:%MZ}, within retention)")
             return
         expired = self._expired_windows(files, 1)
         self._delete(area, expired)

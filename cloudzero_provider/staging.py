@@ -313,7 +313,10 @@ class WindowStage:
 
     def _missing(self, name: str) -> FileNotFoundError:
         return FileNotFoundError(
-            f"{self.path(name)} does not exist: did the previous task of window {self.window} run?"
+            f"{self.path(name)} does not exist: did the previous task of window {self.window} run? On local disk "
+            "it must have run on this machine (stage on object storage for several workers); housekeeping removes "
+            "a stage once staging_retention_days have passed since it was written. Clear the run from its extract "
+            "task to stage the window again."
         )
 
     def read_jsonl(self, name: str) -> Iterator[Any]:

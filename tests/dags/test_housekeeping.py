@@ -15,6 +15,11 @@ from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.runs import xcom
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
 
+# A housekeeping run a week after these tests run: a per-run area is kept while it was written within the
+# retention, and its files are written now, whatever data time the tests stage.
+TODAY = datetime.now(timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
+RETENTION_PASSED = TODAY + timedelta(days=8)
+
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
 HOURS = [H0 + timedelta(hours=i) for i in range(6)]
 STAGED = ("extract.jsonl", "extract.json", "cbf.jsonl", "transform.json", "quarantine.jsonl")
@@ -62,7 +67,7 @@ def test_a_week_later_no_staged_data_of_those_hours_is_left_and_every_manifest_i
     before = env["double"].double.cost_by_hour(CONNECTION_ID)
 
     monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_RETENTION_DAYS", "1")
-    run = build_housekeeping_dag().test(logical_date=datetime(2026, 11, 8, 1, tzinfo=timezone.utc))
+    run = build_housekeeping_dag().test(logical_date=RETENTION_PASSED)
     assert run.state == "success"
     assert staged_files(root) == [], "no staged data file of those hours is left"
     assert manifests(root) == kept, "every manifest is kept"
@@ -78,7 +83,7 @@ def test_a_week_later_no_staged_data_of_those_hours_is_left_and_every_manifest_i
     assert sum(1 for r in env["double"].double.requests if r["method"] == "POST") == posts, "nothing to send"
     assert env["double"].double.cost_by_hour(CONNECTION_ID) == before == spend_by_hour(env["db"])
 
-    second = build_housekeeping_dag().test(logical_date=datetime(2026, 11, 9, 1, tzinfo=timezone.utc))
+    second = build_housekeeping_dag().test(logical_date=RETENTION_PASSED + timedelta(days=1))
     assert (
         xcom("litellm_cloudzero_housekeeping", second.run_id, "housekeeping")[-1]["cloudzero_default"][
             "files"

@@ -11,6 +11,11 @@ import pytest
 from cloudzero_provider.testing.fixtures import CONNECTION_ID
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_by_hour, spend_log
 
+# A housekeeping run a week after these tests run: a per-run area is kept while it was written within the
+# retention, and its files are written now, whatever data time the tests stage.
+TODAY = datetime.now(timezone.utc).replace(hour=1, minute=0, second=0, microsecond=0)
+RETENTION_PASSED = TODAY + timedelta(days=8)
+
 H0 = datetime(2026, 11, 1, 10, tzinfo=timezone.utc)
 HOURS = [H0 + timedelta(hours=i) for i in range(3)]
 CONF = {"start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}
@@ -73,10 +78,7 @@ def test_export_late_pass_reconciliation_and_housekeeping_on_s3(env, s3_staging,
     before = [k for k in s3_staging.object_keys() if "/manifests/" in k and k.endswith(".json")]
     assert len(before) == 24, "the range checked the whole day: every hour has its record, 21 of them empty"
     monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_RETENTION_DAYS", "1")
-    assert (
-        build_housekeeping_dag().test(logical_date=datetime(2026, 11, 8, 1, tzinfo=timezone.utc)).state
-        == "success"
-    )
+    assert build_housekeeping_dag().test(logical_date=RETENTION_PASSED).state == "success"
     left = s3_staging.object_keys()
     assert [
         k for k in left if k.endswith(("extract.jsonl", "cbf.jsonl", "extract.json", "transform.json"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -25,7 +26,14 @@ def layout(tmp_path) -> ExportTarget:
     (root / "reports/2026-11-01/aggregate.jsonl").write_text("raw names")
     target.claim_area("range-0123456789ab", dag_id="litellm_cloudzero_range", run_id="manual__1")
     target.manifests.put(Manifest(datetime(2026, 11, 1, 10, tzinfo=timezone.utc)))
+    for path in root.rglob("*"):  # each file written when its window ran: a day after it, or on NOW's eve
+        if path.is_file():
+            written = NOW - timedelta(days=1) if RECENT in str(path) else WRITTEN
+            os.utime(path, (written.timestamp(), written.timestamp()))
     return target
+
+
+WRITTEN = datetime(2026, 11, 2, tzinfo=timezone.utc)
 
 
 def sweep(target, **in_flight):
@@ -69,6 +77,29 @@ def test_runs_and_passes_in_flight_keep_their_files(tmp_path):
         and f"range-dry-run-aaaaaaaaaaaa/{OLD}/requests/extract.jsonl" not in still
     )
     assert len(result["kept_in_flight"]) == 3
+
+
+def test_a_run_area_written_within_the_retention_stays_though_its_windows_are_past_it(tmp_path):
+    """A history import stages windows past retention the day it runs: if it fails, its files must still be there
+    when its task is cleared -- until the retention has passed since they were last written."""
+    target = layout(tmp_path)
+    area = tmp_path / "cloudzero_default" / "range-0123456789ab"
+    retried = area / "retry" / OLD / "cbf.jsonl"
+    retried.write_text("y" * 10)
+    written = NOW - timedelta(days=3)  # the run failed three days ago, its upload last wrote then
+    os.utime(retried, (written.timestamp(), written.timestamp()))
+    result = sweep(target).as_xcom()
+    assert {f"range-0123456789ab/{OLD}/extract.jsonl", f"range-0123456789ab/retry/{OLD}/cbf.jsonl"} <= left(
+        tmp_path
+    )
+    assert result["kept_recent"] == ["range-0123456789ab/ (written 2026-11-28T00:00Z, within retention)"]
+    assert f"reconcile/{OLD}/extract.jsonl" not in left(tmp_path), "other areas go by their windows' names"
+    later = Housekeeper(target, cutoff=written, report_cutoff=NOW - timedelta(days=400), now=NOW + timedelta(days=7),
+                        in_flight=InFlight()).run()  # fmt: skip
+    assert not any(p.startswith("range-0123456789ab/") for p in left(tmp_path)), (
+        "gone once its retention passed"
+    )
+    assert later.kept_recent == []
 
 
 def test_a_sweep_killed_half_way_is_finished_by_the_next(tmp_path, monkeypatch):
