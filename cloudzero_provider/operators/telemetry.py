@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -23,10 +24,21 @@ from cloudzero_provider.telemetry_records import (
     roll_up_days,
     to_records,
 )
-from cloudzero_provider.windows import DAY, Window, day_label, floor_hour, iso_hour, parse_hour, parse_instant
+from cloudzero_provider.windows import (
+    DAY,
+    Window,
+    day_label,
+    day_start,
+    floor_hour,
+    iso_hour,
+    parse_hour,
+    parse_instant,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+log = logging.getLogger(__name__)
 
 
 MAX_DAYS = 366
@@ -37,16 +49,18 @@ def days_of(
 ) -> list[Window]:
     """The UTC days to (re)send: from explicit bounds, the triggering Asset events' hours, or the data interval.
 
-    Explicit bounds may span at most :data:`MAX_DAYS` days and end no later than the end of the current hour.
+    Explicit bounds may span at most :data:`MAX_DAYS` days and end no later than the end of the current hour. Asset
+    events give the days their hours fall in, and only those (an import's events name each of its days; one event
+    of a far year adds one day, not every day up to it); an hour after the current one is ignored with a warning.
     """
     hours: list[Any] = []
+    limit = floor_hour(now or timezone.utcnow()) + timedelta(hours=1)
     if start:
         try:
             s = parse_instant(start, what="start")
             e = parse_instant(end, what="end") if end else s + timedelta(hours=1)
         except ValueError as exc:
             raise AirflowFailException(f"Telemetry window: {exc}") from None
-        limit = floor_hour(now or timezone.utcnow()) + timedelta(hours=1)
         if e <= s or e - s > timedelta(days=MAX_DAYS) or e > limit:
             raise AirflowFailException(
                 f"Telemetry window [{iso_hour(floor_hour(s))}, {iso_hour(floor_hour(e))}) refused: it must end after "
@@ -60,8 +74,16 @@ def days_of(
                 hour = (getattr(event, "extra", None) or {}).get("hour")
                 if hour:
                     hours.append(parse_hour(hour, what="Asset event hour"))  # an event's extra: the edge
+        future = [h for h in hours if h >= limit]
+        if future:
+            log.warning("Ignoring %d Asset event(s) whose hour is after the current one: %s", len(future),
+                        ", ".join(iso_hour(h) for h in sorted(set(future))[:5]))  # fmt: skip
+        named_days = sorted({day_start(h) for h in hours if h < limit})
+        if named_days:
+            return [Window.day(day) for day in named_days]
+        hours = []
         interval_start, interval_end = context.get("data_interval_start"), context.get("data_interval_end")
-        if not hours and interval_start and interval_end:
+        if interval_start and interval_end:
             s, e = parse_instant(interval_start), parse_instant(interval_end)
             if e > s:
                 hours = [s, e - timedelta(microseconds=1)]

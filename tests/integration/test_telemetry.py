@@ -198,3 +198,18 @@ def test_days_follow_the_exported_hours():
     assert [d.label for d in days_of({}, "2026-11-03T05:00:00Z", None)] == ["2026-11-03T00Z--2026-11-04T00Z"]
     with pytest.raises(AirflowFailException, match="No days to send"):
         days_of({}, None, None)
+    far = {
+        "asset": [
+            SimpleNamespace(
+                extra={"hour": "2024-02-29T10:00:00Z"}
+            ),  # an import's, or a stray event: its day only
+            SimpleNamespace(extra={"hour": "2026-11-01T23:00:00Z"}),
+            SimpleNamespace(extra={"hour": "2062-11-01T00:00:00Z"}),  # after the current hour: ignored
+        ]
+    }
+    days = days_of(
+        {"triggering_asset_events": far}, None, None, now=datetime(2026, 12, 2, 5, tzinfo=timezone.utc)
+    )
+    assert [d.label for d in days] == ["2024-02-29T00Z--2024-03-01T00Z", "2026-11-01T00Z--2026-11-02T00Z"], (
+        "the days the events name, never every day between them"
+    )
