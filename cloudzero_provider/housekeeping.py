@@ -1,7 +1,8 @@
 """Housekeeping of a staging target: what may be deleted, decided from the names and the runs in flight.
 
 Staged data of an hour or a run older than the retention is deleted; manifests (they are the ledger) never are;
-reports live longer (their raw ``aggregate.jsonl``, which holds caller-chosen names, goes with the staged data).
+reports live longer (their raw ``aggregate.jsonl``, which holds caller-chosen names, goes with the staged data), and so
+does what telemetry last sent each day.
 Nothing that a run in flight may still read is touched:
 
 - an hourly stage (``<target>/<window>/``) while the hourly DAG's run for one of its hours is queued or running;
@@ -30,7 +31,7 @@ from airflow.sdk import ObjectStoragePath
 
 from cloudzero_provider.staging import TMP_SUFFIX, local_path
 from cloudzero_provider.target import RUN_MARKER, ExportTarget
-from cloudzero_provider.windows import Window, parse_window_label
+from cloudzero_provider.windows import Window, parse_day, parse_window_label
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,8 @@ class Housekeeper:
                 continue
             if top == "reports":
                 self._reports(files)
+            elif top == "telemetry":
+                self._telemetry(files)
             elif top in PASS_AREAS:
                 self._pass_area(top, files)
             elif RUN_AREA_RE.fullmatch(top):
@@ -223,6 +226,20 @@ class Housekeeper:
                 raw.append((rel, info))  # raw caller-chosen names: staged data, not the report
         self._delete("reports", whole)
         self._delete("reports (raw aggregates)", raw)
+
+    def _telemetry(self, files: list[tuple[str, dict[str, Any]]]) -> None:
+        """What telemetry last sent each day (``telemetry/<stream>/<day>.json``) is kept as long as reports: a day
+        sent again after it is gone can no longer delete the records that day no longer holds."""
+        old = []
+        for rel, info in files:
+            name = rel.rsplit("/", 1)[-1]
+            try:
+                day = parse_day(name.removesuffix(".json"))
+            except ValueError:
+                continue
+            if name.endswith(".json") and day + timedelta(days=1) <= self.report_cutoff:
+                old.append((rel, info))
+        self._delete("telemetry", old)
 
     def _expired_windows(
         self, files: list[tuple[str, dict[str, Any]]], depth: int

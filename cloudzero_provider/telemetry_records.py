@@ -210,3 +210,23 @@ def pace_delay(records_sent: int, batch: int, elapsed: float, rate: float) -> fl
     ``rate`` records per second have ever been sent -- including this batch. Back-to-back runs stay within the
     limit too, since each run spreads its own records over at least ``records / rate`` seconds."""
     return max(0.0, (records_sent + batch) / rate - elapsed)
+
+
+def record_key(record: Mapping[str, object]) -> str:
+    """A record's dimension values as one text: what ``replace`` and ``delete`` match a record of a day by."""
+    return json.dumps(record["associated_cost"], ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def stale_records(
+    sent_before: Mapping[str, str], records: Sequence[Mapping[str, object]], day: datetime
+) -> list[dict[str, object]]:
+    """The records of ``day`` sent before (``record_key`` -> the value sent) that this send no longer holds, to be
+    deleted: ``replace`` only replaces records of the same dimension values, so a value that had a record of its own
+    and is now folded into ``(other)`` (the cap ranks a day's values by cost, and the day so far keeps growing) would
+    otherwise stay beside the ``(other)`` record that counts it too."""
+    now = {record_key(r) for r in records}
+    return [
+        {"timestamp": iso_hour(day), "value": value, "associated_cost": json.loads(key)}
+        for key, value in sorted(sent_before.items())
+        if key not in now
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -13,7 +15,8 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow
-from cloudzero_provider.operators.base import CloudZeroBaseOperator
+from cloudzero_provider.operators.base import CloudZeroStagingOperator
+from cloudzero_provider.staging import read_bytes, write_atomically
 from cloudzero_provider.telemetry_records import (
     MAX_RECORDS_PER_REQUEST,
     MAX_VALUES_PER_DAY,
@@ -21,7 +24,9 @@ from cloudzero_provider.telemetry_records import (
     check_dimensions,
     check_metric_name,
     pace_delay,
+    record_key,
     roll_up_days,
+    stale_records,
     to_records,
 )
 from cloudzero_provider.windows import (
@@ -100,14 +105,16 @@ def days_of(
     return out
 
 
-class UnitCostTelemetryOperator(CloudZeroBaseOperator):
+class UnitCostTelemetryOperator(CloudZeroStagingOperator):
     """
     Send LiteLLM spend to a CloudZero unit-cost metric: one record per UTC day and dimension combination.
 
     Reads the same aggregate as the AnyCost extract, for whole days (the day so far when it is not over), and
     sends it with ``replace``: re-sending a day replaces its records, so each hourly run may refresh the current
-    day and the first run after midnight finalises the previous one. Records whose value is not > 0 are
-    skipped and counted. Requests stay within 5 MB and the send rate within ``max_records_per_second``.
+    day and the first run after midnight finalises the previous one. A record sent before that the day no longer
+    holds (a value the cap has since folded into ``(other)``) is deleted: what each day was last sent is kept under
+    the export target (``telemetry/``), as long as reports are. Records whose value is not > 0 are skipped and
+    counted. Requests stay within 5 MB and the send rate within ``max_records_per_second``.
 
     :param metric_name: Unit metric; default: the ``cloudzero`` connection's extra ``metric_name``.
     :param value: ``cost`` (default), ``requests`` or ``tokens``.
@@ -122,7 +129,7 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
     """
 
     template_fields: Sequence[str] = (
-        *CloudZeroBaseOperator.template_fields,
+        *CloudZeroStagingOperator.template_fields,
         "metric_name",
         "value",
         "dimensions",
@@ -171,25 +178,57 @@ class UnitCostTelemetryOperator(CloudZeroBaseOperator):
             "skipped_not_positive": 0,
         }
         sent_records, started = 0, time.monotonic()
-        for day in days_of(context, self.window_start, self.window_end):
-            rows = [r.as_row() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow)]
-            records, skipped = to_records(
-                roll_up_days(rows, dims, max_values_per_day=self.max_values_per_day or None), dims, self.value
-            )
+
+        def send(records: list[dict[str, object]], operation: str) -> None:
+            nonlocal sent_records
             for body, count in batches(records, max_records=self.max_records_per_request):
                 wait = pace_delay(
                     sent_records, count, time.monotonic() - started, self.max_records_per_second
                 )
                 if wait:
                     time.sleep(wait)
-                cz.send_telemetry(metric, body, operation="replace")
+                cz.send_telemetry(metric, body, operation=operation)
                 sent_records += count
+
+        stream = hashlib.sha256(json.dumps([metric, self.value, dims]).encode()).hexdigest()[:16]
+        for day in days_of(context, self.window_start, self.window_end):
+            rows = (r.as_row() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow))
+            records, skipped = to_records(
+                roll_up_days(rows, dims, max_values_per_day=self.max_values_per_day or None), dims, self.value
+            )
+            ledger = self.target.dir / "telemetry" / stream / f"{day_label(day.start)}.json"
+            before = self._sent_before(ledger)
+            now = {record_key(r): str(r["value"]) for r in records}
+            # Written before sending: whatever a failure leaves in CloudZero is known to the next run.
+            write_atomically(ledger, json.dumps({**before, **now}, sort_keys=True).encode())
+            send(records, "replace")
+            stale = stale_records(before, records, day.start)
+            send(stale, "delete")
+            write_atomically(ledger, json.dumps(now, sort_keys=True).encode())
             total = sum((float(r["value"]) for r in records), 0.0)  # type: ignore[arg-type]
-            summary["days"][day_label(day.start)] = {"records": len(records), "skipped": skipped}
+            summary["days"][day_label(day.start)] = {
+                "records": len(records),
+                "skipped": skipped,
+                "deleted_stale": len(stale),
+            }
             summary["skipped_not_positive"] += skipped
             self.log.info(
-                "Telemetry %s for %s: %d record(s) sent with replace (%s total %.6g), %d skipped (value not > 0)",
-                metric, day_label(day.start), len(records), self.value, total, skipped,
+                "Telemetry %s for %s: %d record(s) sent with replace (%s total %.6g), %d skipped (value not > 0), "
+                "%d deleted (sent before, now folded into (other))",
+                metric, day_label(day.start), len(records), self.value, total, skipped, len(stale),
             )  # fmt: skip
         summary["records_sent"] = sent_records
         return summary
+
+    def _sent_before(self, ledger: Any) -> dict[str, str]:
+        """What a day's records were last sent with: ``record_key`` -> value (none when it was never sent here)."""
+        try:
+            value = json.loads(read_bytes(ledger))
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            self.log.warning("%s is unreadable (%s): records it listed cannot be deleted", ledger, exc)
+            return {}
+        if not isinstance(value, dict):
+            return {}
+        return {str(k): str(v) for k, v in value.items()}

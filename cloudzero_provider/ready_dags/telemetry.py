@@ -24,7 +24,8 @@ backfills flow through), its late-data pass and the range DAG -- and (re)sends e
 one record per day and combination of up to 5 dimensions (`associated_cost` keys `custom:model`,
 `custom:user_id`, `custom:team_id`, `custom:org_id`, `custom:end_user_id`, LiteLLM's names), value = cost,
 requests or tokens. Records go with `replace`, so sending a day again never double-counts: each export refreshes
-the day so far and the hour before midnight finalises it. Records whose value is not > 0 are skipped and counted.
+the day so far and the hour before midnight finalises it; a record sent before that the day no longer holds (an
+`end_user` since folded into `(other)`) is deleted, from what the staging target's `telemetry/` folder kept. Records whose value is not > 0 are skipped and counted.
 At most 100 records per second and 5 MB per request.
 
 Trigger manually with `start` and `end` to (re)send a date range. With no metric name configured the task is

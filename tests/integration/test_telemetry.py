@@ -26,7 +26,7 @@ from cloudzero_provider.testing.fixtures import API_KEY, CONNECTION_ID
 from cloudzero_provider.testing.postgres import airflow_conn_uri
 from cloudzero_provider.testing.seed import insert_spend_logs, seed_synthetic, spend_log
 from cloudzero_provider.testing.server import CloudZeroDoubleServer
-from cloudzero_provider.windows import day_label, day_start
+from cloudzero_provider.windows import day_label, day_start, iso_hour
 
 D1 = datetime(2026, 11, 1, 22, tzinfo=timezone.utc)
 DIMS = ["model", "user", "team_id", "organization_id", "end_user"]
@@ -96,7 +96,8 @@ def schema_age() -> str:
 
 
 @pytest.fixture
-def tele(litellm_db, monkeypatch):
+def tele(litellm_db, monkeypatch, tmp_path):
+    monkeypatch.setenv("AIRFLOW__CLOUDZERO__STAGING_URI", str(tmp_path / "staging"))
     double = CloudZeroDouble(API_KEY, connections={CONNECTION_ID}, telemetry_rate=400, telemetry_burst=600)
     with CloudZeroDoubleServer(double) as srv:
         conn = {"conn_type": "cloudzero", "host": srv.url, "password": API_KEY,
@@ -152,6 +153,34 @@ def test_requests_and_tokens(tele, value, expr):
     srv, db = tele
     run(value=value, metric_name=f"llm-{value}")
     assert sent_by_day(srv.double, f"llm-{value}") == source_by_day(db, expr)
+
+
+def test_a_value_the_cap_folds_later_in_the_day_loses_its_own_record(tele):
+    """The day so far, refreshed with ``replace``: a user with a record of its own in the morning, overtaken by
+    the afternoon's users and folded into ``(other)``, must not stay beside the ``(other)`` record that counts it."""
+    srv, db = tele
+    day = D1.replace(hour=0)
+
+    def refresh():
+        return UnitCostTelemetryOperator(task_id="telemetry", window_start=iso_hour(day), dimensions=["end_user"],
+                                         max_values_per_day=2, max_records_per_second=400).execute({})  # fmt: skip
+
+    insert_spend_logs(db, [spend_log(f"m{i}", day + timedelta(hours=2, minutes=i), 100.0 + i, end_user=f"early-{i}")
+                           for i in range(2)])  # fmt: skip
+    assert refresh()["days"]["2026-11-01"]["deleted_stale"] == 0
+    assert {dict(k)["custom:end_user_id"] for _, k in srv.double.metric_values("llm-cost")} >= {
+        "early-0",
+        "early-1",
+    }
+    insert_spend_logs(db, [spend_log(f"a{i}", day + timedelta(hours=9, minutes=i), 500.0, end_user=f"later-{i}")
+                           for i in range(3)])  # fmt: skip
+    summary = refresh()
+    assert summary["days"]["2026-11-01"]["deleted_stale"] >= 1
+    held = {dict(k)["custom:end_user_id"]: v for (d, k), v in srv.double.metric_values("llm-cost").items()
+            if d.startswith("2026-11-01")}  # fmt: skip
+    assert len(held) <= 3 and "(other)" in held, held
+    assert exact_sum(held.values()) == source_by_day(db)["2026-11-01"], "the day counted once"
+    assert refresh()["days"]["2026-11-01"]["deleted_stale"] == 0, "a refresh with nothing new deletes nothing"
 
 
 def test_503_burst_is_ridden_out(tele):

@@ -24,6 +24,9 @@ def layout(tmp_path) -> ExportTarget:
         (root / folder).mkdir(parents=True, exist_ok=True)
         (root / folder / "extract.jsonl").write_text("x" * 10)
     (root / "reports/2026-11-01/aggregate.jsonl").write_text("raw names")
+    (root / "telemetry/0123456789abcdef").mkdir(parents=True)
+    for day in ("2025-10-01", "2026-11-01"):  # what telemetry last sent a day: kept as long as reports
+        (root / f"telemetry/0123456789abcdef/{day}.json").write_text("{}")
     target.claim_area("range-0123456789ab", dag_id="litellm_cloudzero_range", run_id="manual__1")
     target.manifests.put(Manifest(datetime(2026, 11, 1, 10, tzinfo=timezone.utc)))
     for path in root.rglob("*"):  # each file written when its window ran: a day after it, or on NOW's eve
@@ -53,12 +56,15 @@ def test_nothing_in_flight_everything_past_retention_goes_but_manifests_and_rece
     assert left(tmp_path) == {
         f"{RECENT}/extract.jsonl", "manifests/2026-11-01T10Z.json",
         "reports/2026-11-01/extract.jsonl",  # the report stays 400 days, its raw aggregate goes with staged data
+        "telemetry/0123456789abcdef/2026-11-01.json",
     }  # fmt: skip
     marker = len('{"dag_id": "litellm_cloudzero_range", "run_id": "manual__1"}')
-    assert (result["files"], result["bytes"]) == (9, 7 * 10 + len("raw names") + marker), (
-        "7 stages, 1 raw, 1 claim"
+    assert (result["files"], result["bytes"]) == (10, 7 * 10 + len("raw names") + marker + len("{}")), (
+        "7 stages, 1 raw, 1 claim, 1 day telemetry sent 400 days ago"
     )
-    assert set(result["removed"]) >= {"hourly stages", "late", "reconcile", "range-0123456789ab", "reports"}
+    assert set(result["removed"]) >= {
+        "hourly stages", "late", "reconcile", "range-0123456789ab", "reports", "telemetry"
+    }  # fmt: skip
 
 
 def test_runs_and_passes_in_flight_keep_their_files(tmp_path):
@@ -122,4 +128,5 @@ def test_a_sweep_killed_half_way_is_finished_by_the_next(tmp_path, monkeypatch):
         f"{RECENT}/extract.jsonl",
         "manifests/2026-11-01T10Z.json",
         "reports/2026-11-01/extract.jsonl",
+        "telemetry/0123456789abcdef/2026-11-01.json",
     }
