@@ -18,7 +18,7 @@ from cloudzero_provider.report_figures import (
     report_csv,
     report_html,
 )
-from cloudzero_provider.staging import write_atomically
+from cloudzero_provider.staging import write_atomically, write_lines_atomically
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -50,13 +50,22 @@ class SpendReportOperator(CloudZeroStagingOperator):
             dims = resolve(REPORT_DIMENSIONS + [f"tag:{p}" for p in prefixes])
         except ValueError as exc:
             raise AirflowFailException(f"Invalid tag prefix: {exc}") from None
-        rows = [r for r in self.litellm_hook.aggregate(window, dims) if isinstance(r, AggregateRow)]
-        report = build_report((r.as_row() for r in rows), tag_prefixes=prefixes)
         folder = self.target.report_dir(window)
         folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(
-            folder / "aggregate.jsonl", "".join(json.dumps(r.as_dict()) + "\n" for r in rows).encode("utf-8")
+        # Streamed to the file and read back: memory never holds the day's groups (their number is the callers').
+        aggregate = folder / "aggregate.jsonl"
+        write_lines_atomically(
+            aggregate,
+            (
+                (json.dumps(r.as_dict()) + "\n").encode("utf-8")
+                for r in self.litellm_hook.aggregate(window, dims)
+                if isinstance(r, AggregateRow)
+            ),
         )
+        with aggregate.open("rb") as fh:
+            report = build_report(
+                (AggregateRow.from_staged(json.loads(line)).as_row() for line in fh), tag_prefixes=prefixes
+            )
         write_atomically(folder / "report.json", json.dumps(report, indent=1).encode("utf-8"))
         for grouping in report["groups"]:
             write_atomically(
