@@ -26,6 +26,9 @@ IDEMPOTENCY_HEADER = "cloudzero-idempotency-key"
 TEST_KEY_HEADER = "cloudzero-test-key"
 # A wait CloudZero asks for beyond this is not believed: Airflow's retry waits at most this long.
 MAX_RETRY_AFTER = 6 * 3600.0
+# The largest answer read into memory (a receipt is a few hundred bytes, a list of every drop a connection ever had a
+# few megabytes); the month's rows are streamed instead. Anything larger is not CloudZero's answer.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
 # A drop id as CloudZero issues it (a UUID): anything else in its place is not a receipt.
 _DROP_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -155,14 +158,35 @@ def _json_field(response: requests.Response, key: str, scrub: Callable[[str], st
     return value
 
 
-def _json_stream(response: requests.Response) -> Iterator[bytes]:
+def _read_bounded(response: requests.Response, limit: int) -> None:
+    """Read an answer into ``response`` (``.content``, ``.json()`` as usual); one of more than ``limit`` bytes is
+    left unread and retried like a 503, and one cut off midway is retried too."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        for chunk in response.iter_content(chunk_size=65_536):
+            size += len(chunk)
+            if size > limit:
+                response.close()
+                raise _Retryable(
+                    f"HTTP {response.status_code} with an answer of more than {limit} bytes, not read: CloudZero's "
+                    "answers are small, so something else answered in its place"
+                )
+            chunks.append(chunk)
+    except requests.exceptions.RequestException as exc:
+        raise _Retryable(f"HTTP {response.status_code}, its answer cut off ({type(exc).__name__})") from None
+    response._content = b"".join(chunks)
+
+
+def _json_stream(response: requests.Response, scrub: Callable[[str], str] = _same) -> Iterator[bytes]:
     """The body of a streamed answer, in chunks, once its first bytes show a JSON object (a gateway's HTML page
     in CloudZero's place is retried like a 503, not read as a month without rows)."""
     chunks = response.iter_content(chunk_size=65_536)
     first = next(chunks, b"")
     if not first.lstrip().startswith(b"{"):
         raise _Retryable(
-            f"HTTP {response.status_code} that is not a JSON object: {first[:200].decode('utf-8', 'replace')!r}"
+            f"HTTP {response.status_code} that is not a JSON object: "
+            f"{_excerpt(first.decode('utf-8', 'replace'), 200, scrub)!r}"
         )
     return itertools.chain([first], chunks)
 
@@ -575,7 +599,7 @@ class CloudZeroHook(HttpHook):
                 headers=dict(headers),
                 timeout=self.settings.timeout,
                 allow_redirects=False,
-                stream=stream,
+                stream=True,  # read below, within MAX_ANSWER_BYTES, unless the caller streams a 2xx answer
             )
         except requests.exceptions.Timeout as exc:
             raise _Retryable(f"timed out ({type(exc).__name__})") from None
@@ -586,6 +610,8 @@ class CloudZeroHook(HttpHook):
             raise AirflowFailException(
                 f"CloudZero {method} {path} could not be sent ({type(exc).__name__}): {self._scrub(str(exc))[:300]}"
             ) from None
+        if not (stream and 200 <= response.status_code < 300):
+            _read_bounded(response, MAX_ANSWER_BYTES)
         if response.status_code in TRANSIENT_STATUSES:
             raise _Retryable(
                 f"HTTP {response.status_code}: {_error_message(response, self._scrub)}",
@@ -769,7 +795,9 @@ class CloudZeroHook(HttpHook):
         from cloudzero_provider.readback import iter_json_array
 
         path = f"{self._drops_path(connection_id)}/{quote(month, safe='')}"
-        response, chunks = self.request("GET", path, expect=(200, 404), accept=_json_stream, stream=True)
+        response, chunks = self.request(
+            "GET", path, expect=(200, 404), accept=partial(_json_stream, scrub=self._scrub), stream=True
+        )
         if response.status_code == 404:
             response.close()
             return None

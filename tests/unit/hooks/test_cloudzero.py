@@ -231,6 +231,21 @@ def test_an_answers_message_is_cut_after_the_key_is_scrubbed_whatever_its_size(
         assert len(text) < 1_000 and API_KEY[:6] not in text
 
 
+def test_an_answer_larger_than_any_of_cloudzeros_is_not_read_and_is_retried(
+    double, cloudzero_conn, monkeypatch
+):
+    import cloudzero_provider.hooks.cloudzero as cz
+
+    monkeypatch.setattr(cz, "MAX_ANSWER_BYTES", 100_000)
+    double.fail_next(2, 400, message="x" * 5_000_000, method="POST")
+    with pytest.raises(CloudZeroTransientError, match="an answer of more than 100000 bytes, not read"):
+        fast_hook(max_attempts=2).post_billing_drop(BODY)
+    assert double.double.cost_by_hour(CONNECTION_ID) == {}
+    double.fail_next(1, 400, message="x" * 5_000_000, method="POST")
+    drop = fast_hook(max_attempts=2).post_billing_drop(BODY)  # the same session, after a refused answer
+    assert drop["row_count"] == 1 and double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
+
+
 def test_wrong_key_403_never_shows_the_key(double, monkeypatch, caplog):
     secret = "sk-wrong-key-that-must-not-leak"
     monkeypatch.setenv("AIRFLOW_CONN_CLOUDZERO_DEFAULT", cloudzero_conn_json(double.url, key=secret))
