@@ -10,10 +10,10 @@ Nothing that a run in flight may still read is touched:
 - the late pass's and reconciliation's areas (``late/``, ``reconcile/``) while such a pass runs (each pass
   stages and reads within one task, so between passes their files are leftovers).
 
-Ages come from the names (the window a folder stages), counted back from the housekeeping run's data interval. A
-per-run area also keeps its files while any of them was written after that cutoff: a history import stages windows
-that are past retention the day it runs, and a failed one must still be there when its task is cleared (its
-extract may hold hours LiteLLM's retention has purged since). Temporary files a killed writer left are removed once
+Ages come from the names (the window a folder stages), counted back from the housekeeping run's data interval. An
+hourly stage or a per-run area also keeps its files while any of them was written after that cutoff: a history
+import (or a catch-up of old hours) stages windows that are past retention the day it runs, and a failed one must
+still be there when its task is cleared (its extract may hold hours LiteLLM's retention has purged since). Temporary files a killed writer left are removed once
 older than :data:`ORPHAN_AGE`. Deleting is idempotent: a run killed half-way leaves only folders that are already past
 retention and that nothing reads, and the next run finishes them.
 """
@@ -30,7 +30,7 @@ from typing import Any
 from airflow.sdk import ObjectStoragePath
 
 from cloudzero_provider.staging import TMP_SUFFIX, local_path
-from cloudzero_provider.target import RUN_MARKER, ExportTarget
+from cloudzero_provider.target import RUN_MARKER, TELEMETRY_FOLDER, ExportTarget
 from cloudzero_provider.windows import Window, parse_day, parse_window_label
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Housekeeper:
                 continue
             if top == "reports":
                 self._reports(files)
-            elif top == "telemetry":
+            elif top == TELEMETRY_FOLDER:
                 self._telemetry(files)
             elif top in PASS_AREAS:
                 self._pass_area(top, files)
@@ -267,9 +267,7 @@ class Housekeeper:
         if owner is not None and self.in_flight.run(*owner):
             self.sweep.kept_in_flight.append(f"{area}/ (run {owner[1]} of {owner[0]} is in flight)")
             return
-        last = max((m for m in (_mtime(info) for _, info in files) if m is not None), default=None)
-        if last is not None and last > self.cutoff:
-            self.sweep.kept_recent.append(f"{area}/ (written {last:%Y-%m-%dT%H:%MZ}, within retention)")
+        if self._written_recently(area, files):
             return
         expired = self._expired_windows(files, 1)
         self._delete(area, expired)
@@ -291,4 +289,17 @@ class Housekeeper:
             if busy.intersection(window.hour_starts()):
                 self.sweep.kept_in_flight.append(f"{name}/ (its hourly run is in flight)")
                 continue
+            if self._written_recently(
+                name, by_top[name]
+            ):  # a catch-up of old hours: its retry may still read it
+                continue
             self._delete("hourly stages", by_top[name])
+
+    def _written_recently(self, folder: str, files: list[tuple[str, dict[str, Any]]]) -> bool:
+        """Whether anything in a folder was written after the cutoff (listed as kept); a store that gives no
+        modification times leaves the names to decide."""
+        last = max((m for m in (_mtime(info) for _, info in files) if m is not None), default=None)
+        if last is None or last <= self.cutoff:
+            return False
+        self.sweep.kept_recent.append(f"{folder}/ (written {last:%Y-%m-%dT%H:%MZ}, within retention)")
+        return True

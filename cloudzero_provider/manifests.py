@@ -252,13 +252,15 @@ MAX_FIGURE_EXPONENT = 1000
 
 
 def _number_text(value: Any) -> str:
-    """A recorded figure checked to be a number and kept as written: PostgreSQL's text of a sum stays byte for byte
-    what the source gives (``0.0000001``, ``12.50``), where ``str(Decimal)`` would write ``1E-7`` and no longer
+    """A recorded figure checked to be a finite number and kept as written: PostgreSQL's text of a sum stays byte for
+    byte what the source gives (``0.0000001``, ``12.50``), where ``str(Decimal)`` would write ``1E-7`` and no longer
     compare equal. A hand-written exponent is written out, within :data:`MAX_FIGURE_EXPONENT` digits."""
     number = Decimal(str(value))
-    if number.is_finite() and abs(number.adjusted()) > MAX_FIGURE_EXPONENT:
+    if not number.is_finite():  # NaN or Infinity: every comparison of it would raise
+        raise ValueError(f"{str(value)[:40]!r} is not a finite number")
+    if abs(number.adjusted()) > MAX_FIGURE_EXPONENT:
         raise ValueError(f"{str(value)[:40]!r} is out of range")
-    return format(number, "f") if number.is_finite() else str(number)
+    return format(number, "f")
 
 
 class ManifestStore:
@@ -468,8 +470,7 @@ class ManifestStore:
         for day in days:
             first = held.get(day)
             out[day] = None
-            # A daily export that failed still owns the day while CloudZero holds rows it acknowledged before.
-            if first and first.is_daily and (first.status != FAILED or first.acknowledged_cost is not None):
+            if first and first.is_daily and first.status != FAILED:
                 out[day] = first.origin
                 continue
             for hour in Window.day(day).hour_starts():
@@ -477,4 +478,10 @@ class ManifestStore:
                 if m and m.is_ours and (m.drop_ids or m.status == SENDING):
                     out[day] = SPEND_LOGS
                     break
+            else:
+                # A daily export that failed still owns the day while CloudZero holds rows it acknowledged before
+                # (and no spend-log hour went out meanwhile: then spend logs claim it, so that a daily retry is
+                # refused and reconciliation replaces 00:00, daily rows included, from spend logs).
+                if first and first.is_daily and first.acknowledged_cost is not None:
+                    out[day] = first.origin
         return out

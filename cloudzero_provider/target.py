@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from datetime import datetime
 from functools import cached_property
 
 from airflow.sdk import Asset, AssetAlias, ObjectStoragePath
@@ -22,6 +23,7 @@ from cloudzero_provider.windows import Window, day_label
 # An Airflow connection id as used in a path: no separators, never "." or "..".
 TARGET_NAME_RE = re.compile(r"(?!\.{1,2}\Z)[A-Za-z0-9_.:-]{1,200}")
 RUN_MARKER = ".run.json"
+TELEMETRY_FOLDER = "telemetry"  # what telemetry last sent each day, per metric stream
 # One folder of a staging area (``range-<run>``, ``late``): no separators, no dots.
 AREA_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -154,6 +156,10 @@ class ExportTarget:
         """``reports/<YYYY-MM-DD>`` for a whole UTC day, ``reports/<window label>`` otherwise."""
         name = day_label(window.start) if window.hours == 24 and window.is_day_aligned else window.label
         return self.reports_dir / name
+
+    def telemetry_ledger(self, stream: str, day: datetime) -> ObjectStoragePath:
+        """``telemetry/<stream>/<YYYY-MM-DD>.json``: what a unit-cost metric stream last sent for a UTC day."""
+        return self.dir / TELEMETRY_FOLDER / stream / f"{day_label(day)}.json"
 
 
 def _brief(exc: BaseException) -> str:

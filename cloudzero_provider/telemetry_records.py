@@ -10,6 +10,7 @@ every record carries every key, and ``replace`` so that sending a day again neve
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -210,6 +211,12 @@ def pace_delay(records_sent: int, batch: int, elapsed: float, rate: float) -> fl
     ``rate`` records per second have ever been sent -- including this batch. Back-to-back runs stay within the
     limit too, since each run spreads its own records over at least ``records / rate`` seconds."""
     return max(0.0, (records_sent + batch) / rate - elapsed)
+
+
+def stream_name(metric: str, value: str, dims: Sequence[str]) -> str:
+    """A short name for a metric stream (metric, value kind, dimensions in any order): the folder of what it last
+    sent each day."""
+    return hashlib.sha256(json.dumps([metric, value, sorted(dims)]).encode()).hexdigest()[:16]
 
 
 def record_key(record: Mapping[str, object]) -> str:

@@ -96,19 +96,15 @@ def _retry_after_seconds(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-# How much of an answer's text a message is cut from: secrets are scrubbed from this much first, then the message is
-# cut, so a cut never leaves part of a secret behind.
-_SCANNED_CHARS = 65_536
-
-
 def _same(text: str) -> str:
     return text
 
 
 def _excerpt(text: str, limit: int, scrub: Callable[[str], str]) -> str:
-    """Text from an answer made fit for a message: secrets scrubbed, control characters blanked, at most ``limit``
-    characters."""
-    return re.sub(r"[\x00-\x1f\x7f]+", " ", scrub(text[:_SCANNED_CHARS])).strip()[:limit]
+    """Text from an answer made fit for a message: secrets scrubbed from all of it (an answer is at most
+    :data:`MAX_ANSWER_BYTES`), then cut to ``limit`` characters, then control characters blanked -- in that order,
+    so that neither a cut nor the blanking can bring part of a secret into the message."""
+    return re.sub(r"[\x00-\x1f\x7f]+", " ", scrub(text)[:limit]).strip()
 
 
 def _body_excerpt(response: requests.Response, scrub: Callable[[str], str] = _same) -> str:
@@ -170,7 +166,8 @@ def _read_bounded(response: requests.Response, limit: int) -> None:
                 response.close()
                 raise _Retryable(
                     f"HTTP {response.status_code} with an answer of more than {limit} bytes, not read: CloudZero's "
-                    "answers are small, so something else answered in its place"
+                    "answers are small, so something else answered in its place",
+                    _retry_after_seconds(response.headers.get("Retry-After")),
                 )
             chunks.append(chunk)
     except requests.exceptions.RequestException as exc:
@@ -212,7 +209,7 @@ def _error_message(response: requests.Response, scrub: Callable[[str], str] = _s
     error = payload.get("error") if isinstance(payload, Mapping) else None
     if isinstance(error, Mapping) and error.get("message"):
         kind = error.get("type")
-        text = str(error["message"])[:_SCANNED_CHARS] + (f" ({str(kind)[:200]})" if kind else "")
+        text = str(error["message"]) + (f" ({kind})" if kind else "")
     elif isinstance(payload, Mapping) and payload.get("message"):
         text = str(payload["message"])
     else:

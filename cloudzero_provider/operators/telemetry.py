@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -27,6 +26,7 @@ from cloudzero_provider.telemetry_records import (
     record_key,
     roll_up_days,
     stale_records,
+    stream_name,
     to_records,
 )
 from cloudzero_provider.windows import (
@@ -36,6 +36,7 @@ from cloudzero_provider.windows import (
     day_start,
     floor_hour,
     iso_hour,
+    iso_instant,
     parse_hour,
     parse_instant,
 )
@@ -190,26 +191,44 @@ class UnitCostTelemetryOperator(CloudZeroStagingOperator):
                 cz.send_telemetry(metric, body, operation=operation)
                 sent_records += count
 
-        stream = hashlib.sha256(json.dumps([metric, self.value, dims]).encode()).hexdigest()[:16]
+        stream = stream_name(metric, self.value, dims)
+        oldest: list[datetime | None] = []  # the oldest spend-log row left, read when first needed
+
+        def may_be_purged(day: Window) -> bool:
+            if not oldest:
+                oldest.append(db.oldest_spend_log())
+            return oldest[0] is None or day.start <= floor_hour(oldest[0])
+
         for day in days_of(context, self.window_start, self.window_end):
             rows = (r.as_row() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow))
             records, skipped = to_records(
                 roll_up_days(rows, dims, max_values_per_day=self.max_values_per_day or None), dims, self.value
             )
-            ledger = self.target.dir / "telemetry" / stream / f"{day_label(day.start)}.json"
+            ledger = self.target.telemetry_ledger(stream, day.start)
             before = self._sent_before(ledger)
             now = {record_key(r): str(r["value"]) for r in records}
             # Written before sending: whatever a failure leaves in CloudZero is known to the next run.
             write_atomically(ledger, json.dumps({**before, **now}, sort_keys=True).encode())
             send(records, "replace")
             stale = stale_records(before, records, day.start)
+            kept: dict[str, str] = {}
+            if stale and (may_be_purged(day) or not records):
+                # What LiteLLM's retention purged is not gone from CloudZero: as the late pass keeps such hours.
+                kept = {k: v for k, v in before.items() if k not in now}
+                self.log.warning(
+                    "Telemetry %s for %s: %d record(s) sent before are kept, not deleted: LiteLLM's retention may "
+                    "have purged the day's spend logs (the oldest left is %s)", metric, day_label(day.start),
+                    len(kept), iso_instant(oldest[0]) if oldest[0] else "none",
+                )  # fmt: skip
+                stale = []
             send(stale, "delete")
-            write_atomically(ledger, json.dumps(now, sort_keys=True).encode())
+            write_atomically(ledger, json.dumps({**kept, **now}, sort_keys=True).encode())
             total = sum((float(r["value"]) for r in records), 0.0)  # type: ignore[arg-type]
             summary["days"][day_label(day.start)] = {
                 "records": len(records),
                 "skipped": skipped,
                 "deleted_stale": len(stale),
+                "kept_possibly_purged": len(kept),
             }
             summary["skipped_not_positive"] += skipped
             self.log.info(

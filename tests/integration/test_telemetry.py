@@ -18,7 +18,10 @@ from cloudzero_provider.telemetry_records import (
     batches,
     check_dimensions,
     check_metric_name,
+    record_key,
     roll_up_days,
+    stale_records,
+    stream_name,
     to_records,
 )
 from cloudzero_provider.testing.double import CloudZeroDouble
@@ -77,6 +80,29 @@ def test_folding_caller_values_keeps_every_day_exact(data, cap):
         kept = {g.dims[DIMS.index("end_user")] for g in groups if g.day == day} - {"(other)"}
         assert len(kept) <= cap
     assert len({(g.day, g.dims) for g in groups}) == len(groups), "no two groups share a day and values"
+
+
+def test_stale_records_are_the_ones_sent_before_that_a_send_no_longer_holds():
+    day = D1.replace(hour=0)
+    kept = {"timestamp": "2026-11-01T00:00:00Z", "value": "3", "associated_cost": {"custom:end_user_id": "b"}}
+    other = {
+        "timestamp": "2026-11-01T00:00:00Z",
+        "value": "9",
+        "associated_cost": {"custom:end_user_id": "(other)"},
+    }
+    before = {record_key(kept): "2", '{"custom:end_user_id":"a\u00e9"}': "7"}
+    assert record_key({"associated_cost": {"b": "2", "a": "é"}}) == '{"a":"é","b":"2"}', (
+        "keys sorted, text as is"
+    )
+    assert stale_records(before, [kept, other], day) == [
+        {"timestamp": "2026-11-01T00:00:00Z", "value": "7", "associated_cost": {"custom:end_user_id": "aé"}}
+    ]
+    assert (
+        stale_records(before, [kept, other, {**kept, "associated_cost": {"custom:end_user_id": "aé"}}], day)
+        == []
+    )
+    assert stream_name("m", "cost", ["model", "end_user"]) == stream_name("m", "cost", ["end_user", "model"])
+    assert stream_name("m", "cost", ["model"]) != stream_name("m", "tokens", ["model"])
 
 
 def test_settings_are_checked():
@@ -160,6 +186,9 @@ def test_a_value_the_cap_folds_later_in_the_day_loses_its_own_record(tele):
     the afternoon's users and folded into ``(other)``, must not stay beside the ``(other)`` record that counts it."""
     srv, db = tele
     day = D1.replace(hour=0)
+    insert_spend_logs(
+        db, [spend_log("history", day - timedelta(days=30), 0.5)]
+    )  # older spend logs: nothing purged
 
     def refresh():
         return UnitCostTelemetryOperator(task_id="telemetry", window_start=iso_hour(day), dimensions=["end_user"],
@@ -181,6 +210,23 @@ def test_a_value_the_cap_folds_later_in_the_day_loses_its_own_record(tele):
     assert len(held) <= 3 and "(other)" in held, held
     assert exact_sum(held.values()) == source_by_day(db)["2026-11-01"], "the day counted once"
     assert refresh()["days"]["2026-11-01"]["deleted_stale"] == 0, "a refresh with nothing new deletes nothing"
+
+
+def test_a_day_sent_again_after_litellms_retention_purged_it_keeps_what_cloudzero_holds(tele):
+    """Telemetry's deletes never reach a day whose spend logs may be purged: what was sent stays, as the late pass
+    keeps such hours."""
+    srv, db = tele
+    run()
+    held = srv.double.metric_values("llm-cost")
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:
+        cur.execute("""DELETE FROM "LiteLLM_SpendLogs" WHERE "startTime" < '2026-11-02'""")  # retention
+    summary = run()
+    assert summary["days"]["2026-11-01"] == {
+        "records": 0, "skipped": 0, "deleted_stale": 0, "kept_possibly_purged": len(
+            [k for k in held if k[0].startswith("2026-11-01")]
+        )
+    }  # fmt: skip
+    assert srv.double.metric_values("llm-cost") == held, "CloudZero keeps the purged day as it was sent"
 
 
 def test_503_burst_is_ridden_out(tele):

@@ -85,24 +85,33 @@ def test_runs_and_passes_in_flight_keep_their_files(tmp_path):
     assert len(result["kept_in_flight"]) == 3
 
 
-def test_a_run_area_written_within_the_retention_stays_though_its_windows_are_past_it(tmp_path):
-    """A history import stages windows past retention the day it runs: if it fails, its files must still be there
-    when its task is cleared -- until the retention has passed since they were last written."""
+def test_a_stage_written_within_the_retention_stays_though_its_windows_are_past_it(tmp_path):
+    """A history import (or a catch-up of old hours) stages windows past retention the day it runs: if it fails, its
+    files must still be there when its task is cleared -- until the retention has passed since they were last
+    written."""
     target = layout(tmp_path)
     area = tmp_path / "cloudzero_default" / "range-0123456789ab"
     retried = area / "retry" / OLD / "cbf.jsonl"
     retried.write_text("y" * 10)
     written = NOW - timedelta(days=3)  # the run failed three days ago, its upload last wrote then
     os.utime(retried, (written.timestamp(), written.timestamp()))
+    caught_up = (
+        tmp_path / "cloudzero_default" / "2026-10-01T10Z" / "extract.jsonl"
+    )  # an hourly catch-up's stage
+    caught_up.parent.mkdir()
+    caught_up.write_text("z" * 10)
+    os.utime(caught_up, (written.timestamp(), written.timestamp()))
     result = sweep(target).as_xcom()
-    assert {f"range-0123456789ab/{OLD}/extract.jsonl", f"range-0123456789ab/retry/{OLD}/cbf.jsonl"} <= left(
-        tmp_path
-    )
-    assert result["kept_recent"] == ["range-0123456789ab/ (written 2026-11-28T00:00Z, within retention)"]
+    assert {f"range-0123456789ab/{OLD}/extract.jsonl", f"range-0123456789ab/retry/{OLD}/cbf.jsonl",
+            "2026-10-01T10Z/extract.jsonl"} <= left(tmp_path)  # fmt: skip
+    assert result["kept_recent"] == [
+        "2026-10-01T10Z/ (written 2026-11-28T00:00Z, within retention)",
+        "range-0123456789ab/ (written 2026-11-28T00:00Z, within retention)",
+    ]
     assert f"reconcile/{OLD}/extract.jsonl" not in left(tmp_path), "other areas go by their windows' names"
     later = Housekeeper(target, cutoff=written, report_cutoff=NOW - timedelta(days=400), now=NOW + timedelta(days=7),
                         in_flight=InFlight()).run()  # fmt: skip
-    assert not any(p.startswith("range-0123456789ab/") for p in left(tmp_path)), (
+    assert not any(p.startswith(("range-0123456789ab/", "2026-10-01T10Z/")) for p in left(tmp_path)), (
         "gone once its retention passed"
     )
     assert later.kept_recent == []

@@ -121,12 +121,16 @@ def test_a_recorded_figure_reads_back_as_written_never_in_exponent_notation(stor
     assert (back.cost, back.source.spend, back.acknowledged_by["c1"]["cost"]) == (plain, plain, plain)
 
 
-def test_a_figure_out_of_any_range_makes_the_manifest_unreadable_not_a_billion_digits(store, tmp_path):
+@pytest.mark.parametrize(
+    ("figure", "why"),
+    [("1E+999999999", "out of range"), ("NaN", "not a finite"), ("-Infinity", "not a finite")],
+)
+def test_a_figure_no_reader_can_compare_makes_the_manifest_unreadable(store, tmp_path, figure, why):
     hour = DAY.replace(hour=4)
     store.write_exported(exported(hour), late_correction=False)
     path = tmp_path / "manifests" / "2026-11-01T04Z.json"
-    path.write_text(path.read_text().replace('"cost": "1.5"', '"cost": "1E+999999999"'))
-    assert "out of range" in store.get(hour).unreadable
+    path.write_text(path.read_text().replace('"cost": "1.5"', f'"cost": "{figure}"'))
+    assert why in store.get(hour).unreadable
 
 
 def test_hours_lists_manifests_oldest_first_and_ignores_foreign_files(store):
@@ -151,6 +155,11 @@ def test_one_owner_per_day(store):
     never = DAY + timedelta(days=3)
     store.put(Manifest(never, origin="daily_team", status="failed", reason="CloudZero 503"))
     assert store.day_owner(never) is None, "a daily export that failed before any receipt owns nothing"
+    store.write_exported(exported(other + timedelta(hours=5)), late_correction=False)
+    assert store.day_owner(other) == "spend_logs", (
+        "once a spend-log hour went out beside them, spend logs claim the day: a daily retry is refused"
+    )
+    store.put(Manifest(other + timedelta(hours=5)))  # that hour never sent after all
     store.update(other, lambda m: replace(m, cleared=True))
     assert store.day_owner(other) is None, "nor does one whose rows were cleared"
     third = DAY + timedelta(days=2, hours=4)

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 import requests
 
+import cloudzero_provider.hooks.cloudzero as cz
 from cloudzero_provider.hooks.cloudzero import (
     TEST_KEY_HEADER,
     CloudZeroAPIError,
@@ -231,18 +232,49 @@ def test_an_answers_message_is_cut_after_the_key_is_scrubbed_whatever_its_size(
         assert len(text) < 1_000 and API_KEY[:6] not in text
 
 
+def _answer(status: int, body: bytes, content_type: str = "text/html") -> requests.Response:
+    response = requests.Response()
+    response.status_code, response._content, response.encoding = status, body, "utf-8"
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a" * 495 + API_KEY.encode() + b"b" * 100,  # the key where a message is cut
+        b"\n" * 65_530
+        + API_KEY.encode(),  # blank lines, then the key: blanking and stripping pull it forward
+        b"\t \r" * 30_000 + API_KEY.encode() + b"\x00" * 10,
+        json.dumps({"message": "\n" * 70_000 + API_KEY}).encode(),
+        json.dumps({"error": {"message": "x" * 499, "type": API_KEY}}).encode(),
+    ],
+)
+def test_no_part_of_the_key_reaches_a_message_whatever_surrounds_it(body):
+    def scrub(text: str) -> str:
+        return text.replace(API_KEY, "***")
+
+    for message in (
+        cz._error_message(_answer(502, body), scrub),
+        cz._body_excerpt(_answer(200, body), scrub),
+        cz._error_message(_answer(400, body, "application/json"), scrub),
+    ):
+        assert len(message) <= 500
+        assert not any(API_KEY[:n] in message for n in range(4, len(API_KEY) + 1)), message[:80]
+
+
 def test_an_answer_larger_than_any_of_cloudzeros_is_not_read_and_is_retried(
     double, cloudzero_conn, monkeypatch
 ):
-    import cloudzero_provider.hooks.cloudzero as cz
-
     monkeypatch.setattr(cz, "MAX_ANSWER_BYTES", 100_000)
     double.fail_next(2, 400, message="x" * 5_000_000, method="POST")
     with pytest.raises(CloudZeroTransientError, match="an answer of more than 100000 bytes, not read"):
         fast_hook(max_attempts=2).post_billing_drop(BODY)
     assert double.double.cost_by_hour(CONNECTION_ID) == {}
     double.fail_next(1, 400, message="x" * 5_000_000, method="POST")
-    drop = fast_hook(max_attempts=2).post_billing_drop(BODY)  # the same session, after a refused answer
+    drop = fast_hook(max_attempts=2).post_billing_drop(
+        BODY
+    )  # sent on the next attempt, after a refused answer
     assert drop["row_count"] == 1 and double.double.cost_by_hour(CONNECTION_ID) == {H13: Decimal("0.25")}
 
 
