@@ -481,7 +481,7 @@ class ManifestStore:
             else:
                 # A daily export that failed still owns the day while CloudZero holds rows it acknowledged before
                 # (and no spend-log hour went out meanwhile: then spend logs claim it, so that a daily retry is
-                # refused and reconciliation replaces 00:00, daily rows included, from spend logs).
+                # refused, loudly, rather than succeeding beside them; take_over switches the day whole).
                 if first and first.is_daily and first.acknowledged_cost is not None:
                     out[day] = first.origin
         return out
