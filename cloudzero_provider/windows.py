@@ -135,6 +135,12 @@ def floor_hour(instant: datetime) -> datetime:
     return parse_instant(instant).replace(minute=0, second=0, microsecond=0)
 
 
+def may_be_purged(start: datetime, oldest_left: datetime | None) -> bool:
+    """Whether LiteLLM's retention may have purged rows of the hour (or day) starting at ``start``: it starts at or
+    before the hour of the oldest spend-log row left (``oldest_left``; every hour, when none is left)."""
+    return oldest_left is None or start <= floor_hour(oldest_left)
+
+
 @dataclass(frozen=True)
 class Window:
     """A half-open window ``[start, end)`` of whole UTC hours."""

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from cloudzero_provider.operators.base import ExportStepOperator, attempt_of
 from cloudzero_provider.pipeline.reexport import reexport_hours
-from cloudzero_provider.windows import Window, floor_hour, hour_label, parse_instant
+from cloudzero_provider.windows import Window, floor_hour, hour_label, may_be_purged, parse_instant
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -81,7 +81,7 @@ class LateDataOperator(ExportStepOperator):
                 if (
                     recorded is not None
                     and Decimal(spend) < Decimal(recorded.spend)
-                    and (edge is None or hour <= edge)
+                    and may_be_purged(hour, oldest)
                 ):
                     self.log.warning(
                         "%s: source now %s requests / %s USD, exported %s -- at or before the oldest spend-log row "

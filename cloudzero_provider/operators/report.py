@@ -10,6 +10,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.hooks.litellm import AggregateRow
+from cloudzero_provider.json_lines import decode_lines
 from cloudzero_provider.operators.base import CloudZeroStagingOperator
 from cloudzero_provider.report_figures import (
     REPORT_DIMENSIONS,
@@ -64,7 +65,7 @@ class SpendReportOperator(CloudZeroStagingOperator):
         )
         with aggregate.open("rb") as fh:
             report = build_report(
-                (AggregateRow.from_staged(json.loads(line)).as_row() for line in fh), tag_prefixes=prefixes
+                (AggregateRow.from_staged(row).as_row() for row in decode_lines(fh)), tag_prefixes=prefixes
             )
         write_atomically(folder / "report.json", json.dumps(report, indent=1).encode("utf-8"))
         for grouping in report["groups"]:

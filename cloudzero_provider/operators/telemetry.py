@@ -37,6 +37,7 @@ from cloudzero_provider.windows import (
     floor_hour,
     iso_hour,
     iso_instant,
+    may_be_purged,
     parse_hour,
     parse_instant,
 )
@@ -194,10 +195,10 @@ class UnitCostTelemetryOperator(CloudZeroStagingOperator):
         stream = stream_name(metric, self.value, dims)
         oldest: list[datetime | None] = []  # the oldest spend-log row left, read when first needed
 
-        def may_be_purged(day: Window) -> bool:
+        def purged(day: Window) -> bool:
             if not oldest:
                 oldest.append(db.oldest_spend_log())
-            return oldest[0] is None or day.start <= floor_hour(oldest[0])
+            return may_be_purged(day.start, oldest[0])
 
         for day in days_of(context, self.window_start, self.window_end):
             rows = (r.as_row() for r in db.aggregate(day, resolve(dims)) if isinstance(r, AggregateRow))
@@ -212,7 +213,7 @@ class UnitCostTelemetryOperator(CloudZeroStagingOperator):
             send(records, "replace")
             stale = stale_records(before, records, day.start)
             kept: dict[str, str] = {}
-            if stale and (may_be_purged(day) or not records):
+            if stale and (purged(day) or not records):
                 # What LiteLLM's retention purged is not gone from CloudZero: as the late pass keeps such hours.
                 kept = {k: v for k, v in before.items() if k not in now}
                 self.log.warning(

@@ -22,9 +22,9 @@ from cloudzero_provider.staging import WindowStage
 from cloudzero_provider.windows import (
     Window,
     day_label,
-    floor_hour,
     iso_hour,
     iso_instant,
+    may_be_purged,
     parse_hour,
     parse_instant,
     utc_now,
@@ -54,7 +54,7 @@ class ExtractSummary:
         oldest spend-log row left (every hour, when none is left). ``False`` when the extract did not look."""
         if not self.oldest_checked:
             return False
-        return self.oldest_spend_log is None or hour <= floor_hour(self.oldest_spend_log)
+        return may_be_purged(hour, self.oldest_spend_log)
 
     def requests(self, hour: datetime) -> int:
         return int(self.hours.get(hour, {}).get("requests", 0))
