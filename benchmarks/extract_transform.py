@@ -139,6 +139,11 @@ def measure_daily(url: str, runs: int) -> dict:
                 pass
             return time.perf_counter() - started
 
+    # The read itself runs a statement per day (pipelined): their times summed, beside the month's one statement.
+    by_day = [
+        LiteLLMSpendHook().aggregate_sql(day, resolve(DAILY_DIMENSIONS), "daily_team")
+        for day in window.each_day()
+    ]
     postgres_alone(*ours), postgres_alone(*one_level)  # warm-up: the tables' pages in PostgreSQL's buffers
     # Once per task process, whatever it reads: Airflow scans the installed plugins (lineage) and discovers the
     # providers' filesystems (the first staged file). Timed apart, as the hourly measure does.
@@ -151,9 +156,10 @@ def measure_daily(url: str, runs: int) -> dict:
     staging_root().exists()
     set_up_seconds = time.perf_counter() - started
     kw = {"window_start": MONTH[0], "window_end": MONTH[1]}
-    pg_runs, one_level_runs, fetch_runs, our_runs, extract_runs = [], [], [], [], []
+    pg_runs, one_level_runs, fetch_runs, our_runs, extract_runs, day_runs = [], [], [], [], [], []
     for _ in range(runs):
         pg_runs.append(postgres_alone(*ours))
+        day_runs.append(sum(postgres_alone(*statement) for statement in by_day))
         one_level_runs.append(postgres_alone(*one_level))
         fetch_runs.append(fetched(*ours))
         empty_stage()
@@ -174,6 +180,8 @@ def measure_daily(url: str, runs: int) -> dict:
         "cbf_rows": transformed["rows"],
         "pg_runs": pg_runs,
         "one_level_runs": one_level_runs,
+        "day_runs": day_runs,
+        "days": len(by_day),
         "fetch_runs": fetch_runs,
         "our_runs": our_runs,
         "extract_runs": extract_runs,
@@ -354,11 +362,13 @@ def run_daily(rows_per_day: int, runs: int) -> None:
         print(
             f"daily rollup, 30 days x {rows_per_day:,} rows ({r['table_rows']:,} table rows, {r['requests']:,} "
             f"requests): {r['cbf_rows']:,} CBF rows; medians of {runs} runs taken in turns -- PostgreSQL "
-            f"{pg_took:.2f}s for the statement the read runs ({each(r['pg_runs'])}), {one_level:.2f}s for one plain "
-            f"grouping ({each(r['one_level_runs'])}), {fetch:.2f}s for the statement's rows to reach a bare client "
-            f"({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}; medians: extract "
-            f"{extract:.2f}s, {extract - fetch:+.2f}s on the bare client's fetch, transform {transform:.2f}s): "
-            f"{took / pg_took:.2f}x the statement (each run against the statement's of its turn "
+            f"{pg_took:.2f}s for the month's aggregate in one statement ({each(r['pg_runs'])}), "
+            f"{median(r['day_runs']):.2f}s for the {r['days']} day statements the read runs, summed "
+            f"({each(r['day_runs'])}), {one_level:.2f}s for one plain "
+            f"grouping ({each(r['one_level_runs'])}), {fetch:.2f}s for the one statement's rows to reach a bare "
+            f"client ({each(r['fetch_runs'])}); extract+transform {took:.2f}s ({each(r['our_runs'])}; medians: "
+            f"extract {extract:.2f}s, {extract - fetch:+.2f}s on the bare client's fetch, transform "
+            f"{transform:.2f}s): {took / pg_took:.2f}x the one statement (each run against the statement's of its turn "
             f"{paired(r['our_runs'], r['pg_runs'])}), {took / fetch:.2f}x its rows fetched, {took / one_level:.2f}x the "
             "plain grouping; "
             f"{r['table_rows'] / took:,.0f} rows/s, peak RSS {r['peak_rss_mb']:.0f}MB (seeded in {seeded:.1f}s; "

@@ -29,7 +29,7 @@ import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk import ObjectStoragePath
 
@@ -104,29 +104,71 @@ def write_atomically(path: ObjectStoragePath, data: bytes) -> None:
 
 
 def write_lines_atomically(path: ObjectStoragePath, lines: Iterable[bytes]) -> None:
-    """Write lines as they come. A local file streams to disk under a temporary name; for object storage they are
-    spooled to a local temporary file and uploaded when complete (one PUT, or parts that become visible only when
-    the upload completes), so memory stays flat and a failure part-way leaves the previous object."""
-    local = local_path(path)
-    if local is None:
-        with tempfile.NamedTemporaryFile(prefix="cz-stage-", suffix=TMP_SUFFIX) as spool:
-            for line in lines:
-                spool.write(line)
-            spool.flush()
-            path.fs.put_file(spool.name, path.path)
-        return
-    make_dirs(path.parent)
-    tmp = local.parent / f".{local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for line in lines:
-                fh.write(line)
-        os.replace(tmp, local)
-    except BaseException:
+    """Write lines as they come, whole or not at all (see :class:`StreamedFile`)."""
+    with StreamedFile(path) as out:
+        for line in lines:
+            out.write(line)
+
+
+class StreamedFile:
+    """A file written as its data comes and placed whole by :meth:`place`, or dropped by :meth:`drop`; as a context
+    manager, placed when the block ends and dropped when it raises. A local file streams to disk under a temporary
+    name; for object storage the data is spooled to a local temporary file and uploaded when complete (one PUT, or
+    parts that become visible only when the upload completes), so memory stays flat and a failure part-way leaves
+    the previous object."""
+
+    def __init__(self, path: ObjectStoragePath) -> None:
+        self.path = path
+        self._local = local_path(path)
+        self._tmp: Path | None = None
+        self._spool: Any = None
+        self._finished = False
+        if self._local is None:
+            self._spool = tempfile.NamedTemporaryFile(prefix="cz-stage-", suffix=TMP_SUFFIX)  # noqa: SIM115
+            self._fh: Any = self._spool
+            return
+        make_dirs(path.parent)
+        self._tmp = self._local.parent / f".{self._local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
+        self._fh = os.fdopen(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
+
+    def write(self, data: bytes) -> None:
+        self._fh.write(data)
+
+    def place(self) -> None:
+        """The file whole under its name (replacing what was there)."""
+        try:
+            if self._spool is not None:
+                self._spool.flush()
+                self.path.fs.put_file(self._spool.name, self.path.path)
+                self._spool.close()
+            else:
+                self._fh.close()
+                os.replace(cast(Path, self._tmp), cast(Path, self._local))
+        except BaseException:
+            self.drop()
+            raise
+        self._finished = True
+
+    def drop(self) -> None:
+        """Nothing written: the temporary file removed, what was under the name left as it was (once placed, the
+        file stays)."""
+        if self._finished:
+            return
+        self._finished = True
         with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+            self._fh.close()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+
+    def __enter__(self) -> StreamedFile:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if exc_type is None:
+            self.place()
+        else:
+            self.drop()
 
 
 def listing(folder: ObjectStoragePath) -> list[str]:
@@ -298,18 +340,37 @@ class WindowStage:
         """Write rows as JSON lines, whole or not at all; returns how many."""
         return self.write_lines(name, map(encode_line, rows))
 
-    def write_lines(self, name: str, lines: Iterable[bytes]) -> int:
-        """Write lines already encoded (each ending in a newline), whole or not at all; returns how many."""
+    def write_lines(self, name: str, lines: Iterable[bytes], *, digest: Any = None) -> int:
+        """Write lines already encoded (each ending in a newline), whole or not at all; returns how many. ``digest``
+        (a :mod:`hashlib` object) is fed the file's bytes as they are written."""
         count = 0
 
         def batches() -> Iterator[bytes]:
             nonlocal count
             for data, n in join_lines(lines):
+                if digest is not None:
+                    digest.update(data)
                 yield data
                 count += n
 
         write_lines_atomically(self.path(name), batches())
         return count
+
+    def streamed(self, name: str) -> StreamedFile:
+        """The named file, written as its data comes (see :class:`StreamedFile`)."""
+        return StreamedFile(self.path(name))
+
+    def digest(self, name: str) -> str:
+        """The SHA-256 of the file's bytes, read a block at a time."""
+        try:
+            fh = self.path(name).open("rb")
+        except FileNotFoundError:
+            raise self._missing(name) from None
+        digest = hashlib.sha256()
+        with fh:
+            while block := fh.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _missing(self, name: str) -> FileNotFoundError:
         return FileNotFoundError(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -18,7 +20,7 @@ from cloudzero_provider.cbf import cacheable, is_caller_controlled
 from cloudzero_provider.dimensions import TAG_DIMENSION_PREFIX, Dimension
 from cloudzero_provider.json_lines import encode_line
 from cloudzero_provider.staged_group import group_line
-from cloudzero_provider.windows import Window, day_label, iso_hour, parse_hour
+from cloudzero_provider.windows import DAY, Window, day_label, iso_hour, parse_hour
 
 SPEND_LOGS = "LiteLLM_SpendLogs"
 DAILY_TABLES = {
@@ -36,6 +38,9 @@ _NUMERIC_TEXT = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 # longer than cbf.MAX_CACHED_VALUE_CHARS is never kept).
 MAX_ENCODED_COMBINATIONS = 5000
 _COUNT_TYPES = frozenset({int, type(None)})
+# Statements a read of several sends ahead of the one whose rows its caller takes: PostgreSQL runs the next while
+# the caller works on this one's rows, and memory holds the rows of a few statements at most.
+READ_AHEAD = 2
 
 # Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
 # true, so NaN and the infinities are named explicitly before the sign test.
@@ -653,7 +658,6 @@ ORDER BY 1{outer_dims}, 2, 3"""
     def _aggregate(
         self, window: Window, dims: Sequence[Dimension], source: Source, *, as_lines: bool
     ) -> Iterator[AggregateRow | bytes | HourTotal]:
-        sql, params = self.aggregate_sql(window, dims, source)
         names = [d.name for d in dims]
         n_dims = len(dims)
         figures = slice(3 + n_dims, 10 + n_dims)
@@ -663,7 +667,16 @@ ORDER BY 1{outer_dims}, 2, 3"""
         hour = datetime.min
         hour_text = ""
         hash_groups = self.hashes(dims, source)
-        for record in self._stream(sql, params, "cloudzero_extract", hash_groups=hash_groups):
+        records: Iterator[Sequence[Any]]
+        if source != "spend_logs" and window.is_day_aligned and window.end - window.start > DAY:
+            # A statement per day, read ahead: PostgreSQL aggregates the next day while this one's groups are
+            # staged (and built into CBF rows). In day order, each ordered as one statement orders the window.
+            statements = [self.aggregate_sql(day, dims, source) for day in window.each_day()]
+            records = self._stream_each(statements, "cloudzero_extract", hash_groups=hash_groups)
+        else:
+            sql, params = self.aggregate_sql(window, dims, source)
+            records = self._stream(sql, params, "cloudzero_extract", hash_groups=hash_groups)
+        for record in records:
             if record[0] != raw_hour:  # the rows come in hour order: one aware hour for all of an hour's rows
                 raw_hour, hour = record[0], _utc(record[0])
                 hour_text = _iso_hour(hour)
@@ -714,38 +727,88 @@ ORDER BY 1{outer_dims}, 2, 3"""
         conn = self.get_conn()
         self._active = conn
         try:
-            if getattr(conn, "autocommit", False):
-                setattr(conn, "autocommit", False)  # noqa: B010 -- one transaction per read, whatever the connection says
-            with conn.cursor() as setup:
-                setup.execute("SET TRANSACTION READ ONLY")
-                # LOCAL: this transaction only.
-                setup.execute(f"SET LOCAL statement_timeout = {self.timeout_ms}")
-                setup.execute("SET LOCAL idle_in_transaction_session_timeout = 600000")
-                for setting in planner_settings(
-                    hash_groups=hash_groups, server_version=_server_version(conn)
-                ):
-                    setup.execute(f"SET LOCAL {setting}")
-                setup.execute("SELECT current_setting('transaction_read_only')")
-                row = setup.fetchone()
-                if not row or row[0] != "on":
-                    raise AirflowFailException(
-                        f"Connection {self.get_conn_id()!r}: the read did not run READ ONLY "
-                        f"(transaction_read_only={row[0] if row else None!r}); nothing was read."
-                    )
-            if USE_PSYCOPG3 and not self.server_side_cursor:
-                with conn.cursor() as cur:
-                    yield from cur.stream(sql, params, size=self.fetch_size)
-            else:
-                with conn.cursor(name=name) as cur:
-                    cur.itersize = self.fetch_size
-                    cur.execute(sql, params)
-                    yield from cur
+            self._begin_read(conn, hash_groups=hash_groups)
+            yield from self._rows(conn, sql, params, name)
             conn.commit()
         except Exception as exc:
             raise self._explain(exc) from exc
         finally:
             self._active = None
             conn.close()
+
+    def _stream_each(
+        self, statements: Sequence[tuple[str, dict[str, Any]]], name: str, *, hash_groups: bool = False
+    ) -> Iterator[Sequence[Any]]:
+        """The rows of several statements, one after the other, in one read-only transaction that sees one snapshot
+        (``REPEATABLE READ``), as one statement would see the database; each statement has the
+        ``statement_timeout``. With psycopg 3 they are pipelined: PostgreSQL runs the next statement while the
+        caller works on this one's rows (each statement's rows are received whole, at most :data:`READ_AHEAD`
+        statements ahead); otherwise they run one after the other."""
+        conn = self.get_conn()
+        self._active = conn
+        try:
+            self._begin_read(conn, hash_groups=hash_groups, one_snapshot=True)
+            if USE_PSYCOPG3 and not self.server_side_cursor:
+                yield from self._pipelined(conn, statements)
+            else:
+                for sql, params in statements:
+                    yield from self._rows(conn, sql, params, name)
+            conn.commit()
+        except Exception as exc:
+            raise self._explain(exc) from exc
+        finally:
+            self._active = None
+            conn.close()
+
+    @staticmethod
+    def _pipelined(conn: Any, statements: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[Sequence[Any]]:
+        sent: deque[Any] = deque()
+        to_send = iter(statements)
+
+        def send(n: int) -> None:
+            for sql, params in itertools.islice(to_send, n):
+                cur = conn.cursor()
+                cur.execute(sql, params)
+                sent.append(cur)
+
+        with conn.pipeline():
+            send(READ_AHEAD)
+            while sent:
+                with sent.popleft() as cur:
+                    rows = cur.fetchall()
+                send(1)  # before this statement's rows are taken: PostgreSQL always has the next one to run
+                yield from rows
+
+    def _begin_read(self, conn: Any, *, hash_groups: bool, one_snapshot: bool = False) -> None:
+        """Open the read's transaction: READ ONLY (checked), its timeouts and planner settings for it alone."""
+        if getattr(conn, "autocommit", False):
+            setattr(conn, "autocommit", False)  # noqa: B010 -- one transaction per read, whatever the connection says
+        with conn.cursor() as setup:
+            isolation = "ISOLATION LEVEL REPEATABLE READ, " if one_snapshot else ""
+            setup.execute(f"SET TRANSACTION {isolation}READ ONLY")
+            # LOCAL: this transaction only.
+            setup.execute(f"SET LOCAL statement_timeout = {self.timeout_ms}")
+            setup.execute("SET LOCAL idle_in_transaction_session_timeout = 600000")
+            for setting in planner_settings(hash_groups=hash_groups, server_version=_server_version(conn)):
+                setup.execute(f"SET LOCAL {setting}")
+            setup.execute("SELECT current_setting('transaction_read_only')")
+            row = setup.fetchone()
+            if not row or row[0] != "on":
+                raise AirflowFailException(
+                    f"Connection {self.get_conn_id()!r}: the read did not run READ ONLY "
+                    f"(transaction_read_only={row[0] if row else None!r}); nothing was read."
+                )
+
+    def _rows(self, conn: Any, sql: str, params: dict[str, Any], name: str) -> Iterator[Sequence[Any]]:
+        """One statement's rows as they arrive: psycopg 3's streaming, or a server-side cursor."""
+        if USE_PSYCOPG3 and not self.server_side_cursor:
+            with conn.cursor() as cur:
+                yield from cur.stream(sql, params, size=self.fetch_size)
+        else:
+            with conn.cursor(name=name) as cur:
+                cur.itersize = self.fetch_size
+                cur.execute(sql, params)
+                yield from cur
 
     def _explain(self, exc: Exception) -> Exception:
         """An error a user can act on: a timeout, a missing table or column, named; others unchanged."""

@@ -21,6 +21,10 @@ class LiteLLMSpendExtractOperator(ExportStepOperator):
     them, or are kept in ``quarantine.jsonl`` under the options' ``on_invalid="quarantine"``. Returns a small
     summary (path, rows, requests, tokens, spend) for XCom.
 
+    A daily rollup is read a statement per day, pipelined in one snapshot, and its CBF rows are built as it is read
+    (the transform's own build, with the options' caps), while PostgreSQL aggregates the next day: the transform
+    then takes them as built, for as long as ``extract.jsonl`` holds the bytes they were built from.
+
     :param source: ``spend_logs`` (hourly) or ``daily_team`` / ``daily_user`` / ``daily_tag`` (LiteLLM's daily
         rollups).
     :param isolate_hours: With ``on_invalid="fail"``, fail only the hours holding invalid rows instead of the

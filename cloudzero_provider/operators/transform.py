@@ -20,6 +20,8 @@ class CBFTransformOperator(ExportStepOperator):
     it fails naming the hour and both figures. It reads the stage of the same export target and window as the
     extract (same ``cloudzero_conn_id``, ``staging_uri``, ``staging_area`` and window arguments). Values LLM
     callers choose are capped at the options' ``max_values_per_hour`` per hour, the rest folded into ``(other)``.
+    Rows the extract of a daily rollup built as it read are taken as built when they were built from the
+    ``extract.jsonl`` there now, with these caps, and still reconcile with ``extract.json``.
     """
 
     ui_color = "#fdf3e8"

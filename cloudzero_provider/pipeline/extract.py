@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -11,14 +12,15 @@ from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import exact_decimal, exact_sum
+from cloudzero_provider.cbf import CBFError, exact_decimal, exact_sum
 from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.hooks.litellm import HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.json_lines import decode_line
 from cloudzero_provider.options import ExportOptions
+from cloudzero_provider.pipeline.cbf_build import CBFBuild, NotReconciled
 from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
 from cloudzero_provider.staged_group import StagedGroup, read_group
-from cloudzero_provider.staging import WindowStage
+from cloudzero_provider.staging import StreamedFile, WindowStage
 from cloudzero_provider.windows import (
     Window,
     day_label,
@@ -83,15 +85,22 @@ def read_extract(stage: WindowStage) -> ExtractSummary:
 def staged_groups(
     stage: WindowStage,
 ) -> Iterator[tuple[datetime, list[StagedGroup | dict[str, Any]], list[bytes]]]:
-    """The lines of ``extract.jsonl`` hour by hour as the extract streamed them (memory holds one hour's): each
-    hour's items and its lines. A line of the usual form is its :class:`~cloudzero_provider.staged_group.StagedGroup`;
-    any other is the row it decodes to (``json_lines.decode_line``), its ``hour`` a datetime; blank lines are
-    skipped. An hour's text is parsed once, and refused (``ValueError``) when it names no hour."""
+    """The lines of ``extract.jsonl`` hour by hour as the extract streamed them (:func:`groups_by_hour`)."""
+    return groups_by_hour(stage.read_lines("extract.jsonl"))
+
+
+def groups_by_hour(
+    staged: Iterable[bytes],
+) -> Iterator[tuple[datetime, list[StagedGroup | dict[str, Any]], list[bytes]]]:
+    """Staged group lines hour by hour (memory holds one hour's): each hour's items and its lines. A line of the
+    usual form is its :class:`~cloudzero_provider.staged_group.StagedGroup`; any other is the row it decodes to
+    (``json_lines.decode_line``), its ``hour`` a datetime; blank lines are skipped. An hour's text is parsed once,
+    and refused (``ValueError``) when it names no hour."""
     hours: dict[Any, datetime] = {}  # an hour's lines share one text: it is parsed once
     current: datetime | None = None
     items: list[StagedGroup | dict[str, Any]] = []
     lines: list[bytes] = []
-    for line in stage.read_lines("extract.jsonl"):
+    for line in staged:
         found = read_group(line)
         item: StagedGroup | dict[str, Any]
         row = None
@@ -150,10 +159,100 @@ def extract_window(
             else:
                 yield item
 
+    # A daily rollup is read a day at a time: its CBF rows are built as it is read (see _write_and_build).
+    build = (
+        CBFBuild(dims, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap)
+        if source != "spend_logs"
+        else None
+    )
+    cbf: StreamedFile | None = None
+    extract_digest = ""
     try:
-        row_count = stage.write_lines("extract.jsonl", lines())
+        if build is None:
+            row_count = stage.write_lines("extract.jsonl", lines())
+        else:
+            row_count, extract_digest, cbf = _write_and_build(stage, lines(), build)
     except ValueError as exc:
         raise AirflowFailException(str(exc)) from None
+    try:
+        summary = _summarize(stage, window, hook, hours, row_count, options=options, source=source,
+                             isolate_hours=isolate_hours, extracted_at=extracted_at, dims=dims)  # fmt: skip
+        if cbf is not None and build is not None:
+            _place_built(stage, window, cbf, build, extract_digest)
+    finally:
+        if cbf is not None:
+            cbf.drop()  # unless placed: a failed extract leaves no rows built from it
+    return summary
+
+
+def _write_and_build(
+    stage: WindowStage, lines: Iterator[bytes], build: CBFBuild
+) -> tuple[int, str, StreamedFile | None]:
+    """``extract.jsonl`` written from ``lines`` an hour at a time, each hour's CBF rows built as it is written: the
+    lines written, their SHA-256, and ``cbf.jsonl`` unplaced (``None`` when a row cannot be CBF: the transform
+    builds again, and fails naming it)."""
+    digest = hashlib.sha256()
+    count = 0
+    cbf: StreamedFile | None = stage.streamed("cbf.jsonl")
+    try:
+        with stage.streamed("extract.jsonl") as out:
+            for hour, items, hour_lines in groups_by_hour(lines):
+                data = b"".join(hour_lines)
+                out.write(data)
+                digest.update(data)
+                count += len(hour_lines)
+                if cbf is None:
+                    continue
+                try:
+                    built = b"".join(build.hour_lines(hour, items, hour_lines))
+                except CBFError as exc:
+                    log.debug("Not building CBF rows as the extract reads (the transform will): %s", exc)
+                    cbf.drop()
+                    cbf = None
+                    continue
+                cbf.write(built)
+    except BaseException:
+        if cbf is not None:
+            cbf.drop()
+        raise
+    return count, digest.hexdigest(), cbf
+
+
+def _place_built(stage: WindowStage, window: Window, cbf: StreamedFile, build: CBFBuild, digest: str) -> None:
+    """``cbf.jsonl`` and ``transform.json`` placed for the transform to take, once the rows built reconcile with
+    what ``extract.json`` records (when they do not, the transform builds again and fails naming the hours)."""
+    extract = read_extract(stage)
+    try:
+        record = build.record(
+            sum(build.rows.values()),
+            {hour: extract.spend(hour) for hour in extract.hours},
+            extracted_at=extract.extracted_at,
+            extract_digest=digest,
+        )
+    except NotReconciled as exc:
+        log.debug("Window %s: the rows built as it was read do not reconcile (the transform will say): %s",
+                  window, exc)  # fmt: skip
+        return
+    stage.remove("transform.json")  # the rows before their record: a record never describes other rows
+    cbf.place()
+    stage.write_json("transform.json", record)
+
+
+def _summarize(
+    stage: WindowStage,
+    window: Window,
+    hook: LiteLLMSpendHook,
+    hours: dict[datetime, HourTotal],
+    row_count: int,
+    *,
+    options: ExportOptions,
+    source: str,
+    isolate_hours: bool,
+    extracted_at: datetime,
+    dims: list[Dimension],
+) -> dict[str, Any]:
+    """Invalid rows handled by the options' policy, ``extract.json`` written; the XCom summary."""
+    src: Source = source  # type: ignore[assignment]
     table = "LiteLLM_SpendLogs" if source == "spend_logs" else source
     bad_hours = {h: ht for h, ht in hours.items() if ht.invalid}
     invalid_rows = sum(sum(ht.invalid.values()) for ht in bad_hours.values())

@@ -8,48 +8,21 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import (
-    EXACT,
-    OTHER,
-    CBFError,
-    StagedCBF,
-    cbf_lines,
-    exact_decimal,
-    exact_sum,
-    fold_rare_values,
-    fold_smallest_groups,
-    is_caller_controlled,
-)
+from cloudzero_provider.cbf import EXACT, OTHER, CBFError, exact_decimal
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.drops import content_digest, read_cbf_line, serialize_row
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
+from cloudzero_provider.pipeline.cbf_build import CBFBuild, HourFigures, NotReconciled
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
-from cloudzero_provider.pipeline.extract import read_extract, staged_groups
+from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract, staged_groups
 from cloudzero_provider.staging import WindowStage
-from cloudzero_provider.windows import (
-    Window,
-    days_in_month,
-    hour_of,
-    iso_hour,
-    iso_instant,
-    parse_hour,
-    parse_instant,
-)
+from cloudzero_provider.windows import Window, hour_of, iso_hour, iso_instant, parse_hour, parse_instant
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class HourFigures:
-    """One hour's CBF rows, exact cost and tokens as the transform wrote them."""
-
-    rows: int
-    cost: str
-    tokens: int
 
 
 @dataclass
@@ -87,65 +60,33 @@ def transform_window(
     *,
     max_values_per_hour: int | None = DEFAULT_MAX_VALUES_PER_HOUR,
     max_rows_per_hour: int | None = DEFAULT_MAX_ROWS_PER_HOUR,
+    take_built: bool = True,
 ) -> dict[str, Any]:
     """``extract.jsonl`` -> validated ``cbf.jsonl``, reconciled per hour against PostgreSQL's own totals.
 
     Works hour by hour (the extract streams its rows in hour order), so memory holds one hour's aggregated rows,
-    never a window's. ``transform.json`` records each hour's rows, cost and tokens; the upload checks
-    ``cbf.jsonl`` against them and writes them into the hour's manifest. Values LLM callers choose (``end_user``,
-    request tags) are capped at ``max_values_per_hour`` distinct values per hour, the rest folded into ``(other)``
-    with their cost; then an hour keeps at most ``max_rows_per_hour`` rows across all dimensions, its smallest groups
-    summed into one ``(other)`` row (so caps on several dimensions cannot multiply); rows of exactly zero cost are
-    not sent (all counted in the result).
+    never a window's; :class:`~cloudzero_provider.pipeline.cbf_build.CBFBuild` says what is capped, folded and left
+    out. ``transform.json`` records each hour's rows, cost and tokens; the upload checks ``cbf.jsonl`` against them
+    and writes them into the hour's manifest.
+
+    The extract of a daily rollup builds the rows as it reads (the same build, a day at a time). With ``take_built``
+    they are taken as built when ``transform.json`` says they were built from this extract (its ``extracted_at``),
+    from the very bytes ``extract.jsonl`` holds now (their SHA-256) and with these caps; otherwise they are built
+    here.
     """
     extract = read_extract(stage)
-    dims = resolve(extract.dimensions)
-    capped = [d.name for d in dims if is_caller_controlled(d.name)]
-    cost: dict[datetime, Decimal] = {}
-    tokens: dict[datetime, int] = {}
-    rows: dict[datetime, int] = {}
-    folded: dict[datetime, dict[str, int]] = {}
-    row_capped: dict[datetime, int] = {}
-    zero_cost = 0
-
-    builder = StagedCBF(dims)
-    values_cap = max_values_per_hour if capped and max_values_per_hour is not None else None
-
-    def hour_lines(hour: datetime, items: list[Any], lines: list[bytes]) -> Iterator[tuple[str, str, bytes]]:
-        """An hour's CBF rows; its rows decoded and folded first when the hour holds more than a cap allows."""
-        if (values_cap is None or len(items) <= values_cap) and not (
-            max_rows_per_hour and len(items) > max_rows_per_hour
-        ):  # no cap can fold anything: fewer rows than either allows
-            return builder.hour_lines(hour, items, lines)
-        one_hour = [builder.row(item, line, hour) for item, line in zip(items, lines, strict=True)]
-        if values_cap is not None:
-            one_hour, hour_folded = fold_rare_values(one_hour, capped, values_cap)
-            if hour_folded:
-                folded[hour] = hour_folded
-        if max_rows_per_hour and len(one_hour) > max_rows_per_hour:
-            one_hour, groups_folded = fold_smallest_groups(one_hour, max_rows_per_hour)
-            if groups_folded:
-                row_capped[hour] = groups_folded
-        first, builder.index = builder.index, builder.index + len(one_hour)
-        return ((c, a, line) for _, c, a, line in cbf_lines(one_hour, dims, first_index=first))
+    if take_built and (record := _built_by_extract(stage, extract, max_values_per_hour, max_rows_per_hour)):
+        log.info(
+            "Window %s: CBF rows as the extract built them while reading; extract.jsonl is unchanged", window
+        )
+        return _outcome(window, stage, record)
+    build = CBFBuild(resolve(extract.dimensions), max_values_per_hour=max_values_per_hour,
+                     max_rows_per_hour=max_rows_per_hour)  # fmt: skip
 
     def cbf_rows() -> Iterator[bytes]:
-        nonlocal zero_cost
         # The extract wrote an hour's rows together (in hour order): their figures are summed once they are written.
         for hour, items, lines in staged_groups(stage):
-            costs: list[str] = []
-            amounts: list[str] = []
-            for row_cost, amount, line in hour_lines(hour, items, lines):
-                if row_cost == "0":
-                    zero_cost += 1  # adds nothing to CloudZero: not sent, counted
-                    continue
-                costs.append(row_cost)
-                amounts.append(amount)
-                yield line
-            if costs:
-                cost[hour] = EXACT.add(cost.get(hour, Decimal(0)), exact_sum(costs))
-                tokens[hour] = tokens.get(hour, 0) + sum(map(int, amounts))
-                rows[hour] = rows.get(hour, 0) + len(costs)
+            yield from build.hour_lines(hour, items, lines)
 
     stage.remove("transform.json")
     try:
@@ -153,85 +94,97 @@ def transform_window(
     except CBFError as exc:
         stage.remove("cbf.jsonl")
         raise AirflowFailException(f"Window {window}: {exc}") from None
-    mismatches = []
-    for hour in sorted(set(cost) | set(extract.hours)):
-        source = Decimal(extract.spend(hour))
-        if cost.get(hour, Decimal(0)) != source:
-            mismatches.append(
-                f"hour {iso_hour(hour)}: CBF cost/cost sums to {exact_decimal(cost.get(hour, Decimal(0)))} but "
-                f"SUM(spend::numeric) of its source rows is {exact_decimal(source)}"
-            )
-    if mismatches:
+    try:
+        record = build.record(written, source_spend(extract), extracted_at=extract.extracted_at)
+    except NotReconciled as exc:
         stage.remove("cbf.jsonl")
         raise AirflowFailException(
-            f"Window {window} does not reconcile, nothing will be uploaded: " + "; ".join(mismatches)
+            f"Window {window} does not reconcile, nothing will be uploaded: {exc}"
+        ) from None
+    stage.write_json("transform.json", record)
+    return _outcome(window, stage, record)
+
+
+def source_spend(extract: ExtractSummary) -> dict[datetime, str]:
+    """PostgreSQL's ``SUM(spend::numeric)`` of each extracted hour's valid rows, which its CBF rows must equal."""
+    return {hour: extract.spend(hour) for hour in extract.hours}
+
+
+def _built_by_extract(
+    stage: WindowStage, extract: ExtractSummary, values_cap: int | None, rows_cap: int | None
+) -> dict[str, Any] | None:
+    """``transform.json`` when the extract wrote it, for the ``extract.jsonl`` there now, with these caps."""
+    try:
+        record = stage.read_json("transform.json")
+        built = (
+            isinstance(record, dict)
+            and isinstance(record.get("extract_digest"), str)
+            and record.get("extracted_at") == iso_instant(extract.extracted_at)
+            and record.get("max_values_per_hour") == values_cap
+            and record.get("max_rows_per_hour") == rows_cap
+            and stage.path("cbf.jsonl").exists()
         )
-    total = exact_decimal(exact_sum(cost.values()))
-    hours = {h: HourFigures(rows[h], exact_decimal(cost[h]), tokens[h]) for h in sorted(rows)}
+        if (
+            built
+            and stage.digest("extract.jsonl") == record["extract_digest"]
+            and _reconciles(record, extract)
+        ):
+            return cast(dict[str, Any], record)
+    except (FileNotFoundError, ValueError, TypeError, KeyError, ArithmeticError):
+        pass  # no record, or not one the extract wrote: built here
+    return None
+
+
+def _reconciles(record: Mapping[str, Any], extract: ExtractSummary) -> bool:
+    """Whether each hour's cost in ``record`` is PostgreSQL's total of that hour in ``extract.json``, as the build
+    checked (a summary edited since is caught here, and named by the build)."""
+    costs = {parse_hour(h): Decimal(str(f["cost"])) for h, f in record["hours"].items()}
+    return all(costs.get(h, Decimal(0)) == Decimal(extract.spend(h)) for h in set(costs) | set(extract.hours))
+
+
+def _outcome(window: Window, stage: WindowStage, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The transform's log lines and XCom summary of what ``transform.json`` records."""
+    hours = record["hours"]
+    tokens = sum(int(f["tokens"]) for f in hours.values())
+    folded, row_capped, projection = record["folded"], record["row_capped"], record.get("month_projection")
     if folded:
         log.warning(
             "Window %s: more than %d distinct caller-chosen values in an hour; the rest were folded into %s with "
             "their cost: %s",
-            window, max_values_per_hour, OTHER,
-            "; ".join(f"{iso_hour(h)}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())),
+            window, record["max_values_per_hour"], OTHER,
+            "; ".join(f"{h}: {', '.join(f'{n} {k}' for k, n in f.items())}" for h, f in sorted(folded.items())),
         )  # fmt: skip
     if row_capped:
         log.warning(
             "Window %s: more than %d CBF rows in an hour; its smallest groups were summed into one %s row with their "
             "exact cost: %s",
-            window, max_rows_per_hour, OTHER,
-            "; ".join(f"{iso_hour(h)}: {n} group(s)" for h, n in sorted(row_capped.items())),
+            window, record["max_rows_per_hour"], OTHER,
+            "; ".join(f"{h}: {n} group(s)" for h, n in sorted(row_capped.items())),
         )  # fmt: skip
-    projection = _month_projection(hours)
-    stage.write_json(
-        "transform.json",
-        {
-            "rows": written,
-            "cost": total,
-            "hours": {iso_hour(h): f.__dict__ for h, f in hours.items()},
-            "extracted_at": iso_instant(extract.extracted_at),
-            "folded": {iso_hour(h): f for h, f in sorted(folded.items())},
-            "zero_cost_rows": zero_cost,
-            "month_projection": projection,
-            "max_values_per_hour": max_values_per_hour,
-            "max_rows_per_hour": max_rows_per_hour,
-            "row_capped": {iso_hour(h): n for h, n in sorted(row_capped.items())},
-        },
-    )
+    if projection:
+        log.warning(
+            "At this window's busiest hour (%d CBF rows) a month would reach %d rows, over CloudZero's %d rows per "
+            "stream and month: drop a high-cardinality dimension or lower max_values_per_hour",
+            max(int(f["rows"]) for f in hours.values()), projection, MONTH_ROW_LIMIT,
+        )  # fmt: skip
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
-        window, written, len(hours), total, sum(tokens.values()),
+        window, record["rows"], len(hours), record["cost"], tokens,
     )  # fmt: skip
     return {
         "window": window.label,
         "path": str(stage.path("cbf.jsonl")),
-        "rows": written,
-        "cost": total,
-        "tokens": sum(tokens.values()),
+        "rows": record["rows"],
+        "cost": record["cost"],
+        "tokens": tokens,
         "hours": len(hours),
-        "max_values_per_hour": max_values_per_hour,
+        "max_values_per_hour": record["max_values_per_hour"],
         "folded_values": sum(n for f in folded.values() for n in f.values()),
-        "max_rows_per_hour": max_rows_per_hour,
+        "max_rows_per_hour": record["max_rows_per_hour"],
         "groups_folded_by_row_cap": sum(row_capped.values()),
-        "zero_cost_rows": zero_cost,
+        "zero_cost_rows": record["zero_cost_rows"],
         **({"month_projection": projection} if projection else {}),
     }
-
-
-def _month_projection(hours: Mapping[datetime, HourFigures]) -> int | None:
-    """Rows a month would reach at the busiest hour's rate, when that crosses CloudZero's per-stream limit."""
-    if not hours:
-        return None
-    busiest = max(fig.rows for fig in hours.values())
-    projected = busiest * 24 * days_in_month(min(hours))
-    if projected <= MONTH_ROW_LIMIT:
-        return None
-    log.warning(
-        "At this window's busiest hour (%d CBF rows) a month would reach %d rows, over CloudZero's %d rows per "
-        "stream and month: drop a high-cardinality dimension or lower max_values_per_hour",
-        busiest, projected, MONTH_ROW_LIMIT,
-    )  # fmt: skip
-    return projected
 
 
 class StagedOrderError(ValueError):
@@ -323,6 +276,6 @@ def check_staged_cbf(
             log.warning("Window %s: staged CBF rows do not match the transform (%s); transforming again",
                         window, "; ".join(problems))  # fmt: skip
             transform_window(window, stage, max_values_per_hour=recorded.max_values_per_hour,
-                             max_rows_per_hour=recorded.max_rows_per_hour)  # fmt: skip
+                             max_rows_per_hour=recorded.max_rows_per_hour, take_built=False)  # fmt: skip
     raise AirflowFailException(f"Window {window}: refusing to send CBF rows that do not match the transform: "
                                + "; ".join(problems))  # fmt: skip

@@ -258,3 +258,70 @@ def test_the_tag_stream_refuses_dimensions_it_cannot_give(litellm_db, monkeypatc
     monkeypatch.setenv("AIRFLOW_CONN_LITELLM_DB", airflow_conn_uri(litellm_db))
     with pytest.raises(AirflowFailException, match=message):
         LiteLLMSpendHook().aggregate_sql(WINDOW, resolve(dims), "daily_tag")
+
+
+@pytest.mark.parametrize("server_side_cursor", [False, True])
+def test_a_read_of_several_days_is_what_one_statement_reads(db, monkeypatch, server_side_cursor):
+    """Several days are read a statement per day (pipelined with psycopg 3, one after the other through a
+    server-side cursor): the same lines and hour totals, in the same order, as the one statement of the window."""
+    hook, dims = (
+        LiteLLMSpendHook(fetch_size=7, server_side_cursor=server_side_cursor),
+        resolve(["team_id", "model"]),
+    )
+    window = Window.of("2026-10-31T00:00:00Z", "2026-11-04T00:00:00Z")  # a day on either side holds nothing
+    statements = []
+    real = hook._stream_each
+
+    def each(found, *args, **kwargs):
+        statements.extend(found)
+        return real(found, *args, **kwargs)
+
+    monkeypatch.setattr(hook, "_stream_each", each)
+    by_day = list(hook.staged_lines(window, dims, "daily_team"))
+    assert len(statements) == 4
+    # The window is one day long, for the read: one statement.
+    monkeypatch.setattr(litellm_hook, "DAY", window.end - window.start)
+    one_statement = list(hook.staged_lines(window, dims, "daily_team"))
+    assert len(statements) == 4
+    assert sum(isinstance(line, bytes) for line in by_day) > 30
+    assert by_day == one_statement
+
+
+def test_the_days_of_a_read_see_one_snapshot(db):
+    """Rows written while a read of several days runs are not in any of its days, whichever statement reads them
+    (REPEATABLE READ): as one statement, the read sees the database as it was when it started."""
+    window = Window.of("2026-11-01T00:00:00Z", "2026-11-06T00:00:00Z")
+    hook = LiteLLMSpendHook()
+    read = hook.aggregate(window, resolve(["team_id"]), "daily_team")
+    first = next(read)
+    assert first.hour.isoformat().startswith("2026-11-01")
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:  # committed before the later days are read
+        cur.execute(
+            """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, spend, api_requests,
+               updated_at) VALUES ('late', 'late-team', '2026-11-05', 'k', 'm', 7, 3, now())"""
+        )
+    conn.close()
+    rest = list(read)
+    assert not [r for r in rest if isinstance(r, AggregateRow) and r.dims["team_id"] == "late-team"]
+    after = [
+        r for r in hook.aggregate(window, resolve(["team_id"]), "daily_team") if isinstance(r, AggregateRow)
+    ]
+    assert [r.totals.requests for r in after if r.dims["team_id"] == "late-team"] == [3]
+
+
+def test_a_read_of_several_days_left_part_way_closes_its_connection(db):
+    window = Window.of("2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z")
+    hook = LiteLLMSpendHook()
+
+    def sessions() -> int:
+        rows = _rows(db, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()", {})
+        return rows[0][0] - 1  # not this one
+
+    read = hook.aggregate(window, resolve(["team_id"]), "daily_team")
+    next(read)
+    assert sessions() == 1
+    read.close()
+    assert sessions() == 0
+    assert any(
+        isinstance(r, AggregateRow) for r in hook.aggregate(window, resolve(["team_id"]), "daily_team")
+    )

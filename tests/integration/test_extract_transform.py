@@ -340,3 +340,93 @@ def test_daily_rollup_refuses_a_dimension_it_cannot_give(db):
         run_window(
             "2026-11-01T00:00:00Z", "2026-11-02T00:00:00Z", source="daily_team", dimensions=["end_user"]
         )
+
+
+DAYS = ("2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z")
+
+
+def seed_rollup_days(url: str) -> None:
+    """Three days of LiteLLM_DailyTeamSpend: five teams a day, spends that only sum exactly as numeric."""
+    with psycopg2.connect(url) as conn, conn.cursor() as cur:
+        for day in (1, 2, 3):
+            for i in range(10):
+                cur.execute(
+                    """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model,
+                       custom_llm_provider, prompt_tokens, completion_tokens, spend, api_requests,
+                       successful_requests, failed_requests, updated_at)
+                       VALUES (%s, %s, %s, %s, %s, 'openai', 10, 5, %s, 2, 2, 0, now())""",
+                    (f"d{day}-{i}", f"t{i % 5}", f"2026-11-0{day}", f"k{i}", f"m{i % 2}", 0.1 * (i + day)),
+                )
+    conn.close()
+
+
+def _stage_of(result) -> Path:
+    return Path(result["path"].removeprefix("file://")).parent
+
+
+def test_a_daily_extract_builds_the_rows_the_transform_would(db):
+    """The daily extract builds the CBF rows as it reads, a day at a time; the transform takes them as built, and
+    they are byte for byte what the transform builds itself from the same extract (caps folding groups included)."""
+    from cloudzero_provider.pipeline.transform import transform_window
+    from cloudzero_provider.windows import Window
+
+    seed_rollup_days(db)
+    extracted, transformed, cbf = run_window(*DAYS, source="daily_team", dimensions=["team_id", "model"],
+                                             max_rows_per_hour=4)  # fmt: skip
+    stage = _stage_of(transformed)
+    built, record = (stage / "cbf.jsonl").read_bytes(), json.loads((stage / "transform.json").read_text())
+    assert record["extract_digest"]  # taken as the extract built them: the transform wrote nothing
+    assert transformed["hours"] == 3 and transformed["groups_folded_by_row_cap"] == 3 * (10 - 3)
+    assert cbf_sum_by_hour(cbf) == {"2026-11-01T00:00:00Z": Decimal("5.5"), "2026-11-02T00:00:00Z": Decimal("6.5"),
+                                    "2026-11-03T00:00:00Z": Decimal("7.5")}  # fmt: skip
+    assert extracted["spend"] == "19.5"
+    window = Window.of(*DAYS)
+    window_stage = CBFTransformOperator(task_id="t", window_start=DAYS[0], window_end=DAYS[1]).stage(window)
+    rebuilt = transform_window(
+        window, window_stage, max_values_per_hour=1000, max_rows_per_hour=4, take_built=False
+    )
+    assert rebuilt == transformed
+    assert (stage / "cbf.jsonl").read_bytes() == built
+    again = json.loads((stage / "transform.json").read_text())
+    assert "extract_digest" not in again
+    assert again == {k: v for k, v in record.items() if k != "extract_digest"}
+
+
+@pytest.mark.parametrize("edit", ["a line of extract.jsonl", "a figure of extract.json"])
+def test_the_transform_builds_again_what_was_edited_since_the_extract(db, edit):
+    """Rows built by the extract are taken only for the extract.jsonl they were built from and the totals
+    extract.json records: an edited file is transformed again, and fails reconciliation naming the hour."""
+    seed_rollup_days(db)
+    options = ExportOptions(dimensions=["team_id"])
+    extracted = LiteLLMSpendExtractOperator(task_id="e", window_start=DAYS[0], window_end=DAYS[1],
+                                            source="daily_team", options=options).execute({})  # fmt: skip
+    stage = _stage_of(extracted)
+    assert json.loads((stage / "transform.json").read_text())["extract_digest"]
+    if edit == "a line of extract.jsonl":
+        lines = (stage / "extract.jsonl").read_bytes().splitlines(keepends=True)
+        (stage / "extract.jsonl").write_bytes(b"".join(lines[:-1]))  # as if the last group had been lost
+        message = "hour 2026-11-03T00:00:00Z: CBF cost/cost sums to"
+    else:
+        summary = json.loads((stage / "extract.json").read_text())
+        summary["hours"]["2026-11-02T00:00:00Z"]["spend"] = "5.0000000000001"
+        (stage / "extract.json").write_text(json.dumps(summary))
+        message = "hour 2026-11-02T00:00:00Z: CBF cost/cost sums to 6.5 but SUM(spend::numeric) of its source rows is 5.0000000000001"
+    with pytest.raises(AirflowFailException, match="does not reconcile") as info:
+        CBFTransformOperator(task_id="t", window_start=DAYS[0], window_end=DAYS[1], options=options).execute(
+            {}
+        )
+    assert message in str(info.value)
+    assert not (stage / "cbf.jsonl").exists()
+
+
+def test_a_transform_with_other_caps_builds_its_own_rows(db):
+    seed_rollup_days(db)
+    kw = {"window_start": DAYS[0], "window_end": DAYS[1]}
+    LiteLLMSpendExtractOperator(task_id="e", source="daily_team", options=ExportOptions(dimensions=["team_id"]),
+                                **kw).execute({})  # fmt: skip
+    transformed = CBFTransformOperator(
+        task_id="t", options=ExportOptions(dimensions=["team_id"], max_rows_per_hour=2), **kw
+    ).execute({})
+    assert transformed["max_rows_per_hour"] == 2 and transformed["groups_folded_by_row_cap"] == 3 * (5 - 1)
+    assert transformed["rows"] == 3 * 2
+    assert "extract_digest" not in json.loads((_stage_of(transformed) / "transform.json").read_text())
