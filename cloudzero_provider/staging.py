@@ -129,13 +129,21 @@ class StreamedFile:
             return
         make_dirs(path.parent)
         self._tmp = self._local.parent / f".{self._local.name}.{uuid.uuid4().hex[:12]}{TMP_SUFFIX}"
-        self._fh = os.fdopen(os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            self._fh = os.fdopen(fd, "wb")
+        except BaseException:
+            os.close(fd)
+            self._tmp.unlink()
+            raise
 
     def write(self, data: bytes) -> None:
         self._fh.write(data)
 
     def place(self) -> None:
-        """The file whole under its name (replacing what was there)."""
+        """The file whole under its name (replacing what was there); once placed or dropped, nothing more."""
+        if self._finished:
+            return
         try:
             if self._spool is not None:
                 self._spool.flush()
@@ -340,16 +348,13 @@ class WindowStage:
         """Write rows as JSON lines, whole or not at all; returns how many."""
         return self.write_lines(name, map(encode_line, rows))
 
-    def write_lines(self, name: str, lines: Iterable[bytes], *, digest: Any = None) -> int:
-        """Write lines already encoded (each ending in a newline), whole or not at all; returns how many. ``digest``
-        (a :mod:`hashlib` object) is fed the file's bytes as they are written."""
+    def write_lines(self, name: str, lines: Iterable[bytes]) -> int:
+        """Write lines already encoded (each ending in a newline), whole or not at all; returns how many."""
         count = 0
 
         def batches() -> Iterator[bytes]:
             nonlocal count
             for data, n in join_lines(lines):
-                if digest is not None:
-                    digest.update(data)
                 yield data
                 count += n
 

@@ -41,6 +41,7 @@ _COUNT_TYPES = frozenset({int, type(None)})
 # Statements a read of several sends ahead of the one whose rows its caller takes: PostgreSQL runs the next while
 # the caller works on this one's rows, and memory holds the rows of a few statements at most.
 READ_AHEAD = 2
+TRANSACTION_TIMEOUT_VERSION = 170000  # PostgreSQL 17: transaction_timeout
 
 # Why a row cannot be exported; NULL means valid. PostgreSQL orders NaN above every number and NaN = NaN is
 # true, so NaN and the infinities are named explicitly before the sign test.
@@ -240,8 +241,8 @@ class LiteLLMSpendHook(PostgresHook):
     Every read runs in a ``READ ONLY`` transaction with ``statement_timeout`` and
     ``idle_in_transaction_session_timeout`` set for that transaction only, over a connection opened with a
     ``connect_timeout``: this is the proxy's production database (point the connection at a read replica when
-    you have one). Results are streamed, never held in memory whole; :meth:`cancel` stops a running statement
-    (the operators call it from ``on_kill``).
+    you have one). Results are streamed, never held in memory whole (a read of several days of a rollup holds a
+    few days' rows); :meth:`cancel` stops a running statement (the operators call it from ``on_kill``).
 
     :param postgres_conn_id: Airflow connection to the LiteLLM database (default ``litellm_db``).
     :param db_schema: PostgreSQL schema holding LiteLLM's tables (default ``public``).
@@ -740,14 +741,16 @@ ORDER BY 1{outer_dims}, 2, 3"""
         self, statements: Sequence[tuple[str, dict[str, Any]]], name: str, *, hash_groups: bool = False
     ) -> Iterator[Sequence[Any]]:
         """The rows of several statements, one after the other, in one read-only transaction that sees one snapshot
-        (``REPEATABLE READ``), as one statement would see the database; each statement has the
-        ``statement_timeout``. With psycopg 3 they are pipelined: PostgreSQL runs the next statement while the
-        caller works on this one's rows (each statement's rows are received whole, at most :data:`READ_AHEAD`
-        statements ahead); otherwise they run one after the other."""
+        (``REPEATABLE READ``), as one statement would see the database. Each statement has the ``statement_timeout``;
+        on PostgreSQL 17 and later the transaction has their sum (``transaction_timeout``), which also ends a
+        snapshot held by a stalled reader between statements, where ``idle_in_transaction_session_timeout`` is not
+        armed. With psycopg 3 they are pipelined: PostgreSQL runs the next statement while the caller works on this
+        one's rows (each statement's rows are received whole, at most :data:`READ_AHEAD` statements ahead, so memory
+        holds a few statements' rows); otherwise they run one after the other."""
         conn = self.get_conn()
         self._active = conn
         try:
-            self._begin_read(conn, hash_groups=hash_groups, one_snapshot=True)
+            self._begin_read(conn, hash_groups=hash_groups, statements=len(statements))
             if USE_PSYCOPG3 and not self.server_side_cursor:
                 yield from self._pipelined(conn, statements)
             else:
@@ -760,35 +763,54 @@ ORDER BY 1{outer_dims}, 2, 3"""
             self._active = None
             conn.close()
 
-    @staticmethod
-    def _pipelined(conn: Any, statements: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[Sequence[Any]]:
+    def _pipelined(
+        self, conn: Any, statements: Sequence[tuple[str, dict[str, Any]]]
+    ) -> Iterator[Sequence[Any]]:
         sent: deque[Any] = deque()
         to_send = iter(statements)
 
         def send(n: int) -> None:
             for sql, params in itertools.islice(to_send, n):
                 cur = conn.cursor()
-                cur.execute(sql, params)
+                # Never a prepared statement (psycopg prepares a query run five times): behind a pooler that hands
+                # the server connection to another client afterwards, a name left there breaks that client's read.
+                cur.execute(sql, params, prepare=False)
                 sent.append(cur)
 
         with conn.pipeline():
-            send(READ_AHEAD)
-            while sent:
-                with sent.popleft() as cur:
-                    rows = cur.fetchall()
-                send(1)  # before this statement's rows are taken: PostgreSQL always has the next one to run
-                yield from rows
+            try:
+                send(READ_AHEAD)
+                while sent:
+                    with sent.popleft() as cur:
+                        rows = cur.fetchall()
+                    send(
+                        1
+                    )  # before this statement's rows are taken: PostgreSQL always has the next one to run
+                    yield from rows
+                    del rows
+            except BaseException:
+                # Left early (an error, the caller stopped): the pipeline's exit would wait for every statement sent
+                # to finish. The one running is cancelled and the connection closed instead.
+                self.cancel()
+                conn.close()
+                raise
 
-    def _begin_read(self, conn: Any, *, hash_groups: bool, one_snapshot: bool = False) -> None:
-        """Open the read's transaction: READ ONLY (checked), its timeouts and planner settings for it alone."""
+    def _begin_read(self, conn: Any, *, hash_groups: bool, statements: int = 1) -> None:
+        """Open the read's transaction: READ ONLY (checked), its timeouts and planner settings for it alone; for
+        several statements, one snapshot and a bound on the whole (see :meth:`_stream_each`)."""
         if getattr(conn, "autocommit", False):
             setattr(conn, "autocommit", False)  # noqa: B010 -- one transaction per read, whatever the connection says
         with conn.cursor() as setup:
-            isolation = "ISOLATION LEVEL REPEATABLE READ, " if one_snapshot else ""
+            isolation = "ISOLATION LEVEL REPEATABLE READ, " if statements > 1 else ""
             setup.execute(f"SET TRANSACTION {isolation}READ ONLY")
             # LOCAL: this transaction only.
             setup.execute(f"SET LOCAL statement_timeout = {self.timeout_ms}")
             setup.execute("SET LOCAL idle_in_transaction_session_timeout = 600000")
+            if statements > 1 and _server_version(conn) >= TRANSACTION_TIMEOUT_VERSION:
+                # A GUC holds at most 2^31 - 1 ms (24.8 days): a sum past it is that.
+                setup.execute(
+                    f"SET LOCAL transaction_timeout = {min(self.timeout_ms * statements, 2**31 - 1)}"
+                )
             for setting in planner_settings(hash_groups=hash_groups, server_version=_server_version(conn)):
                 setup.execute(f"SET LOCAL {setting}")
             setup.execute("SELECT current_setting('transaction_read_only')")

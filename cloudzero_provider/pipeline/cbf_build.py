@@ -8,12 +8,15 @@ at a time, and builds one day's rows while PostgreSQL aggregates the next, so th
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from cloudzero_provider import __version__
 from cloudzero_provider.cbf import (
     EXACT,
     StagedCBF,
@@ -119,14 +122,14 @@ class CBFBuild:
         source_spend: Mapping[datetime, str],
         *,
         extracted_at: datetime,
-        extract_digest: str | None = None,
+        built_from: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """What ``transform.json`` records of the rows built, once each hour's cost is checked against
         ``source_spend`` (PostgreSQL's ``SUM(spend::numeric)`` of its valid source rows, per hour).
 
         :param written: CBF lines written.
-        :param extract_digest: SHA-256 of the ``extract.jsonl`` the rows were built from, when built as it was
-            written: the transform takes the rows as built only while that file is unchanged.
+        :param built_from: What rows built as the extract was read were built from (:func:`built_from`): the
+            transform takes them as built only while it holds.
         :raises NotReconciled: An hour's rows do not sum to its source's total.
         """
         mismatches = []
@@ -143,7 +146,7 @@ class CBFBuild:
             h: HourFigures(n, exact_decimal(self.cost[h]), self.tokens[h])
             for h, n in sorted(self.rows.items())
         }
-        return {
+        record: dict[str, Any] = {
             "rows": written,
             "cost": exact_decimal(exact_sum(self.cost.values())),
             "hours": {iso_hour(h): f.__dict__ for h, f in hours.items()},
@@ -154,8 +157,29 @@ class CBFBuild:
             "max_values_per_hour": self.max_values_per_hour,
             "max_rows_per_hour": self.max_rows_per_hour,
             "row_capped": {iso_hour(h): n for h, n in sorted(self.row_capped.items())},
-            **({"extract_digest": extract_digest} if extract_digest else {}),
         }
+        if built_from:
+            record["built_from"] = {**built_from, "record_sha256": record_digest(record)}
+        return record
+
+
+def built_from(extract_digest: str, cbf_digest: str, dimensions: Sequence[str]) -> dict[str, Any]:
+    """What rows built as the extract was read were built from, and by which build: the SHA-256 of
+    ``extract.jsonl`` and of the ``cbf.jsonl`` written, the dimensions, and the provider's version (a build changed
+    by an upgrade between the extract and the transform is not taken)."""
+    return {
+        "extract_sha256": extract_digest,
+        "cbf_sha256": cbf_digest,
+        "dimensions": list(dimensions),
+        "provider_version": __version__,
+    }
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """The SHA-256 of a ``transform.json`` record but for its ``built_from`` (a record edited since it was built is
+    not taken)."""
+    content = {k: v for k, v in record.items() if k != "built_from"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def month_projection(hours: Mapping[datetime, HourFigures]) -> int | None:

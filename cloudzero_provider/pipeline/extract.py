@@ -12,12 +12,12 @@ from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from cloudzero_provider.cbf import CBFError, exact_decimal, exact_sum
+from cloudzero_provider.cbf import exact_decimal, exact_sum
 from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.hooks.litellm import HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.json_lines import decode_line
 from cloudzero_provider.options import ExportOptions
-from cloudzero_provider.pipeline.cbf_build import CBFBuild, NotReconciled
+from cloudzero_provider.pipeline.cbf_build import CBFBuild, built_from
 from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
 from cloudzero_provider.staged_group import StagedGroup, read_group
 from cloudzero_provider.staging import StreamedFile, WindowStage
@@ -159,83 +159,104 @@ def extract_window(
             else:
                 yield item
 
-    # A daily rollup is read a day at a time: its CBF rows are built as it is read (see _write_and_build).
-    build = (
-        CBFBuild(dims, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap)
+    # A daily rollup is read a day at a time: its CBF rows are built as it is read (see BuiltAsRead).
+    built = (
+        BuiltAsRead(
+            stage, CBFBuild(dims, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap)
+        )
         if source != "spend_logs"
         else None
     )
-    cbf: StreamedFile | None = None
-    extract_digest = ""
     try:
-        if build is None:
-            row_count = stage.write_lines("extract.jsonl", lines())
-        else:
-            row_count, extract_digest, cbf = _write_and_build(stage, lines(), build)
-    except ValueError as exc:
-        raise AirflowFailException(str(exc)) from None
-    try:
+        try:
+            if built is None:
+                row_count = stage.write_lines("extract.jsonl", lines())
+            else:
+                row_count, extract_digest = _write_and_build(stage, lines(), built)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
         summary = _summarize(stage, window, hook, hours, row_count, options=options, source=source,
                              isolate_hours=isolate_hours, extracted_at=extracted_at, dims=dims)  # fmt: skip
-        if cbf is not None and build is not None:
-            _place_built(stage, window, cbf, build, extract_digest)
+        if built is not None:
+            built.place(window, extract_digest)
     finally:
-        if cbf is not None:
-            cbf.drop()  # unless placed: a failed extract leaves no rows built from it
+        if built is not None:
+            built.drop()  # unless placed: a failed extract leaves no rows built from it
     return summary
 
 
-def _write_and_build(
-    stage: WindowStage, lines: Iterator[bytes], build: CBFBuild
-) -> tuple[int, str, StreamedFile | None]:
+def _write_and_build(stage: WindowStage, lines: Iterator[bytes], built: BuiltAsRead) -> tuple[int, str]:
     """``extract.jsonl`` written from ``lines`` an hour at a time, each hour's CBF rows built as it is written: the
-    lines written, their SHA-256, and ``cbf.jsonl`` unplaced (``None`` when a row cannot be CBF: the transform
-    builds again, and fails naming it)."""
+    lines written and their SHA-256."""
     digest = hashlib.sha256()
     count = 0
-    cbf: StreamedFile | None = stage.streamed("cbf.jsonl")
-    try:
-        with stage.streamed("extract.jsonl") as out:
-            for hour, items, hour_lines in groups_by_hour(lines):
-                data = b"".join(hour_lines)
-                out.write(data)
-                digest.update(data)
-                count += len(hour_lines)
-                if cbf is None:
-                    continue
-                try:
-                    built = b"".join(build.hour_lines(hour, items, hour_lines))
-                except CBFError as exc:
-                    log.debug("Not building CBF rows as the extract reads (the transform will): %s", exc)
-                    cbf.drop()
-                    cbf = None
-                    continue
-                cbf.write(built)
-    except BaseException:
-        if cbf is not None:
-            cbf.drop()
-        raise
-    return count, digest.hexdigest(), cbf
+    with stage.streamed("extract.jsonl") as out:
+        for hour, items, hour_lines in groups_by_hour(lines):
+            data = b"".join(hour_lines)
+            out.write(data)
+            digest.update(data)
+            count += len(hour_lines)
+            built.hour(hour, items, hour_lines)
+    return count, digest.hexdigest()
 
 
-def _place_built(stage: WindowStage, window: Window, cbf: StreamedFile, build: CBFBuild, digest: str) -> None:
-    """``cbf.jsonl`` and ``transform.json`` placed for the transform to take, once the rows built reconcile with
-    what ``extract.json`` records (when they do not, the transform builds again and fails naming the hours)."""
-    extract = read_extract(stage)
-    try:
-        record = build.record(
-            sum(build.rows.values()),
-            {hour: extract.spend(hour) for hour in extract.hours},
-            extracted_at=extract.extracted_at,
-            extract_digest=digest,
-        )
-    except NotReconciled as exc:
-        log.debug("Window %s: the rows built as it was read do not reconcile (the transform will say): %s",
-                  window, exc)  # fmt: skip
-        return
-    stage.remove("transform.json")  # the rows before their record: a record never describes other rows
-    cbf.place()
-    stage.write_json("transform.json", record)
+class BuiltAsRead:
+    """The CBF rows of a window built as its extract is read, an hour (a rollup's day) at a time, with the
+    transform's own build: ``cbf.jsonl`` and a ``transform.json`` that says what they were built from, for the
+    transform to take (:func:`~cloudzero_provider.pipeline.transform.transform_window`). Best effort: a row that
+    cannot be CBF, rows that do not reconcile or a failed write leave nothing built, and the transform builds the
+    rows itself (and names what is wrong)."""
+
+    def __init__(self, stage: WindowStage, build: CBFBuild) -> None:
+        self.stage = stage
+        self.build = build
+        self.file: StreamedFile | None = stage.streamed("cbf.jsonl")
+        self.digest = hashlib.sha256()
+
+    def hour(self, hour: datetime, items: list[Any], lines: list[bytes]) -> None:
+        if self.file is None:
+            return
+        try:
+            data = b"".join(self.build.hour_lines(hour, items, lines))
+            self.file.write(data)
+            self.digest.update(data)
+        except Exception as exc:
+            self._give_up(exc)
+
+    def place(self, window: Window, extract_digest: str) -> None:
+        """``cbf.jsonl``, then its ``transform.json``, once the rows reconcile with what ``extract.json`` records."""
+        if self.file is None:
+            return
+        try:
+            extract = read_extract(self.stage)
+            record = self.build.record(
+                sum(self.build.rows.values()),
+                {hour: extract.spend(hour) for hour in extract.hours},
+                extracted_at=extract.extracted_at,
+                built_from=built_from(extract_digest, self.digest.hexdigest(), extract.dimensions),
+            )
+            self.stage.remove(
+                "transform.json"
+            )  # the rows before their record: a record never describes other rows
+            self.file.place()
+            self.stage.write_json("transform.json", record)
+        except Exception as exc:
+            self._give_up(exc)
+        else:
+            log.info(
+                "Window %s: %d CBF rows built as it was read, for the transform to take",
+                window,
+                record["rows"],
+            )
+
+    def drop(self) -> None:
+        if self.file is not None:
+            self.file.drop()
+
+    def _give_up(self, exc: Exception) -> None:
+        log.info("CBF rows not built as the extract reads (the transform builds them): %s", exc)
+        self.drop()
+        self.file = None
 
 
 def _summarize(

@@ -12,11 +12,12 @@ from typing import Any, cast
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from cloudzero_provider import __version__
 from cloudzero_provider.cbf import EXACT, OTHER, CBFError, exact_decimal
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.drops import content_digest, read_cbf_line, serialize_row
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
-from cloudzero_provider.pipeline.cbf_build import CBFBuild, HourFigures, NotReconciled
+from cloudzero_provider.pipeline.cbf_build import CBFBuild, HourFigures, NotReconciled, record_digest
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
 from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract, staged_groups
 from cloudzero_provider.staging import WindowStage
@@ -70,15 +71,15 @@ def transform_window(
     and writes them into the hour's manifest.
 
     The extract of a daily rollup builds the rows as it reads (the same build, a day at a time). With ``take_built``
-    they are taken as built when ``transform.json`` says they were built from this extract (its ``extracted_at``),
-    from the very bytes ``extract.jsonl`` holds now (their SHA-256) and with these caps; otherwise they are built
-    here.
+    they are taken as built when they are what this call would build (see :func:`_built_by_extract`); otherwise,
+    and always without ``take_built`` (the upload's rebuild of a torn file), they are built here.
     """
     extract = read_extract(stage)
     if take_built and (record := _built_by_extract(stage, extract, max_values_per_hour, max_rows_per_hour)):
         log.info(
-            "Window %s: CBF rows as the extract built them while reading; extract.jsonl is unchanged", window
+            "Window %s: taking the CBF rows the extract built as it read (the stage is as it left it)", window
         )
+        _warn(window, record)
         return _outcome(window, stage, record)
     build = CBFBuild(resolve(extract.dimensions), max_values_per_hour=max_values_per_hour,
                      max_rows_per_hour=max_rows_per_hour)  # fmt: skip
@@ -101,6 +102,7 @@ def transform_window(
         raise AirflowFailException(
             f"Window {window} does not reconcile, nothing will be uploaded: {exc}"
         ) from None
+    _warn(window, record)
     stage.write_json("transform.json", record)
     return _outcome(window, stage, record)
 
@@ -113,26 +115,29 @@ def source_spend(extract: ExtractSummary) -> dict[datetime, str]:
 def _built_by_extract(
     stage: WindowStage, extract: ExtractSummary, values_cap: int | None, rows_cap: int | None
 ) -> dict[str, Any] | None:
-    """``transform.json`` when the extract wrote it, for the ``extract.jsonl`` there now, with these caps."""
+    """``transform.json`` when the extract wrote it with the rows it built, unchanged since, and they are what this
+    transform would build: from the ``extract.jsonl`` and ``extract.json`` there now (their bytes, dimensions,
+    ``extracted_at`` and totals), into the ``cbf.jsonl`` there now, by this version of the provider, with these
+    caps."""
     try:
         record = stage.read_json("transform.json")
-        built = (
-            isinstance(record, dict)
-            and isinstance(record.get("extract_digest"), str)
+        source = record.get("built_from") if isinstance(record, dict) else None
+        if not (
+            isinstance(source, dict)
+            and source.get("provider_version") == __version__
+            and source.get("record_sha256") == record_digest(record)
+            and source.get("dimensions") == extract.dimensions
             and record.get("extracted_at") == iso_instant(extract.extracted_at)
             and record.get("max_values_per_hour") == values_cap
             and record.get("max_rows_per_hour") == rows_cap
-            and stage.path("cbf.jsonl").exists()
-        )
-        if (
-            built
-            and stage.digest("extract.jsonl") == record["extract_digest"]
             and _reconciles(record, extract)
+            and stage.digest("extract.jsonl") == source.get("extract_sha256")
+            and stage.digest("cbf.jsonl") == source.get("cbf_sha256")
         ):
-            return cast(dict[str, Any], record)
-    except (FileNotFoundError, ValueError, TypeError, KeyError, ArithmeticError):
-        pass  # no record, or not one the extract wrote: built here
-    return None
+            return None
+    except (FileNotFoundError, ValueError, TypeError, KeyError, AttributeError, ArithmeticError):
+        return None  # no record, or not one the extract wrote: built here
+    return cast(dict[str, Any], record)
 
 
 def _reconciles(record: Mapping[str, Any], extract: ExtractSummary) -> bool:
@@ -142,10 +147,9 @@ def _reconciles(record: Mapping[str, Any], extract: ExtractSummary) -> bool:
     return all(costs.get(h, Decimal(0)) == Decimal(extract.spend(h)) for h in set(costs) | set(extract.hours))
 
 
-def _outcome(window: Window, stage: WindowStage, record: Mapping[str, Any]) -> dict[str, Any]:
-    """The transform's log lines and XCom summary of what ``transform.json`` records."""
+def _warn(window: Window, record: Mapping[str, Any]) -> None:
+    """What ``transform.json`` records that a user must hear of: values and groups folded, a month over the limit."""
     hours = record["hours"]
-    tokens = sum(int(f["tokens"]) for f in hours.values())
     folded, row_capped, projection = record["folded"], record["row_capped"], record.get("month_projection")
     if folded:
         log.warning(
@@ -167,6 +171,13 @@ def _outcome(window: Window, stage: WindowStage, record: Mapping[str, Any]) -> d
             "stream and month: drop a high-cardinality dimension or lower max_values_per_hour",
             max(int(f["rows"]) for f in hours.values()), projection, MONTH_ROW_LIMIT,
         )  # fmt: skip
+
+
+def _outcome(window: Window, stage: WindowStage, record: Mapping[str, Any]) -> dict[str, Any]:
+    """The transform's last log line and XCom summary of what ``transform.json`` records."""
+    hours = record["hours"]
+    tokens = sum(int(f["tokens"]) for f in hours.values())
+    folded, row_capped, projection = record["folded"], record["row_capped"], record.get("month_projection")
     log.info(
         "Transformed %s: %d CBF rows over %d hour(s), cost %s USD, %d tokens -- reconciled exactly with the source",
         window, record["rows"], len(hours), record["cost"], tokens,

@@ -375,7 +375,7 @@ def test_a_daily_extract_builds_the_rows_the_transform_would(db):
                                              max_rows_per_hour=4)  # fmt: skip
     stage = _stage_of(transformed)
     built, record = (stage / "cbf.jsonl").read_bytes(), json.loads((stage / "transform.json").read_text())
-    assert record["extract_digest"]  # taken as the extract built them: the transform wrote nothing
+    assert record["built_from"]  # taken as the extract built them: the transform wrote nothing
     assert transformed["hours"] == 3 and transformed["groups_folded_by_row_cap"] == 3 * (10 - 3)
     assert cbf_sum_by_hour(cbf) == {"2026-11-01T00:00:00Z": Decimal("5.5"), "2026-11-02T00:00:00Z": Decimal("6.5"),
                                     "2026-11-03T00:00:00Z": Decimal("7.5")}  # fmt: skip
@@ -388,8 +388,8 @@ def test_a_daily_extract_builds_the_rows_the_transform_would(db):
     assert rebuilt == transformed
     assert (stage / "cbf.jsonl").read_bytes() == built
     again = json.loads((stage / "transform.json").read_text())
-    assert "extract_digest" not in again
-    assert again == {k: v for k, v in record.items() if k != "extract_digest"}
+    assert "built_from" not in again
+    assert again == {k: v for k, v in record.items() if k != "built_from"}
 
 
 @pytest.mark.parametrize("edit", ["a line of extract.jsonl", "a figure of extract.json"])
@@ -401,7 +401,7 @@ def test_the_transform_builds_again_what_was_edited_since_the_extract(db, edit):
     extracted = LiteLLMSpendExtractOperator(task_id="e", window_start=DAYS[0], window_end=DAYS[1],
                                             source="daily_team", options=options).execute({})  # fmt: skip
     stage = _stage_of(extracted)
-    assert json.loads((stage / "transform.json").read_text())["extract_digest"]
+    assert json.loads((stage / "transform.json").read_text())["built_from"]
     if edit == "a line of extract.jsonl":
         lines = (stage / "extract.jsonl").read_bytes().splitlines(keepends=True)
         (stage / "extract.jsonl").write_bytes(b"".join(lines[:-1]))  # as if the last group had been lost
@@ -419,14 +419,79 @@ def test_the_transform_builds_again_what_was_edited_since_the_extract(db, edit):
     assert not (stage / "cbf.jsonl").exists()
 
 
-def test_a_transform_with_other_caps_builds_its_own_rows(db):
+@pytest.mark.parametrize(
+    "edit", ["tokens in cbf.jsonl", "tokens in transform.json", "another provider version", "no cbf.jsonl"]
+)
+def test_rows_built_by_the_extract_are_taken_only_as_they_were_built(db, edit, monkeypatch):
+    """A cbf.jsonl or transform.json changed since the extract built them, or a build of another provider version,
+    is not taken: the transform builds the rows again, and they are the extract's own."""
+    import cloudzero_provider.pipeline.transform as transform_module
+
     seed_rollup_days(db)
+    kw = {"window_start": DAYS[0], "window_end": DAYS[1], "options": ExportOptions(dimensions=["team_id"])}
+    stage = _stage_of(LiteLLMSpendExtractOperator(task_id="e", source="daily_team", **kw).execute({}))
+    built = (stage / "cbf.jsonl").read_bytes()
+    record = json.loads((stage / "transform.json").read_text())
+    expected = {
+        k: v for k, v in json.loads((stage / "transform.json").read_text()).items() if k != "built_from"
+    }
+    if edit == "tokens in cbf.jsonl":  # the upload checks rows and cost per hour, not tokens
+        (stage / "cbf.jsonl").write_bytes(built.replace(b'"usage/amount":"', b'"usage/amount":"1', 1))
+    elif edit == "tokens in transform.json":
+        record["hours"]["2026-11-01T00:00:00Z"]["tokens"] += 1
+        (stage / "transform.json").write_text(json.dumps(record))
+    elif edit == "another provider version":
+        monkeypatch.setattr(transform_module, "__version__", "0.0.0-other")
+    else:
+        (stage / "cbf.jsonl").unlink()
+    transformed = CBFTransformOperator(task_id="t", **kw).execute({})
+    assert "built_from" not in json.loads((stage / "transform.json").read_text())  # built by the transform
+    assert json.loads((stage / "transform.json").read_text()) == expected
+    assert (stage / "cbf.jsonl").read_bytes() == built
+    assert transformed["tokens"] == sum(f["tokens"] for f in expected["hours"].values()) == 450
+
+
+def test_a_row_that_cannot_be_cbf_leaves_nothing_built_and_the_transform_names_it(db, monkeypatch):
+    import cloudzero_provider.cbf as cbf_module
+    import cloudzero_provider.cbf_rules as rules
+
+    seed_rollup_days(db)
+    monkeypatch.setattr(rules, "MAX_NUMBER_CHARS", 2)  # no cost here is one digit
+    monkeypatch.setattr(cbf_module, "MAX_NUMBER_CHARS", 2)
+    kw = {"window_start": DAYS[0], "window_end": DAYS[1], "options": ExportOptions(dimensions=["team_id"])}
+    extracted = LiteLLMSpendExtractOperator(task_id="e", source="daily_team", **kw).execute({})
+    stage = _stage_of(extracted)
+    assert extracted["rows"] == 15
+    assert not (stage / "cbf.jsonl").exists() and not (stage / "transform.json").exists()
+    with pytest.raises(AirflowFailException) as info:
+        CBFTransformOperator(task_id="t", **kw).execute({})
+    assert str(info.value) == (
+        "Window [2026-11-01T00:00Z, 2026-11-04T00:00Z): aggregated row 0 (hour '2026-11-01T00:00:00Z'): column "
+        "'cost/cost': '0.7' is not a plain non-negative decimal"
+    )
+
+
+@pytest.mark.parametrize("cap", ["max_rows_per_hour", "max_values_per_hour"])
+def test_a_transform_with_other_caps_builds_its_own_rows(db, cap):
+    seed_rollup_days(db)
+    with psycopg2.connect(db) as conn, conn.cursor() as cur:  # the tag stream: a caller-chosen value per team
+        cur.execute(
+            """INSERT INTO "LiteLLM_DailyTagSpend" (id, tag, date, api_key, model, custom_llm_provider,
+                   prompt_tokens, completion_tokens, spend, api_requests, successful_requests, failed_requests,
+                   updated_at)
+               SELECT id, 'job:' || team_id, date, api_key, model, custom_llm_provider, prompt_tokens,
+                      completion_tokens, spend, api_requests, successful_requests, failed_requests, updated_at
+               FROM "LiteLLM_DailyTeamSpend"
+            """
+        )
+    conn.close()
     kw = {"window_start": DAYS[0], "window_end": DAYS[1]}
-    LiteLLMSpendExtractOperator(task_id="e", source="daily_team", options=ExportOptions(dimensions=["team_id"]),
-                                **kw).execute({})  # fmt: skip
-    transformed = CBFTransformOperator(
-        task_id="t", options=ExportOptions(dimensions=["team_id"], max_rows_per_hour=2), **kw
-    ).execute({})
-    assert transformed["max_rows_per_hour"] == 2 and transformed["groups_folded_by_row_cap"] == 3 * (5 - 1)
-    assert transformed["rows"] == 3 * 2
-    assert "extract_digest" not in json.loads((_stage_of(transformed) / "transform.json").read_text())
+    extract = LiteLLMSpendExtractOperator(task_id="e", source="daily_tag", options=ExportOptions(dimensions=["tag:job"]),
+                                          **kw).execute({})  # fmt: skip
+    assert json.loads((_stage_of(extract) / "transform.json").read_text())["built_from"]
+    transformed = CBFTransformOperator(task_id="t", options=ExportOptions(dimensions=["tag:job"], **{cap: 2}),
+                                       **kw).execute({})  # fmt: skip
+    assert transformed[cap] == 2
+    folded = transformed["folded_values"] + transformed["groups_folded_by_row_cap"]
+    assert folded == 3 * (5 - 1 if cap == "max_rows_per_hour" else 5 - 2)
+    assert "built_from" not in json.loads((_stage_of(transformed) / "transform.json").read_text())
