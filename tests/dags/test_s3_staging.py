@@ -280,3 +280,44 @@ def test_each_staged_file_is_one_put_and_never_a_rename(env, s3_staging):
         u.rsplit("/", 1)[-1] in ("extract.json", "quarantine.jsonl", "transform.json") for u in deletes
     ), "only stale outputs are removed before a step writes anew"
     assert s3_staging.read_json(f"staging/cloudzero_default/manifests/{stage}.json")["status"] == "exported"
+
+
+def test_a_daily_extract_builds_its_rows_on_s3_as_the_transform_would(env, s3_staging):
+    """The daily extract's rows built as it reads, on S3: each file one PUT of what the transform builds itself."""
+    import psycopg2
+
+    from cloudzero_provider.operators.extract import LiteLLMSpendExtractOperator
+    from cloudzero_provider.operators.transform import CBFTransformOperator
+    from cloudzero_provider.options import ExportOptions
+    from cloudzero_provider.pipeline.transform import transform_window
+
+    with psycopg2.connect(env["db"]) as conn, conn.cursor() as cur:
+        cur.execute(
+            """INSERT INTO "LiteLLM_DailyTeamSpend" (id, team_id, date, api_key, model, custom_llm_provider,
+                   prompt_tokens, completion_tokens, spend, api_requests, successful_requests, failed_requests,
+                   updated_at)
+               SELECT 'r' || d || '-' || i, 't' || (i % 4), to_char(date '2026-11-01' + d, 'YYYY-MM-DD'), 'k' || i,
+                      'm', 'openai', 10, 5, 0.1 * (i + d), 2, 2, 0, now()
+               FROM generate_series(0, 2) AS d, generate_series(0, 9) AS i"""
+        )
+    conn.close()
+    kw = {"window_start": "2026-11-01T00:00:00Z", "window_end": "2026-11-04T00:00:00Z",
+          "options": ExportOptions(dimensions=["team_id"])}  # fmt: skip
+    extract = LiteLLMSpendExtractOperator(task_id="e", source="daily_team", **kw)
+    extract.execute({})
+    stage = "staging/cloudzero_default/2026-11-01T00Z--2026-11-04T00Z"
+    assert s3_staging.object_keys(stage) == [f"{stage}/{name}" for name in
+                                             ("cbf.jsonl", "extract.json", "extract.jsonl", "transform.json")]  # fmt: skip
+    record = s3_staging.read_json(f"{stage}/transform.json")
+    assert record["built_from"]["cbf_sha256"]
+    transformed = CBFTransformOperator(task_id="t", **kw).execute({})
+    assert s3_staging.read_json(f"{stage}/transform.json") == record  # taken as built
+    built = s3_staging.client.get_object(Bucket=s3_staging.bucket, Key=f"{stage}/cbf.jsonl")["Body"].read()
+    window = extract.window({})
+    assert (
+        transform_window(window, extract.stage(window), max_rows_per_hour=5000, take_built=False)
+        == transformed
+    )
+    rebuilt = s3_staging.client.get_object(Bucket=s3_staging.bucket, Key=f"{stage}/cbf.jsonl")["Body"].read()
+    assert rebuilt == built and transformed["rows"] == 12 and transformed["cost"] == "16.5"
+    assert local_staged_files() == []

@@ -335,19 +335,50 @@ def test_a_read_of_several_days_left_part_way_closes_its_connection(db):
 
 def test_a_read_of_several_days_left_part_way_does_not_wait_for_the_days_sent(db, monkeypatch):
     """Statements sent ahead are cancelled with the connection, not waited for, when the caller stops reading."""
-    window = Window.of("2026-11-01T00:00:00Z", "2026-11-04T00:00:00Z")
+    window = Window.of("2026-11-01T00:00:00Z", "2026-11-05T00:00:00Z")
     hook = LiteLLMSpendHook()
     real = hook.aggregate_sql
 
-    def slow_after_the_first_day(day, *args):
+    def slow_from_the_third_day(day, *args):
+        # The first fetch receives the first two days (psycopg takes every result sent so far): the third is sent
+        # once it has, and is running when the caller stops.
         sql, params = real(day, *args)
-        if day.start == window.start:
+        if day.start < window.start + litellm_hook.DAY * 2:
             return sql, params
         return f"SELECT q.* FROM ({sql}) AS q, pg_sleep(30)", params
 
-    monkeypatch.setattr(hook, "aggregate_sql", slow_after_the_first_day)
+    monkeypatch.setattr(hook, "aggregate_sql", slow_from_the_third_day)
     read = hook.aggregate(window, resolve(["team_id"]), "daily_team")
     next(read)
     started = time.monotonic()
     read.close()
     assert time.monotonic() - started < 10
+
+
+def test_a_read_of_several_days_leaves_nothing_prepared(db, monkeypatch):
+    """The day's statement is prepared once under a name of the read's own and dropped before the read commits:
+    psycopg's own prepared statements (from a query's sixth run) would outlive the read on a pooled server
+    connection, and another client's statement of that name would then fail."""
+    hook = LiteLLMSpendHook()
+    real = hook.get_conn
+    seen: list[list[str]] = []
+
+    def get_conn():
+        conn = real()
+        close = conn.close
+
+        def closing():
+            if not conn.closed:
+                seen.append(
+                    [r[0] for r in conn.execute("SELECT statement FROM pg_prepared_statements").fetchall()]
+                )
+            close()
+
+        monkeypatch.setattr(conn, "close", closing)
+        return conn
+
+    monkeypatch.setattr(hook, "get_conn", get_conn)
+    window = Window.of("2026-10-28T00:00:00Z", "2026-11-05T00:00:00Z")
+    read = list(hook.aggregate(window, resolve(["team_id"]), "daily_team"))
+    assert sum(isinstance(r, AggregateRow) for r in read) > 10
+    assert seen == [[]]
