@@ -235,9 +235,8 @@ class BuiltAsRead:
                 extracted_at=extract.extracted_at,
                 built_from=built_from(extract_digest, self.digest.hexdigest(), extract.dimensions),
             )
-            self.stage.remove(
-                "transform.json"
-            )  # the rows before their record: a record never describes other rows
+            # The rows before their record: a record never describes other rows.
+            self.stage.remove("transform.json")
             self.file.place()
             self.stage.write_json("transform.json", record)
         except Exception as exc:

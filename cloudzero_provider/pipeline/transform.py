@@ -75,7 +75,8 @@ def transform_window(
     and always without ``take_built`` (the upload's rebuild of a torn file), they are built here.
     """
     extract = read_extract(stage)
-    if take_built and (record := _built_by_extract(stage, extract, max_values_per_hour, max_rows_per_hour)):
+    taken = take_built and extract.source != "spend_logs"  # only a daily rollup's extract builds as it reads
+    if taken and (record := _built_by_extract(stage, extract, max_values_per_hour, max_rows_per_hour)):
         log.info(
             "Window %s: taking the CBF rows the extract built as it read (the stage is as it left it)", window
         )
