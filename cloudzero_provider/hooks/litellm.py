@@ -6,7 +6,6 @@ import copy
 import itertools
 import json
 import re
-import uuid
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -199,47 +198,6 @@ def _utc(value: datetime) -> datetime:
 def _iso_hour(hour: datetime) -> str:
     """:func:`iso_hour` of an aware hour, remembered: a window's rows share a few hours."""
     return iso_hour(hour)
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """One statement text run for several parameter sets, prepared once under a name of its own (PostgreSQL plans
-    it once rather than for every day); ``EXECUTE`` carries each set's values as literals."""
-
-    name: str
-    names: tuple[str, ...]
-
-    def execute(self, params: dict[str, Any]) -> Any:
-        from psycopg import sql
-
-        values = sql.SQL(", ").join(sql.Literal(params[n]) for n in self.names)
-        return sql.SQL("EXECUTE {}({})").format(sql.Identifier(self.name), values)
-
-    def deallocate(self) -> Any:
-        from psycopg import sql
-
-        return sql.SQL("DEALLOCATE {}").format(sql.Identifier(self.name))
-
-
-def _prepare_once(conn: Any, statements: Sequence[tuple[str, dict[str, Any]]]) -> _Prepared | None:
-    """PREPARE the statements' one text, when they share it and their parameters' names (and there are several);
-    ``None`` otherwise, each then runs as it is."""
-    from psycopg import sql
-
-    text, first = statements[0]
-    names = tuple(first)
-    if len(statements) < 2 or any(t != text or tuple(p) != names for t, p in statements):
-        return None
-    positional = text
-    for i, name in enumerate(names, start=1):
-        positional = positional.replace(f"%({name})s", f"${i}")
-    if "%" in positional:  # a placeholder of another kind, or an escaped percent sign: run as it is
-        return None
-    prepared = _Prepared(f"cloudzero_read_{uuid.uuid4().hex[:12]}", names)
-    conn.execute(
-        sql.SQL("PREPARE {} AS ").format(sql.Identifier(prepared.name)) + sql.SQL(positional), prepare=False
-    )
-    return prepared
 
 
 @dataclass
@@ -788,8 +746,9 @@ ORDER BY 1{outer_dims}, 2, 3"""
         snapshot held by a stalled reader between statements, where ``idle_in_transaction_session_timeout`` is not
         armed. With psycopg 3 they are pipelined: PostgreSQL runs the next statement while the caller works on this
         one's rows (each statement's rows are received whole, at most :data:`READ_AHEAD` statements ahead, so memory
-        holds a few statements' rows), and statements of one text are prepared once (:func:`_prepare_once`);
-        otherwise they run one after the other."""
+        holds a few statements' rows); otherwise they run one after the other. psycopg hands the results over in
+        pairs (fetching one statement's receives every result sent so far): while the caller works on two days,
+        PostgreSQL runs the next two."""
         conn = self.get_conn()
         self._active = conn
         try:
@@ -811,18 +770,14 @@ ORDER BY 1{outer_dims}, 2, 3"""
     ) -> Iterator[Sequence[Any]]:
         sent: deque[Any] = deque()
         to_send = iter(statements)
-        prepared = _prepare_once(conn, statements)
 
         def send(n: int) -> None:
             for sql, params in itertools.islice(to_send, n):
                 cur = conn.cursor()
-                # Never psycopg's own prepared statement (it prepares a query run five times, under a name that
-                # outlives the read on a pooled server connection and breaks the next client's): ours is dropped
-                # before the transaction ends.
-                if prepared is None:
-                    cur.execute(sql, params, prepare=False)
-                else:
-                    cur.execute(prepared.execute(params), prepare=False)
+                # Never a prepared statement: psycopg prepares a query run five times, under a name that outlives
+                # the read on a pooled server connection (and breaks the next client's statement of that name), and
+                # a generic plan would not see each day's own values.
+                cur.execute(sql, params, prepare=False)
                 sent.append(cur)
 
         with conn.pipeline():
@@ -831,9 +786,8 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 while sent:
                     with sent.popleft() as cur:
                         rows = cur.fetchall()
-                    send(
-                        1
-                    )  # before this statement's rows are taken: PostgreSQL always has the next one to run
+                    # Before this statement's rows are taken, so that PostgreSQL has the next to run.
+                    send(1)
                     yield from rows
                     del rows
             except BaseException:
@@ -842,8 +796,6 @@ ORDER BY 1{outer_dims}, 2, 3"""
                 self.cancel()
                 conn.close()
                 raise
-        if prepared is not None:
-            conn.execute(prepared.deallocate(), prepare=False)
 
     def _begin_read(self, conn: Any, *, hash_groups: bool, statements: int = 1) -> None:
         """Open the read's transaction: READ ONLY (checked), its timeouts and planner settings for it alone; for

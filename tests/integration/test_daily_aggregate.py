@@ -356,9 +356,8 @@ def test_a_read_of_several_days_left_part_way_does_not_wait_for_the_days_sent(db
 
 
 def test_a_read_of_several_days_leaves_nothing_prepared(db, monkeypatch):
-    """The day's statement is prepared once under a name of the read's own and dropped before the read commits:
-    psycopg's own prepared statements (from a query's sixth run) would outlive the read on a pooled server
-    connection, and another client's statement of that name would then fail."""
+    """The day's statement is never prepared: psycopg's own prepared statements (from a query's sixth run) would
+    outlive the read on a pooled server connection, and another client's statement of that name would then fail."""
     hook = LiteLLMSpendHook()
     real = hook.get_conn
     seen: list[list[str]] = []
