@@ -725,17 +725,7 @@ ORDER BY 1{outer_dims}, 2, 3"""
     ) -> Iterator[Sequence[Any]]:
         """Run one statement in a read-only, time-limited transaction and yield its rows as they arrive; with
         ``hash_groups``, its groups hashed rather than its rows sorted (see :func:`hashes_groups`)."""
-        conn = self.get_conn()
-        self._active = conn
-        try:
-            self._begin_read(conn, hash_groups=hash_groups)
-            yield from self._rows(conn, sql, params, name)
-            conn.commit()
-        except Exception as exc:
-            raise self._explain(exc) from exc
-        finally:
-            self._active = None
-            conn.close()
+        return self._read([(sql, params)], name, hash_groups=hash_groups)
 
     def _stream_each(
         self, statements: Sequence[tuple[str, dict[str, Any]]], name: str, *, hash_groups: bool = False
@@ -749,11 +739,18 @@ ORDER BY 1{outer_dims}, 2, 3"""
         holds a few statements' rows); otherwise they run one after the other. psycopg hands the results over in
         pairs (fetching one statement's receives every result sent so far): while the caller works on two days,
         PostgreSQL runs the next two."""
+        return self._read(statements, name, hash_groups=hash_groups)
+
+    def _read(
+        self, statements: Sequence[tuple[str, dict[str, Any]]], name: str, *, hash_groups: bool
+    ) -> Iterator[Sequence[Any]]:
+        """What :meth:`_stream` and :meth:`_stream_each` run: one statement's rows streamed as they arrive, several
+        statements' as :meth:`_stream_each` says."""
         conn = self.get_conn()
         self._active = conn
         try:
             self._begin_read(conn, hash_groups=hash_groups, statements=len(statements))
-            if USE_PSYCOPG3 and not self.server_side_cursor:
+            if len(statements) > 1 and USE_PSYCOPG3 and not self.server_side_cursor:
                 yield from self._pipelined(conn, statements)
             else:
                 for sql, params in statements:

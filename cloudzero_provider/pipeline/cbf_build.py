@@ -34,6 +34,12 @@ from cloudzero_provider.staged_group import StagedGroup
 from cloudzero_provider.windows import days_in_month, iso_hour, iso_instant
 
 
+def builds_as_read(source: str) -> bool:
+    """Whether the extract of ``source`` builds its CBF rows as it reads: a daily rollup's does (it is read a day at a
+    time); a spend-log window is one statement, and holding its hour's lines would lift a 10M-row hour's memory."""
+    return source != "spend_logs"
+
+
 class NotReconciled(ValueError):
     """The CBF rows of some hour do not sum to PostgreSQL's total of its source rows; the message names each."""
 

@@ -17,7 +17,7 @@ from cloudzero_provider.dimensions import Dimension, names, resolve
 from cloudzero_provider.hooks.litellm import HourTotal, LiteLLMSpendHook, Source
 from cloudzero_provider.json_lines import decode_line
 from cloudzero_provider.options import ExportOptions
-from cloudzero_provider.pipeline.cbf_build import CBFBuild, built_from
+from cloudzero_provider.pipeline.cbf_build import CBFBuild, builds_as_read, built_from
 from cloudzero_provider.pipeline.common import SOURCES, describe_invalid
 from cloudzero_provider.staged_group import StagedGroup, read_group
 from cloudzero_provider.staging import StreamedFile, WindowStage
@@ -63,6 +63,10 @@ class ExtractSummary:
 
     def spend(self, hour: datetime) -> str:
         return str(self.hours.get(hour, {}).get("spend", "0"))
+
+    def spends(self) -> dict[datetime, str]:
+        """PostgreSQL's ``SUM(spend::numeric)`` of each extracted hour's valid rows, which its CBF rows must equal."""
+        return {hour: self.spend(hour) for hour in self.hours}
 
 
 def read_extract(stage: WindowStage) -> ExtractSummary:
@@ -164,7 +168,7 @@ def extract_window(
         BuiltAsRead(
             stage, CBFBuild(dims, max_values_per_hour=options.value_cap, max_rows_per_hour=options.row_cap)
         )
-        if source != "spend_logs"
+        if builds_as_read(source)
         else None
     )
     try:
@@ -231,7 +235,7 @@ class BuiltAsRead:
             extract = read_extract(self.stage)
             record = self.build.record(
                 sum(self.build.rows.values()),
-                {hour: extract.spend(hour) for hour in extract.hours},
+                extract.spends(),
                 extracted_at=extract.extracted_at,
                 built_from=built_from(extract_digest, self.digest.hexdigest(), extract.dimensions),
             )

@@ -17,7 +17,13 @@ from cloudzero_provider.cbf import EXACT, OTHER, CBFError, exact_decimal
 from cloudzero_provider.dimensions import resolve
 from cloudzero_provider.drops import content_digest, read_cbf_line, serialize_row
 from cloudzero_provider.options import DEFAULT_MAX_ROWS_PER_HOUR, DEFAULT_MAX_VALUES_PER_HOUR
-from cloudzero_provider.pipeline.cbf_build import CBFBuild, HourFigures, NotReconciled, record_digest
+from cloudzero_provider.pipeline.cbf_build import (
+    CBFBuild,
+    HourFigures,
+    NotReconciled,
+    builds_as_read,
+    record_digest,
+)
 from cloudzero_provider.pipeline.common import MONTH_ROW_LIMIT
 from cloudzero_provider.pipeline.extract import ExtractSummary, read_extract, staged_groups
 from cloudzero_provider.staging import WindowStage
@@ -75,7 +81,7 @@ def transform_window(
     and always without ``take_built`` (the upload's rebuild of a torn file), they are built here.
     """
     extract = read_extract(stage)
-    taken = take_built and extract.source != "spend_logs"  # only a daily rollup's extract builds as it reads
+    taken = take_built and builds_as_read(extract.source)
     if taken and (record := _built_by_extract(stage, extract, max_values_per_hour, max_rows_per_hour)):
         log.info(
             "Window %s: taking the CBF rows the extract built as it read (the stage is as it left it)", window
@@ -97,7 +103,7 @@ def transform_window(
         stage.remove("cbf.jsonl")
         raise AirflowFailException(f"Window {window}: {exc}") from None
     try:
-        record = build.record(written, source_spend(extract), extracted_at=extract.extracted_at)
+        record = build.record(written, extract.spends(), extracted_at=extract.extracted_at)
     except NotReconciled as exc:
         stage.remove("cbf.jsonl")
         raise AirflowFailException(
@@ -106,11 +112,6 @@ def transform_window(
     _warn(window, record)
     stage.write_json("transform.json", record)
     return _outcome(window, stage, record)
-
-
-def source_spend(extract: ExtractSummary) -> dict[datetime, str]:
-    """PostgreSQL's ``SUM(spend::numeric)`` of each extracted hour's valid rows, which its CBF rows must equal."""
-    return {hour: extract.spend(hour) for hour in extract.hours}
 
 
 def _built_by_extract(
